@@ -1,0 +1,4 @@
+"""Layers built on the kernel ops."""
+from dalle2_fast.nn.vq import VectorQuantizer, VQOutput
+
+__all__ = ["VectorQuantizer", "VQOutput"]
