@@ -30,7 +30,7 @@ using namespace dalle2_fast::adagn;
 #define AGN_INLINE inline __attribute__((always_inline))
 #define AGN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
-constexpr int64_t kChunk = 1024;      // elements summed before folding into the running sum
+constexpr int64_t kChunk = 256;       // elements summed (vectorised, acc_t) before folding
 constexpr int64_t kRowChunk = 32;     // NHWC rows summed before folding
 constexpr int64_t kBlockChannels = 64;  // NHWC tile width target
 
@@ -69,11 +69,11 @@ AGN_INLINE void fwd_tile_nchw(const Args<scalar_t, acc_t>& a, int64_t tile) {
   const int64_t c0 = g * a.Cg;
   const scalar_t* xs = a.x + (bi * a.C + c0) * Sp;
   scalar_t* ys = a.out + (bi * a.C + c0) * Sp;
-  Moments<acc_t> gm{0, 0, 0};
+  Moments<double> gm{0, 0, 0};
   for (int64_t cl = 0; cl < a.Cg; ++cl) {
     const scalar_t* xc = xs + cl * Sp;
     const acc_t k = ld(xc[0]);
-    acc_t s1 = 0, s2 = 0;
+    double s1 = 0, s2 = 0;
     for (int64_t s0 = 0; s0 < Sp; s0 += kChunk) {
       const int64_t s1e = std::min(Sp, s0 + kChunk);
       acc_t t1 = 0, t2 = 0;
@@ -86,9 +86,9 @@ AGN_INLINE void fwd_tile_nchw(const Args<scalar_t, acc_t>& a, int64_t tile) {
       s1 += t1;
       s2 += t2;
     }
-    gm = merge_moments(gm, moments_from_shifted(acc_t(Sp), k, s1, s2));
+    gm = merge_moments(gm, moments_from_shifted(double(Sp), double(k), s1, s2));
   }
-  const acc_t mean = gm.mean, rstd = group_rstd(gm, a.eps);
+  const acc_t mean = acc_t(gm.mean), rstd = acc_t(group_rstd(gm, double(a.eps)));
   a.mean[tile] = mean;
   a.rstd[tile] = rstd;
   for (int64_t cl = 0; cl < a.Cg; ++cl) {
@@ -108,14 +108,14 @@ AGN_INLINE void bwd_tile_nchw(const Args<scalar_t, acc_t>& a, int64_t tile) {
   const int64_t c0 = g * a.Cg;
   const int64_t off = (bi * a.C + c0) * Sp;
   const acc_t mean = a.mean[tile], rstd = a.rstd[tile];
-  acc_t su = 0, sv = 0;
+  double su = 0, sv = 0;
   for (int64_t cl = 0; cl < a.Cg; ++cl) {
     const int64_t c = c0 + cl, bc = bi * a.C + c;
     const FwdCoef<acc_t> f = fwd_coef(mean, rstd, a.w[c], a.b[c], a.scale[bc], a.shift[bc]);
     const acc_t fa = f.a, fc = f.c;
     const scalar_t* xc = a.x + off + cl * Sp;
     const scalar_t* dyc = a.dy + off + cl * Sp;
-    acc_t S = 0, T = 0;
+    double S = 0, T = 0;
     for (int64_t s0 = 0; s0 < Sp; s0 += kChunk) {
       const int64_t s1e = std::min(Sp, s0 + kChunk);
       acc_t t1 = 0, t2 = 0;
@@ -130,18 +130,18 @@ AGN_INLINE void bwd_tile_nchw(const Args<scalar_t, acc_t>& a, int64_t tile) {
       T += t2;
     }
     T *= rstd;
-    a.S[bc] = S;
-    a.T[bc] = T;
-    const acc_t gc = a.w[c] * (acc_t(1) + a.scale[bc]);
+    a.S[bc] = acc_t(S);
+    a.T[bc] = acc_t(T);
+    const double gc = a.w[c] * (acc_t(1) + a.scale[bc]);
     su += gc * S;
     sv += gc * T;
   }
-  const acc_t n = acc_t(a.Cg * Sp);
+  const double n = double(a.Cg * Sp);
   for (int64_t cl = 0; cl < a.Cg; ++cl) {
     const int64_t c = c0 + cl, bc = bi * a.C + c;
     const FwdCoef<acc_t> f = fwd_coef(mean, rstd, a.w[c], a.b[c], a.scale[bc], a.shift[bc]);
-    const BwdCoef<acc_t> k = bwd_coef(mean, rstd, a.w[c] * (acc_t(1) + a.scale[bc]), su / n, sv / n);
-    const acc_t fa = f.a, fc = f.c, kp = k.p, kq = k.q, kr = k.r;
+    const BwdCoef<acc_t> k = bwd_coef(mean, rstd, a.w[c] * (acc_t(1) + a.scale[bc]), acc_t(su / n), acc_t(sv / n));
+    const acc_t fa = f.a, fc = f.c, kg = k.g, ku = k.u, kq = k.q;
     const scalar_t* xc = a.x + off + cl * Sp;
     const scalar_t* dyc = a.dy + off + cl * Sp;
     scalar_t* dxc = a.out + off + cl * Sp;
@@ -149,7 +149,7 @@ AGN_INLINE void bwd_tile_nchw(const Args<scalar_t, acc_t>& a, int64_t tile) {
     for (int64_t s = 0; s < Sp; ++s) {
       const acc_t xm = ld(xc[s]) - mean;
       const acc_t dh = act_backward<SILU>(xm * fa + fc, acc_t(ld(dyc[s])));
-      dxc[s] = st<scalar_t>(kp * dh + kq * xm + kr);
+      dxc[s] = st<scalar_t>(rstd * (kg * dh - ku) + kq * xm);  // grad_x in adagn.h
     }
   }
 }
@@ -163,8 +163,10 @@ AGN_INLINE void fwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
   const int64_t c0 = g0 * a.Cg, cb = ng * a.Cg, C = a.C, Sp = a.Sp;
   const scalar_t* xb = a.x + bi * Sp * C + c0;
   scalar_t* yb = a.out + bi * Sp * C + c0;
-  std::vector<acc_t> buf(6 * cb, acc_t(0));
-  acc_t *k = buf.data(), *s1 = k + cb, *s2 = s1 + cb, *t1 = s2 + cb, *t2 = t1 + cb, *cm = t2 + cb;
+  std::vector<acc_t> buf(3 * cb, acc_t(0));
+  std::vector<double> wide(2 * cb, 0.0);  // running sums: chunks of kRowChunk rows fold into double
+  acc_t *k = buf.data(), *t1 = k + cb, *t2 = t1 + cb;
+  double *s1 = wide.data(), *s2 = s1 + cb;
   for (int64_t j = 0; j < cb; ++j) k[j] = ld(xb[j]);
   for (int64_t r0 = 0; r0 < Sp; r0 += kRowChunk) {
     const int64_t r1 = std::min(Sp, r0 + kRowChunk);
@@ -186,10 +188,10 @@ AGN_INLINE void fwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
   // Per-group merge, then per-channel coefficients: reuse k (mean), t1 (a), t2 (c).
   acc_t *fmean = k, *fa = t1, *fc = t2;
   for (int64_t gl = 0; gl < ng; ++gl) {
-    Moments<acc_t> gm{0, 0, 0};
+    Moments<double> gm{0, 0, 0};
     for (int64_t j = gl * a.Cg; j < (gl + 1) * a.Cg; ++j)
-      gm = merge_moments(gm, moments_from_shifted(acc_t(Sp), k[j], s1[j], s2[j]));
-    const acc_t mean = gm.mean, rstd = group_rstd(gm, a.eps);
+      gm = merge_moments(gm, moments_from_shifted(double(Sp), double(k[j]), s1[j], s2[j]));
+    const acc_t mean = acc_t(gm.mean), rstd = acc_t(group_rstd(gm, double(a.eps)));
     a.mean[bi * a.G + g0 + gl] = mean;
     a.rstd[bi * a.G + g0 + gl] = rstd;
     for (int64_t j = gl * a.Cg; j < (gl + 1) * a.Cg; ++j) {
@@ -200,7 +202,6 @@ AGN_INLINE void fwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
       fc[j] = f.c;
     }
   }
-  (void)cm;
   for (int64_t r = 0; r < Sp; ++r) {
     const scalar_t* row = xb + r * C;
     scalar_t* orow = yb + r * C;
@@ -216,9 +217,11 @@ AGN_INLINE void bwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
   const int64_t g0 = blk * a.gpb, ng = std::min(a.gpb, a.G - g0);
   const int64_t c0 = g0 * a.Cg, cb = ng * a.Cg, C = a.C, Sp = a.Sp;
   const int64_t off = bi * Sp * C + c0;
-  std::vector<acc_t> buf(9 * cb, acc_t(0));
-  acc_t *fm = buf.data(), *fa = fm + cb, *fc = fa + cb, *S = fc + cb, *T = S + cb, *t1 = T + cb, *t2 = t1 + cb;
-  acc_t *kp = t2 + cb, *kq = kp + cb;
+  std::vector<acc_t> buf(8 * cb, acc_t(0));
+  std::vector<double> wide(2 * cb, 0.0);  // running sums of dh, dh * (x - mean)
+  acc_t *fm = buf.data(), *fa = fm + cb, *fc = fa + cb, *t1 = fc + cb, *t2 = t1 + cb;
+  acc_t *kg = t2 + cb, *kq = kg + cb, *kr = kq + cb;
+  double *S = wide.data(), *T = S + cb;
   for (int64_t j = 0; j < cb; ++j) {
     const int64_t c = c0 + j, bg = bi * a.G + c / a.Cg;
     const FwdCoef<acc_t> f = fwd_coef(a.mean[bg], a.rstd[bg], a.w[c], a.b[c], a.scale[bi * C + c], a.shift[bi * C + c]);
@@ -245,28 +248,30 @@ AGN_INLINE void bwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
       T[j] += t2[j];
     }
   }
-  // Reuse t1 for r and kp/kq for p, q.
-  acc_t* kr = t1;
-  const acc_t n = acc_t(a.Cg * Sp);
+  // Per-channel BwdCoef fields: kg (g), kq (q), ku (u, reusing t1), kr (rstd).
+  acc_t* ku = t1;
+  const double n = double(a.Cg * Sp);
   for (int64_t gl = 0; gl < ng; ++gl) {
     const int64_t bg = bi * a.G + g0 + gl;
     const acc_t mean = a.mean[bg], rstd = a.rstd[bg];
-    acc_t su = 0, sv = 0;
+    double su = 0, sv = 0;
     for (int64_t j = gl * a.Cg; j < (gl + 1) * a.Cg; ++j) {
       const int64_t c = c0 + j;
       T[j] *= rstd;
-      a.S[bi * C + c] = S[j];
-      a.T[bi * C + c] = T[j];
-      const acc_t gc = a.w[c] * (acc_t(1) + a.scale[bi * C + c]);
+      a.S[bi * C + c] = acc_t(S[j]);
+      a.T[bi * C + c] = acc_t(T[j]);
+      const double gc = a.w[c] * (acc_t(1) + a.scale[bi * C + c]);
       su += gc * S[j];
       sv += gc * T[j];
     }
     for (int64_t j = gl * a.Cg; j < (gl + 1) * a.Cg; ++j) {
       const int64_t c = c0 + j;
-      const BwdCoef<acc_t> k = bwd_coef(mean, rstd, a.w[c] * (acc_t(1) + a.scale[bi * C + c]), su / n, sv / n);
-      kp[j] = k.p;
+      const BwdCoef<acc_t> k =
+          bwd_coef(mean, rstd, a.w[c] * (acc_t(1) + a.scale[bi * C + c]), acc_t(su / n), acc_t(sv / n));
+      kg[j] = k.g;
       kq[j] = k.q;
-      kr[j] = k.r;
+      ku[j] = k.u;
+      kr[j] = k.rstd;
     }
   }
   for (int64_t r = 0; r < Sp; ++r) {
@@ -277,7 +282,7 @@ AGN_INLINE void bwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
     for (int64_t j = 0; j < cb; ++j) {
       const acc_t xm = ld(xr[j]) - fm[j];
       const acc_t dh = act_backward<SILU>(xm * fa[j] + fc[j], acc_t(ld(dyr[j])));
-      dxr[j] = st<scalar_t>(kp[j] * dh + kq[j] * xm + kr[j]);
+      dxr[j] = st<scalar_t>(kr[j] * (kg[j] * dh - ku[j]) + kq[j] * xm);  // grad_x in adagn.h
     }
   }
 }

@@ -2,3 +2,6 @@
 from dalle2_fast.nn.vq import VectorQuantizer, VQOutput
 
 __all__ = ["VectorQuantizer", "VQOutput"]
+from dalle2_fast.nn.adagn import AdaGN  # noqa: E402
+
+__all__ += ["AdaGN"]

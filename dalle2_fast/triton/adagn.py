@@ -142,9 +142,8 @@ def _adagn_bwd_kernel(
         sh = tl.load(shift_ptr + bi * C + c, mask=cmask, other=0.0)
         a = rstd * w * (1.0 + sc_)
         cc = bb * (1.0 + sc_) + sh
-        p = rstd * w * (1.0 + sc_)  # bwd_coef in adagn.h
+        gc = w * (1.0 + sc_)  # bwd_coef / grad_x in adagn.h
         q = -rstd * rstd * v
-        r = -rstd * u
         for s0 in range(0, S, BLOCK_S):
             sp = s0 + tl.arange(0, BLOCK_S)
             mask = cmask[:, None] & (sp < S)[None, :]
@@ -153,7 +152,7 @@ def _adagn_bwd_kernel(
             dh = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             if SILU:
                 dh = _silu_bwd(xm * a[:, None] + cc[:, None], dh)
-            dx = p[:, None] * dh + q * xm + r
+            dx = rstd * (gc[:, None] * dh - u) + q * xm
             tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 

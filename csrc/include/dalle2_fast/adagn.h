@@ -181,28 +181,32 @@ DF_AGN acc_t act_backward(acc_t h, acc_t dout) {
 //   dshift_bc = S_c                       dscale_bc = w_c T_c + b_c S_c
 //   dweight_c = sum_b (1 + scale_bc) T_c   dbias_c  = sum_b (1 + scale_bc) S_c
 //   per (b, group):  u = sum_c g_c S_c / N,  v = sum_c g_c T_c / N   (N = elements in group)
-//   dx = rstd * (g_c dh - u - xhat v) = p dh + q (x - mean) + r
+//   dx = rstd * (g_c dh - u) + q (x - mean),  q = -rstd^2 v
+// (g_c dh - u cancels before the multiplication by rstd, which can be ~1/sqrt(eps) when a
+// group's variance is ~0).
 template <typename acc_t>
 struct BwdCoef {
   acc_t mean;
-  acc_t p;  // rstd * g_c
+  acc_t rstd;
+  acc_t g;  // w_c * (1 + scale_bc)
+  acc_t u;  // sum_c g_c S_c / N
   acc_t q;  // -rstd^2 * v
-  acc_t r;  // -rstd * u
 };
 
 template <typename acc_t>
 DF_AGN BwdCoef<acc_t> bwd_coef(acc_t mean, acc_t rstd, acc_t g_c, acc_t u, acc_t v) {
   BwdCoef<acc_t> k;
   k.mean = mean;
-  k.p = rstd * g_c;
+  k.rstd = rstd;
+  k.g = g_c;
+  k.u = u;
   k.q = -rstd * rstd * v;
-  k.r = -rstd * u;
   return k;
 }
 
 template <typename acc_t>
 DF_AGN acc_t grad_x(acc_t x, acc_t dh, const BwdCoef<acc_t>& k) {
-  return k.p * dh + k.q * (x - k.mean) + k.r;
+  return k.rstd * (k.g * dh - k.u) + k.q * (x - k.mean);
 }
 
 // dscale and dshift of one (b, c) from its sums.
