@@ -16,9 +16,7 @@
 #pragma once
 #include "dalle2_fast/common.h"
 
-#if !defined(__CUDACC__)
 #include <cmath>
-#endif
 
 // Host: force inlining so the helpers vectorise inside the CPU kernels' ISA clones.
 #if defined(__CUDACC__)
@@ -83,7 +81,7 @@ DF_AGN void welford_update(Moments<acc_t>& m, acc_t v) {
 template <typename acc_t>
 DF_AGN acc_t group_rstd(const Moments<acc_t>& m, acc_t eps) {
   const acc_t var = m.n > acc_t(0) ? m.m2 / m.n : acc_t(0);  // biased, as GroupNorm
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
   return acc_t(1) / sqrt(var + eps);
 #else
   return acc_t(1) / std::sqrt(var + eps);
@@ -121,7 +119,7 @@ DF_AGN acc_t pre_act(acc_t x, const FwdCoef<acc_t>& k) {
 // exp. The float version is a branch-free Cephes-style polynomial so that CPU loops
 // vectorise (libm's expf does not without -ffast-math); relative error ~2 ulp.
 DF_AGN float exp_approx(float x) {
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
   return __expf(x);
 #else
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
@@ -142,7 +140,7 @@ DF_AGN float exp_approx(float x) {
 }
 
 DF_AGN double exp_approx(double x) {
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
   return exp(x);
 #else
   return std::exp(x);
