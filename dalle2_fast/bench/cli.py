@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{doc['machine']['git_commit'][:10]}. Bounds measured in the same run: copy "
                 f"{bounds['copy_GBps']:.1f} GB/s, fp32 matmul {bounds['matmul_GFLOPs']:.0f} GFLOP/s.", ""]
         (out / "results.md").write_text("\n".join(head + md) + "\n")
+        from dalle2_fast.bench.plots import plot_family
+
+        for fam in ops:
+            plot_family(results, fam, out / f"{fam}.png")
         print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
 
