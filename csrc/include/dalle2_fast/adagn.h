@@ -123,7 +123,9 @@ DF_AGN float exp_approx(float x) {
   return __expf(x);
 #else
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float fx = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  // n = round(x / ln2) by the 1.5 * 2^23 trick (floorf / nearbyintf block GCC's AVX-512
+  // vectoriser; this file is never compiled with -ffast-math, which would fold it away).
+  const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = x - fx * 0.693359375f;
   r = r - fx * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
