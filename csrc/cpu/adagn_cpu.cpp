@@ -2,7 +2,7 @@
 //
 // Work is split into tiles that one thread owns start to finish, OpenMP over tiles:
 //   NCHW: one (batch, group); its Cg * S elements are one contiguous slab.
-//   NHWC: one (batch, block of whole groups ~64 channels wide); rows of the block are strided.
+//   NHWC: one (batch, block of whole groups up to 256 channels wide); rows are strided by C.
 // Within a tile: one read for the per-channel statistics, the group merge (adagn.h), then one
 // fused read-write pass. The tile (<= a few MB) is still in L2 for the second read, so memory
 // traffic is close to one read and one write. Backward: one read of (x, dy) for the
@@ -32,7 +32,7 @@ using namespace dalle2_fast::adagn;
 
 constexpr int64_t kChunk = 256;       // elements summed (vectorised, acc_t) before folding
 constexpr int64_t kRowChunk = 32;     // NHWC rows summed before folding
-constexpr int64_t kBlockChannels = 64;  // NHWC tile width target
+constexpr int64_t kBlockChannels = 256;  // NHWC tile width target (see groups_per_block)
 
 template <typename T>
 AGN_INLINE float ld(T v) {
@@ -336,7 +336,14 @@ void launch(const Args<scalar_t, acc_t>& a, bool nhwc, bool silu, bool bwd) {
   at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) { tiles(a, nhwc, silu, bwd, t0, t1); });
 }
 
-int64_t groups_per_block(int64_t Cg) { return std::max<int64_t>(1, kBlockChannels / Cg); }
+// NHWC tile width: wide rows amortise the per-row loop overhead (measured: 256 channels ran the
+// silu backward ~1.5x faster than 64), but keep >= 4 tiles per thread for load balance.
+int64_t groups_per_block(int64_t Cg, int64_t G, int64_t B) {
+  int64_t gpb = std::max<int64_t>(1, kBlockChannels / Cg);
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  while (gpb > 1 && B * ((G + gpb - 1) / gpb) < want) gpb = (gpb + 1) / 2;
+  return std::min(gpb, G);
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adagn_forward_cpu(
     const at::Tensor& x, int64_t num_groups, const c10::optional<at::Tensor>& weight,
@@ -358,7 +365,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adagn_forward_cpu(
       a.b = p.b.data_ptr<acc_t>();
       a.scale = p.scale.data_ptr<acc_t>();
       a.shift = p.shift.data_ptr<acc_t>();
-      a.B = p.B, a.C = p.C, a.Sp = p.S, a.G = p.G, a.Cg = p.C / p.G, a.gpb = groups_per_block(p.C / p.G);
+      a.B = p.B, a.C = p.C, a.Sp = p.S, a.G = p.G, a.Cg = p.C / p.G, a.gpb = groups_per_block(p.C / p.G, p.G, p.B);
       a.eps = static_cast<acc_t>(eps);
       launch(a, p.nhwc, silu, false);
     });
@@ -395,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> adagn_bac
       a.shift = p.shift.data_ptr<acc_t>();
       a.S = S.data_ptr<acc_t>();
       a.T = T.data_ptr<acc_t>();
-      a.B = p.B, a.C = p.C, a.Sp = p.S, a.G = p.G, a.Cg = p.C / p.G, a.gpb = groups_per_block(p.C / p.G);
+      a.B = p.B, a.C = p.C, a.Sp = p.S, a.G = p.G, a.Cg = p.C / p.G, a.gpb = groups_per_block(p.C / p.G, p.G, p.B);
       launch(a, p.nhwc, silu, true);
     });
   }

@@ -91,6 +91,9 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
                 variants.append(Variant("torch.compile", wrap(lambda *a: _compiled_fn()(*a)), "peer"))
                 if mode == "fwd":  # a copy moves the same 2 tensors as the forward
                     variants.append(Variant("copy (bound)", lambda dst=dst, x=x: dst.copy_(x), "bound"))
+                    # ... and a clone also pays for a fresh output, as every op here does (first-
+                    # touch page faults dominate above glibc's 32 MB mmap threshold).
+                    variants.append(Variant("clone (bound)", lambda x=x: x.clone(), "bound"))
                 n = x.numel() * x.element_size()
                 name = f"{mode}-{'x'.join(map(str, shape))}-{layout}-{str(dt).replace('torch.', '')}"
                 out.append(Case(FAMILY, name, dict(shape=shape, dtype=str(dt), layout=layout, mode=mode),
