@@ -1,0 +1,1 @@
+"""Models: the U-Net family (DDPM / Improved DDPM / ADM) and its noisy classifier, ..."""
