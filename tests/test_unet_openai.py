@@ -164,7 +164,7 @@ def test_load_from_pt_file_weights_only(tmp_path):
     # a pickle that would run code on load is refused (weights_only=True), never executed
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as fh:
-        pickle.dump(_Boom(), fh)
+        pickle.dump(_Boom(), fh, protocol=2)
     with pytest.raises(pickle.UnpicklingError):
         UNet.from_guided_diffusion(evil, **flags)
 
@@ -175,15 +175,18 @@ class _Boom:
 
 
 def test_mismatched_flags_are_clear_errors():
-    flags = GUIDED["adm64"]
+    flags = dict(image_size=32, channel_mult="1,2", num_channels=32, num_res_blocks=1, class_cond=True,
+                 attention_resolutions="16", num_head_channels=32, resblock_updown=True)
     sd = _guided(flags, seed=10).state_dict()
     with pytest.raises(ValueError, match="class_cond"):  # checkpoint has label_emb
         UNet.from_guided_diffusion(sd, **{**flags, "class_cond": False})
     with pytest.raises(KeyError, match="missing|unexpected"):  # a different depth
         UNet.from_guided_diffusion(sd, **{**flags, "num_res_blocks": 2})
+    with pytest.raises(KeyError, match="missing|unexpected"):  # conv resampling instead of ResBlocks
+        UNet.from_guided_diffusion(sd, **{**flags, "resblock_updown": False})
     with pytest.raises(ValueError, match="shape"):  # a different width
-        UNet.from_guided_diffusion(sd, **{**flags, "num_channels": 128})
+        UNet.from_guided_diffusion(sd, **{**flags, "num_channels": 64})
     with pytest.raises(TypeError, match="unknown flags.*num_chanels"):  # a typo is not swallowed
         UNet.from_guided_diffusion(sd, num_chanels=64, **flags)
     with pytest.raises(ValueError, match="image_size 48"):
-        UNet.from_guided_diffusion(sd, **{**flags, "image_size": 48})
+        UNet.from_guided_diffusion(sd, **{**flags, "image_size": 48, "channel_mult": ""})
