@@ -100,6 +100,19 @@ class NoisyClassifier(nn.Module):
             return self.pool(h)
         return self.pool(h.mean(dim=(2, 3), keepdim=True)).flatten(1)
 
+    def save(self, path) -> None:
+        """Weights and config in one safetensors file (see ``load``)."""
+        from dalle2_fast.models._config_io import save_with_config
+
+        save_with_config(self, path)
+
+    @classmethod
+    def load(cls, path, map_location: str = "cpu") -> "NoisyClassifier":
+        """A NoisyClassifier rebuilt from the config stored in ``path`` with its weights."""
+        from dalle2_fast.models._config_io import load_with_config
+
+        return load_with_config(path, cls, ClassifierConfig, map_location)
+
     @classmethod
     def from_guided_diffusion(cls, state_dict_or_path, **flags) -> "NoisyClassifier":
         """Load a guided-diffusion classifier checkpoint given its published flags

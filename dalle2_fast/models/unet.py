@@ -250,6 +250,19 @@ class UNet(nn.Module):
             h = block(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
         return self.out_conv(self.out_norm(h, act="silu"))
 
+    def save(self, path) -> None:
+        """Weights and config in one safetensors file (see ``load``)."""
+        from dalle2_fast.models._config_io import save_with_config
+
+        save_with_config(self, path)
+
+    @classmethod
+    def load(cls, path, map_location: str = "cpu") -> "UNet":
+        """A UNet rebuilt from the config stored in ``path`` with its weights."""
+        from dalle2_fast.models._config_io import load_with_config
+
+        return load_with_config(path, cls, UNetConfig, map_location)
+
     @classmethod
     def from_guided_diffusion(cls, state_dict_or_path, **flags) -> "UNet":
         """Load a guided-diffusion (ADM) checkpoint given its published flags; see
