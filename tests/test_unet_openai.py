@@ -9,7 +9,7 @@ import torch
 gd = pytest.importorskip("guided_diffusion.script_util")
 
 from dalle2_fast.models.classifier import NoisyClassifier  # noqa: E402
-from dalle2_fast.models.unet import UNet  # noqa: E402
+from dalle2_fast.models.unet import UNet, UNetConfig  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # guided_diffusion's cuda.amp decorators
 
@@ -167,6 +167,14 @@ def test_load_from_pt_file_weights_only(tmp_path):
         pickle.dump(_Boom(), fh, protocol=2)
     with pytest.raises(pickle.UnpicklingError):
         UNet.from_guided_diffusion(evil, **flags)
+
+
+def test_export_refuses_what_guided_diffusion_lacks():
+    for extra in (dict(cond_dim=4), dict(context_dim=8)):
+        model = UNet(UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                                attention_resolutions=(8,), **extra))
+        with pytest.raises(ValueError, match="cannot be exported"):
+            model.to_guided_diffusion_state_dict()
 
 
 class _Boom:

@@ -45,7 +45,7 @@ def _settings(device: str, quick: bool) -> list[tuple[int, int, int]]:
     """(batch, model_channels, head_channels) per case; image 64x64."""
     if device == "cuda":
         return [(8, 64, 64)] if quick else [(16, 64, 64), (16, 128, 64)]
-    return [(1, 32, 32)] if quick else [(4, 64, 64)]
+    return [(1, 32, 32)] if quick else [(2, 64, 64)]
 
 
 def _guided_peer(model: UNet, hc: int):

@@ -26,7 +26,8 @@ def load_with_config(path, model_cls, config_cls, map_location: str = "cpu"):
         meta = f.metadata() or {}
     if meta.get("config_class") != config_cls.__name__:
         raise ValueError(
-            f"{model_cls.__name__}.load: {path} holds a {meta.get('config_class')!r} config, expected {config_cls.__name__!r}"
+            f"{model_cls.__name__}.load: {path} holds a {meta.get('config_class')!r} config, "
+            f"expected {config_cls.__name__!r}"
         )
     model = model_cls(config_cls(**json.loads(meta["config"])))
     sd = load_file(path, device=map_location)

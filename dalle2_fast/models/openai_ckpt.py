@@ -168,6 +168,9 @@ def _key_map(model, new_order: bool) -> dict:
     """our key -> (their key, ours->theirs fn, theirs->ours fn)."""
     out = {}
     prefix_map, special = {}, {}
+    if getattr(model, "cond_proj", None) is not None:
+        raise ValueError("to_guided_diffusion_state_dict: guided-diffusion has no embedding-vector "
+                         "conditioning (cond_dim); this model cannot be exported to its layout")
     top = {"out_norm": "out.0", "out_conv": "out.2"}
     if isinstance(model, NoisyClassifier):
         top = {"out_norm": "out.0", "pool": "out.2" if model.config.pool == "attention" else "out.3"}
@@ -182,8 +185,11 @@ def _key_map(model, new_order: bool) -> dict:
             if m.context_kv is not None:
                 raise ValueError("to_guided_diffusion_state_dict: guided-diffusion has no cross-attention "
                                  "(context_dim); this model cannot be exported to its layout")
+            if new_order:
+                fwd, inv = _conv1d, _unconv1d
+            else:
+                fwd, inv = _qkv_to_legacy(m.num_heads), _qkv_from_legacy(m.num_heads)
             for s in ("weight", "bias"):
-                fwd, inv = (_conv1d, _unconv1d) if new_order else (_qkv_to_legacy(m.num_heads), _qkv_from_legacy(m.num_heads))
                 special[p + "qkv." + s] = (p + "qkv." + s, fwd, inv)
                 special[p + "proj_out." + s] = (p + "proj_out." + s, _conv1d, _unconv1d)
         elif isinstance(m, AttentionPool2d):
@@ -208,7 +214,8 @@ def _key_map(model, new_order: bool) -> dict:
 def to_openai_state_dict(model, use_new_attention_order: bool = False) -> dict:
     """Our model's weights in guided-diffusion's key and tensor layout."""
     sd = model.state_dict()
-    return {t: fwd(sd[k].detach().clone()) for k, (t, fwd, _) in _key_map(model, use_new_attention_order).items()}
+    kmap = _key_map(model, use_new_attention_order)
+    return {t: fwd(sd[k].detach().clone()).contiguous() for k, (t, fwd, _) in kmap.items()}
 
 
 def load_openai_into(model, sd: dict, new_order: bool, who: str):

@@ -140,7 +140,8 @@ def build_encoder(cfg, emb_dim: int, context_dim=None):
             chans.append(ch)
             ds *= 2
     middle = TimestepSequential(
-        [ResBlock(ch, emb_dim, ch, **res_kw), _attn(cfg, ch, cfg.num_heads, context_dim), ResBlock(ch, emb_dim, ch, **res_kw)]
+        [ResBlock(ch, emb_dim, ch, **res_kw), _attn(cfg, ch, cfg.num_heads, context_dim),
+         ResBlock(ch, emb_dim, ch, **res_kw)]
     )
     return blocks, middle, chans, ds
 
@@ -224,7 +225,9 @@ class UNet(nn.Module):
         if (cond is None) != (cfg.cond_dim is None):
             raise ValueError(f"UNet: cond must be given iff cond_dim is set (cond_dim={cfg.cond_dim})")
         if cond is not None and cond.shape != (x.shape[0], cfg.cond_dim):
-            raise ValueError(f"UNet: cond must be (B, cond_dim) = {(x.shape[0], cfg.cond_dim)}, got {tuple(cond.shape)}")
+            raise ValueError(
+                f"UNet: cond must be (B, cond_dim) = {(x.shape[0], cfg.cond_dim)}, got {tuple(cond.shape)}"
+            )
         if context is not None:
             if cfg.context_dim is None:
                 raise ValueError("UNet: context given but the model has no context_dim")

@@ -143,7 +143,8 @@ class AttentionBlock(nn.Module):
         if num_head_channels is not None:
             if channels % num_head_channels:
                 raise ValueError(
-                    f"AttentionBlock: channels ({channels}) must be divisible by num_head_channels ({num_head_channels})"
+                    f"AttentionBlock: channels ({channels}) must be divisible by "
+                    f"num_head_channels ({num_head_channels})"
                 )
             num_heads = channels // num_head_channels
         if num_heads < 1 or channels % num_heads:
