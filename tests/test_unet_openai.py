@@ -37,9 +37,11 @@ def _close(a, b, tol=1e-5):
 # what it catches. Inputs run at 32x32 (the nets are fully convolutional) to stay fast.
 GUIDED = {
     # ImageNet-64: new attention order, head channels, 3 res blocks, class labels, learned sigma
+    # (use_fp16 is a runtime cast in their scripts: accepted, weights load into float32)
     "adm64": dict(attention_resolutions="32,16,8", class_cond=True, dropout=0.1, image_size=64, learn_sigma=True,
                   num_channels=64, num_head_channels=64, num_res_blocks=3, resblock_updown=True,
-                  use_new_attention_order=True, use_scale_shift_norm=True),
+                  use_new_attention_order=True, use_scale_shift_norm=True, use_fp16=True, diffusion_steps=1000,
+                  noise_schedule="cosine"),
     # ImageNet-128: heads by COUNT with the legacy qkv order (the row permutation), channel_mult 1,1,2,3,4
     "adm128": dict(attention_resolutions="32,16,8", class_cond=True, image_size=128, learn_sigma=True,
                    num_channels=64, num_heads=4, num_res_blocks=2, resblock_updown=True, use_scale_shift_norm=True),
@@ -60,7 +62,7 @@ GUIDED = {
 
 def _guided(flags, seed):
     """guided-diffusion's create_model with its defaults overridden by the model flags."""
-    keys = set(gd.model_and_diffusion_defaults()) - set(gd.diffusion_defaults()) | {"learn_sigma"}
+    keys = set(gd.model_and_diffusion_defaults()) - set(gd.diffusion_defaults()) - {"use_fp16"} | {"learn_sigma"}
     defaults = {k: v for k, v in gd.model_and_diffusion_defaults().items() if k in keys}
     return _randomize(gd.create_model(**{**defaults, **{k: v for k, v in flags.items() if k in keys}}), seed)
 

@@ -15,6 +15,8 @@ Layout differences handled here (our modules keep one layout each):
   pool (positional_embedding (C, T+1), qkv_proj, c_proj) or ``out.3`` (adaptive) <-> ``pool``.
 improved-diffusion's U-Net is guided-diffusion's with no resblock_updown, legacy attention and
 heads given by count only; its default channel_mult differs (it also has 32x32: (1, 2, 2, 2)).
+Its diffusion defaults to ``rescale_timesteps=True`` (the model sees t * 1000 / T); guided-
+diffusion's to False: the sampler, not the network, must reproduce that.
 """
 from __future__ import annotations
 

@@ -277,7 +277,10 @@ class UNet(nn.Module):
     @classmethod
     def from_improved_diffusion(cls, state_dict_or_path, **flags) -> "UNet":
         """Load an improved-diffusion checkpoint given its published flags (its U-Net is
-        guided-diffusion's with no resblock_updown, legacy attention order, heads by count)."""
+        guided-diffusion's with no resblock_updown, legacy attention order, heads by count).
+
+        Note for samplers: improved-diffusion defaults to ``rescale_timesteps=True``, i.e. its
+        models were trained on t * 1000 / diffusion_steps (a float), not the integer step."""
         from dalle2_fast.models.openai_ckpt import unet_from_openai
 
         return unet_from_openai(state_dict_or_path, flags, source="improved")
