@@ -236,3 +236,22 @@ def test_gradients_match_reference():
     for key, (their_key, to_theirs, _) in _key_map(ours, new_order=False).items():
         g = to_theirs(dict(ours.named_parameters())[key].grad)
         _close_rel(theirs[their_key].grad, g, their_key)
+
+
+def test_super_resolution_model():
+    """The released 64->256 upsampler's flags (SuperResModel: large_size / small_size, x and the
+    bilinearly upsampled low-res image concatenated) at reduced width; evaluated at 32 from 8."""
+    flags = dict(attention_resolutions="32,16,8", class_cond=True, diffusion_steps=1000, large_size=256,
+                 small_size=64, learn_sigma=True, noise_schedule="linear", num_channels=32, num_heads=4,
+                 num_res_blocks=1, resblock_updown=True, use_fp16=True, use_scale_shift_norm=True)
+    keys = set(gd.sr_model_and_diffusion_defaults()) - set(gd.diffusion_defaults()) | {"learn_sigma"}
+    ref = _randomize(gd.sr_create_model(**{k: v for k, v in {**gd.sr_model_and_diffusion_defaults(), **flags,
+                                                                  "use_fp16": False}.items() if k in keys}), 13)
+    ours = UNet.from_guided_diffusion(ref.state_dict(), **flags).eval()
+    assert ours.config.low_res_channels == 3 and ours.config.in_channels == 3
+    x, t, y = _inputs(flags, size=32, seed=14)
+    low = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        _close(ref(x, t, low_res=low, y=y), ours(x, t, y, low_res=low))
+    with pytest.raises(ValueError, match="low_res must be given"):
+        ours(x, t, y)

@@ -37,10 +37,15 @@ _GUIDED_DEFAULTS = dict(image_size=64, num_channels=128, num_res_blocks=2, num_h
 _IMPROVED_DEFAULTS = dict(image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1,
                           attention_resolutions="16,8", dropout=0.0, learn_sigma=False, class_cond=False,
                           use_checkpoint=False, use_scale_shift_norm=True, channel_mult="")
+_SR_DEFAULTS = dict(large_size=256, small_size=64, num_channels=128, num_res_blocks=2, num_heads=4,
+                    num_heads_upsample=-1, num_head_channels=-1, attention_resolutions="16,8", dropout=0.0,
+                    class_cond=False, use_checkpoint=False, use_scale_shift_norm=True, resblock_updown=False,
+                    use_fp16=False, learn_sigma=False)
 _CLASSIFIER_DEFAULTS = dict(image_size=64, classifier_use_fp16=False, classifier_width=128, classifier_depth=2,
                             classifier_attention_resolutions="32,16,8", classifier_use_scale_shift_norm=True,
                             classifier_resblock_updown=True, classifier_pool="attention")
 _GUIDED_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
+_SR_MULT = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
 _IMPROVED_MULT = {256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2)}
 
 
@@ -90,11 +95,26 @@ def _need(sd: dict, key: str, who: str) -> torch.Tensor:
 
 
 def unet_config_from_flags(flags: dict, sd: dict, source: str = "guided") -> tuple[UNetConfig, bool]:
-    """(UNetConfig, use_new_attention_order) for published flags and the weights they go with."""
+    """(UNetConfig, use_new_attention_order) for published flags and the weights they go with.
+
+    guided-diffusion's super-resolution flags (``large_size`` / ``small_size``, the SuperResModel
+    checkpoints) give a UNet with ``low_res_channels`` = in_channels (x and low_res concatenated)."""
     who = f"UNet.from_{source}_diffusion"
-    f = _merge_flags(flags, _GUIDED_DEFAULTS if source == "guided" else _IMPROVED_DEFAULTS, who)
-    mult = _mult(f, _GUIDED_MULT if source == "guided" else _IMPROVED_MULT, who)
+    sr = source == "guided" and "large_size" in flags
+    defaults = _SR_DEFAULTS if sr else _GUIDED_DEFAULTS if source == "guided" else _IMPROVED_DEFAULTS
+    f = _merge_flags(flags, defaults, who)
+    if sr:
+        if f["large_size"] not in _SR_MULT:
+            raise ValueError(f"{who}: large_size must be one of {sorted(_SR_MULT)}, got {f['large_size']}")
+        f["image_size"], mult = f["large_size"], _SR_MULT[f["large_size"]]
+    else:
+        mult = _mult(f, _GUIDED_MULT if source == "guided" else _IMPROVED_MULT, who)
     in_ch = _need(sd, "input_blocks.0.0.weight", who).shape[1]
+    low_res = None
+    if sr:
+        if in_ch % 2:
+            raise ValueError(f"{who}: a super-resolution checkpoint has an even number of input channels, got {in_ch}")
+        in_ch = low_res = in_ch // 2
     out_ch = _need(sd, "out.2.weight", who).shape[0]
     k = 2 if f["learn_sigma"] else 1
     if out_ch % k:
@@ -112,7 +132,7 @@ def unet_config_from_flags(flags: dict, sd: dict, source: str = "guided") -> tup
         num_heads_upsample=None if hu == -1 else hu, dropout=float(f["dropout"]), learn_sigma=bool(f["learn_sigma"]),
         num_classes=sd["label_emb.weight"].shape[0] if f["class_cond"] else None,
         use_scale_shift_norm=bool(f["use_scale_shift_norm"]), resblock_updown=bool(f.get("resblock_updown", False)),
-        use_checkpoint=bool(f["use_checkpoint"]),
+        low_res_channels=low_res, use_checkpoint=bool(f["use_checkpoint"]),
     )
     return cfg, bool(f.get("use_new_attention_order", False))
 

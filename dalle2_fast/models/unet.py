@@ -8,6 +8,8 @@
   ``num_head_channels``, AdaGN (``use_scale_shift_norm``), BigGAN up/down ResBlocks
   (``resblock_updown``), class conditioning (a label embedding added to the time embedding),
   dropout.
+- Super-resolution (ADM upsamplers, SR3-style): ``low_res_channels`` concatenates the
+  low-resolution image, bilinearly upsampled to x's size, to the input.
 - unCLIP decoder conditioning (Ramesh et al. 2022, Sec. 2.1, following GLIDE): a vector
   ``cond`` (B, cond_dim) projected and added to the time embedding, and context tokens
   (B, T, context_dim) that every attention block attends to besides its own tokens.
@@ -21,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast.nn.unet_blocks import (
@@ -41,7 +44,8 @@ class UNetConfig:
 
     attention_resolutions are feature-map sizes in pixels (e.g. (32, 16, 8) at image_size 64),
     like guided-diffusion's flags. out_channels defaults to in_channels and is doubled by
-    learn_sigma. num_head_channels, when set, overrides num_heads.
+    learn_sigma. num_head_channels, when set, overrides num_heads. low_res_channels: channels of
+    the ``low_res`` image a super-resolution model is conditioned on (None: not an upsampler).
     """
 
     image_size: int = 32
@@ -63,12 +67,18 @@ class UNetConfig:
     num_groups: int = 32
     cond_dim: int | None = None
     context_dim: int | None = None
+    low_res_channels: int | None = None
     use_checkpoint: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
         validate_trunk(self, "UNetConfig")
+        for name in ("out_channels", "num_classes", "cond_dim", "context_dim", "low_res_channels",
+                     "num_head_channels", "num_heads_upsample"):
+            val = getattr(self, name)
+            if val is not None and (not isinstance(val, int) or val < 1):
+                raise ValueError(f"UNetConfig: {name} must be None or a positive int, got {val!r}")
 
     @property
     def final_out_channels(self) -> int:
@@ -121,7 +131,8 @@ def build_encoder(cfg, emb_dim: int, context_dim=None):
     res_kw = dict(dropout=cfg.dropout, num_groups=cfg.num_groups, use_scale_shift_norm=cfg.use_scale_shift_norm)
     attn_ds = {cfg.image_size // r for r in cfg.attention_resolutions}
     ch = int(cfg.channel_mult[0] * cfg.model_channels)
-    blocks = nn.ModuleList([TimestepSequential([nn.Conv2d(cfg.in_channels, ch, 3, padding=1)])])
+    in_ch = cfg.in_channels + (getattr(cfg, "low_res_channels", None) or 0)  # SR: x and upsampled low_res
+    blocks = nn.ModuleList([TimestepSequential([nn.Conv2d(in_ch, ch, 3, padding=1)])])
     chans, ds = [ch], 1
     for level, mult in enumerate(cfg.channel_mult):
         for _ in range(cfg.num_res_blocks):
@@ -156,7 +167,8 @@ class UNet(nn.Module):
 
     x: (B, in_channels, S, S); t: (B,) timesteps (int or float); y: (B,) int64 labels when
     ``num_classes``; cond: (B, cond_dim) when ``cond_dim``; context: (B, T, context_dim) and
-    context_mask: (B, T) bool (True = padded token) when ``context_dim``.
+    context_mask: (B, T) bool (True = padded token) when ``context_dim``; low_res:
+    (B, low_res_channels, h, w) when ``low_res_channels`` (upsampled bilinearly to S x S).
     Returns (B, final_out_channels, S, S).
     """
 
@@ -209,7 +221,7 @@ class UNet(nn.Module):
             emb = emb + self.cond_proj(cond)
         return emb
 
-    def _check(self, x, t, y, cond, context, context_mask) -> None:
+    def _check(self, x, t, y, cond, context, context_mask, low_res) -> None:
         cfg = self.config
         if x.dim() != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"UNet: x must be (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
@@ -236,14 +248,21 @@ class UNet(nn.Module):
                     f"UNet: context must be (B, T, context_dim) with B={x.shape[0]}, "
                     f"context_dim={cfg.context_dim}, got {tuple(context.shape)}"
                 )
+        if (low_res is None) != (cfg.low_res_channels is None):
+            raise ValueError(f"UNet: low_res must be given iff low_res_channels is set ({cfg.low_res_channels})")
+        if low_res is not None and (low_res.dim() != 4 or low_res.shape[:2] != (x.shape[0], cfg.low_res_channels)):
+            raise ValueError(f"UNet: low_res must be (B, {cfg.low_res_channels}, h, w), got {tuple(low_res.shape)}")
         if context_mask is not None and (context is None or context_mask.shape != context.shape[:2]):
             raise ValueError(
                 f"UNet: context_mask must be (B, T) matching context, got {tuple(context_mask.shape)}"
             )
 
-    def forward(self, x, t, y=None, cond=None, context=None, context_mask=None):  # noqa: D102
-        self._check(x, t, y, cond, context, context_mask)
+    def forward(self, x, t, y=None, cond=None, context=None, context_mask=None, low_res=None):  # noqa: D102
+        self._check(x, t, y, cond, context, context_mask, low_res)
         emb = self.embed(t, y, cond)
+        if low_res is not None:
+            up = F.interpolate(low_res.to(x.dtype), size=x.shape[-2:], mode="bilinear")  # (B, Cl, H, W)
+            x = torch.cat([x, up], dim=1)
         hs, h = [], x
         for block in self.input_blocks:
             h = block(h, emb, context, context_mask)

@@ -3,7 +3,13 @@
 Every group norm / AdaGN of the U-Net, the noisy classifier and the unCLIP decoder goes
 through :func:`_adagn`; every attention goes through :func:`_attention`. Today both are plain
 PyTorch; when ``dalle2_fast.ops.adagn`` and ``dalle2_fast.ops.attention`` land, swapping these
-two bodies moves every model onto the fused kernels.
+two bodies moves every model onto the fused kernels. Notes for the swap:
+- under autocast x arrives in bf16/fp16 while the GroupNorm affine stays float32 and
+  scale/shift come from a Linear (autocast dtype): cast them to what ``ops.adagn`` accepts;
+- the ResBlock without scale-shift norm calls ``_adagn(h + emb, ...)`` (the add is not fusable);
+- ``_attention`` inputs are (B, H, S, D) views of a fused qkv projection (non-contiguous);
+  the self-attention blocks never mask, cross-attention passes a (B, Tc + S) padding mask whose
+  own-token part is all False, so no query row is ever fully masked.
 """
 from __future__ import annotations
 
