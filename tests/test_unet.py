@@ -135,6 +135,28 @@ def test_context_padding_equals_dropping_tokens():
     assert (unmasked0 - short).abs().max() > 1e-4  # the two dropped tokens did matter
 
 
+def test_cond_tokens_unclip_style():
+    """unCLIP: the embedding also becomes ``cond_tokens`` extra context tokens. With the
+    time-embedding path zeroed, cond must still steer the output (through the tokens), with or
+    without text context, and padded text tokens stay invisible."""
+    cfg = SMALL.replace(num_classes=None, cond_dim=6, context_dim=8, cond_tokens=4)
+    model = _wake(UNet(cfg), seed=2).eval()
+    with torch.no_grad():
+        model.cond_proj.weight.zero_()
+        model.cond_proj.bias.zero_()
+    x, t, _ = _batch(cfg)
+    cond, ctx = torch.randn(2, 6), torch.randn(2, 5, 8)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[:, 3:] = True
+    with torch.no_grad():
+        for c in (None, ctx):
+            assert (model(x, t, cond=cond, context=c) - model(x, t, cond=cond + 1, context=c)).abs().max() > 1e-4
+        torch.testing.assert_close(model(x, t, cond=cond, context=ctx, context_mask=mask),
+                                   model(x, t, cond=cond, context=ctx[:, :3]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="cond_tokens"):
+        SMALL.replace(cond_tokens=4)  # needs cond_dim and context_dim
+
+
 def test_channels_last_matches():
     model = _wake(UNet(SMALL)).eval()
     x, t, y = _batch(SMALL)

@@ -11,7 +11,8 @@
 - Super-resolution (ADM upsamplers, SR3-style): ``low_res_channels`` concatenates the
   low-resolution image, bilinearly upsampled to x's size, to the input.
 - unCLIP decoder conditioning (Ramesh et al. 2022, Sec. 2.1, following GLIDE): a vector
-  ``cond`` (B, cond_dim) projected and added to the time embedding, and context tokens
+  ``cond`` (B, cond_dim) projected and added to the time embedding and (``cond_tokens`` > 0)
+  projected into that many extra context tokens, prepended to the context tokens
   (B, T, context_dim) that every attention block attends to besides its own tokens.
 
 The layout (input_blocks / middle_block / output_blocks, skip connections popped in reverse)
@@ -67,6 +68,7 @@ class UNetConfig:
     num_groups: int = 32
     cond_dim: int | None = None
     context_dim: int | None = None
+    cond_tokens: int = 0
     low_res_channels: int | None = None
     use_checkpoint: bool = False
 
@@ -79,6 +81,10 @@ class UNetConfig:
             val = getattr(self, name)
             if val is not None and (not isinstance(val, int) or val < 1):
                 raise ValueError(f"UNetConfig: {name} must be None or a positive int, got {val!r}")
+        if not isinstance(self.cond_tokens, int) or self.cond_tokens < 0:
+            raise ValueError(f"UNetConfig: cond_tokens must be an int >= 0, got {self.cond_tokens!r}")
+        if self.cond_tokens and not (self.cond_dim and self.context_dim):
+            raise ValueError(f"UNetConfig: cond_tokens={self.cond_tokens} needs both cond_dim and context_dim set")
 
     @property
     def final_out_channels(self) -> int:
@@ -181,6 +187,7 @@ class UNet(nn.Module):
         self.time_embed = time_embed_mlp(mc)
         self.label_emb = nn.Embedding(cfg.num_classes, emb_dim) if cfg.num_classes else None
         self.cond_proj = nn.Linear(cfg.cond_dim, emb_dim) if cfg.cond_dim else None
+        self.cond_to_tokens = nn.Linear(cfg.cond_dim, cfg.cond_tokens * cfg.context_dim) if cfg.cond_tokens else None
         self.input_blocks, self.middle_block, chans, ds = build_encoder(cfg, emb_dim, cfg.context_dim)
         attn_ds = {cfg.image_size // r for r in cfg.attention_resolutions}
         heads_up = cfg.num_heads_upsample if cfg.num_heads_upsample is not None else cfg.num_heads
@@ -260,6 +267,14 @@ class UNet(nn.Module):
     def forward(self, x, t, y=None, cond=None, context=None, context_mask=None, low_res=None):  # noqa: D102
         self._check(x, t, y, cond, context, context_mask, low_res)
         emb = self.embed(t, y, cond)
+        if self.cond_to_tokens is not None:  # unCLIP: the CLIP embedding as extra context tokens
+            tokens = self.cond_to_tokens(cond).view(x.shape[0], self.config.cond_tokens, -1)  # (B, Tc, ctx)
+            if context is not None:
+                if context_mask is not None:
+                    keep = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=x.device)
+                    context_mask = torch.cat([keep, context_mask.to(torch.bool)], dim=1)
+                tokens = torch.cat([tokens, context.to(tokens.dtype)], dim=1)
+            context = tokens
         if low_res is not None:
             up = F.interpolate(low_res.to(x.dtype), size=x.shape[-2:], mode="bilinear")  # (B, Cl, H, W)
             x = torch.cat([x, up], dim=1)
