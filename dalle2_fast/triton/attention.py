@@ -25,14 +25,10 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _scores(q, k_ptrs, offs_m, offs_n, kv_mask, pad_ptr, SQ, SK, qk_scale,
-            HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) scores in the log2 domain, -inf where the key is hidden."""
-    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-    if IEEE:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        s = tl.dot(q, tl.trans(k))
+def _scores(q, k, offs_m, offs_n, pad_ptr, SQ, SK, qk_scale,
+            HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) scores q k^T in the log2 domain, -inf where the key is hidden."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)
     s = s * qk_scale
     valid = offs_n[None, :] < SK
     if HAS_PAD:
@@ -48,7 +44,7 @@ def _fwd_kernel(
     Q, K, V, PAD, O, LSE,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, spb,
     H, SQ, SK, D, qk_scale,
-    HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -69,18 +65,15 @@ def _fwd_kernel(
     for n0 in range(0, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n[:, None] < SK) & dmask[None, :]
-        s = _scores(q, K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    offs_m, offs_n, kv_mask, PAD + b * spb, SQ, SK, qk_scale, HAS_PAD, CAUSAL, IEEE)
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
+        s = _scores(q, k, offs_m, offs_n, PAD + b * spb, SQ, SK, qk_scale, HAS_PAD, CAUSAL, PREC)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row hidden so far: no NaN
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]  # rows that saw no key: acc = 0 -> 0
@@ -95,7 +88,7 @@ def _bwd_dkdv_kernel(
     Q, K, V, PAD, DO, LSE, DELTA, DK, DV,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, spb,
     H, SQ, SK, D, qk_scale, scale,
-    HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -106,9 +99,8 @@ def _bwd_dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     kv_mask = (offs_n[:, None] < SK) & dmask[None, :]
-    k_ptrs = K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd
+    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
     v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
-    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     lo = 0
@@ -122,20 +114,13 @@ def _bwd_dkdv_kernel(
         do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, mask=qmask, other=0.0)
         lse = tl.load(LSE + pid_bh * SQ + offs_m, mask=offs_m < SQ, other=float("inf")) * 1.4426950408889634
         delta = tl.load(DELTA + pid_bh * SQ + offs_m, mask=offs_m < SQ, other=0.0)
-        s = _scores(q, k_ptrs, offs_m, offs_n, kv_mask, PAD + b * spb, SQ, SK, qk_scale, HAS_PAD, CAUSAL, IEEE)
+        s = _scores(q, k, offs_m, offs_n, PAD + b * spb, SQ, SK, qk_scale, HAS_PAD, CAUSAL, PREC)
         p = tl.math.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N); 0 if hidden or the row is empty
         p = tl.where(lse[:, None] == float("inf"), 0.0, p)
-        if IEEE:
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision="ieee")
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-        else:
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-            dp = tl.dot(do, tl.trans(v))
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        if IEEE:
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision="ieee")
-        else:
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
     base = pid_bh * SK * D  # dk, dv are freshly allocated contiguous (B, H, SK, D)
     omask = (offs_n[:, None] < SK) & dmask[None, :]
     tl.store(DK + base + offs_n[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=omask)
@@ -147,7 +132,7 @@ def _bwd_dq_kernel(
     Q, K, V, PAD, DO, LSE, DELTA, DQ,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, spb,
     H, SQ, SK, D, qk_scale, scale,
-    HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -169,21 +154,14 @@ def _bwd_dq_kernel(
     for n0 in range(0, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n[:, None] < SK) & dmask[None, :]
-        k_ptrs = K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd
-        s = _scores(q, k_ptrs, offs_m, offs_n, kv_mask, PAD + b * spb, SQ, SK, qk_scale, HAS_PAD, CAUSAL, IEEE)
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+        s = _scores(q, k, offs_m, offs_n, PAD + b * spb, SQ, SK, qk_scale, HAS_PAD, CAUSAL, PREC)
         p = tl.math.exp2(s - lse[:, None])
         p = tl.where(lse[:, None] == float("inf"), 0.0, p)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
-        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-        if IEEE:
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-        else:
-            dp = tl.dot(do, tl.trans(v))
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        if IEEE:
-            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
-        else:
-            dq += tl.dot(ds.to(k.dtype), k)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     tl.store(DQ + pid_bh * SQ * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=qmask)
 
@@ -198,6 +176,14 @@ def _config(q: torch.Tensor, D: int) -> dict:
     if block_d <= 128:
         return dict(BLOCK_M=128, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
     return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=1)
+
+
+def _precision(q: torch.Tensor) -> str:
+    """tl.dot input precision: exact in the interpreter, 3xTF32 (about fp32 accuracy) for
+    float32 on a GPU, native tensor-core math for half types."""
+    if q.device.type == "cpu":
+        return "ieee"
+    return "tf32x3" if q.dtype == torch.float32 else "tf32"
 
 
 def _pad_arg(mask: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
@@ -228,7 +214,7 @@ def attention_fwd_triton(
     wrap_triton(_fwd_kernel)[grid](
         q, k, v, pad, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out), spb,
         H, SQ, SK, D, scale * LOG2E,
-        HAS_PAD=has_pad, CAUSAL=causal, IEEE=q.device.type == "cpu", **cfg,
+        HAS_PAD=has_pad, CAUSAL=causal, PREC=_precision(q), **cfg,
     )
     return out, lse
 
@@ -249,7 +235,7 @@ def attention_bwd_triton(
     pad, spb, has_pad = _pad_arg(key_padding_mask, q)
     cfg = _config(q, D)
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), spb, H, SQ, SK, D, scale * LOG2E, scale)
-    flags = dict(HAS_PAD=has_pad, CAUSAL=causal, IEEE=q.device.type == "cpu", **cfg)
+    flags = dict(HAS_PAD=has_pad, CAUSAL=causal, PREC=_precision(q), **cfg)
     wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(SK, cfg["BLOCK_N"]), B * H)](
         q, k, v, pad, grad_out, lse, delta, dk, dv, *common, **flags)
     wrap_triton(_bwd_dq_kernel)[(triton.cdiv(SQ, cfg["BLOCK_M"]), B * H)](
