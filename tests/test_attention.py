@@ -312,3 +312,15 @@ def test_gpu_compile_triton():
     q = torch.randn(2, 4, 300, 64, device="cuda", dtype=torch.float16)
     f = torch.compile(lambda a: attention(a, a, a, causal=True, backend="triton"), fullgraph=True)
     torch.testing.assert_close(f(q).float().cpu(), attention_ref(q.cpu(), q.cpu(), q.cpu(), causal=True).float(), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.skipif(not _ext.loaded(), reason="C++ extension not built")
+def test_ext_ops_opcheck():
+    """Schema, fake (meta) implementations and AOT dispatch of the C++ custom ops agree with the
+    real kernels (what torch.compile relies on)."""
+    g = torch.Generator().manual_seed(9)
+    q, k, v, mask = _inputs(g, 2, 2, 7, 9, 40, True, torch.float32)
+    torch.library.opcheck(torch.ops.dalle2_fast.attention_fwd, (q, k, v, mask, True, 0.3))
+    out, lse = torch.ops.dalle2_fast.attention_fwd(q, k, v, mask, True, 0.3)
+    go = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.dalle2_fast.attention_bwd, (go, q, k, v, out, lse, mask, True, 0.3))

@@ -11,7 +11,6 @@
 //
 // Compiled for sm_80/sm_90 but, when written, never run (no GPU on the development machine).
 // TODO(perf): tensor-core (mma / wgmma) tiles for fp16/bf16, cp.async double buffering.
-#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
@@ -360,6 +359,18 @@ void dispatch_dp(int64_t D, Fn&& fn) {
   }
 }
 
+// Calls fn(scalar_t{}) for float32 / float16 / bfloat16 (no float64 instantiations: the
+// dispatcher never sends float64 here, and each one costs compile time).
+template <typename Fn>
+void dispatch_dtype(at::ScalarType t, Fn&& fn) {
+  switch (t) {
+    case at::kFloat: fn(float{}); break;
+    case at::kHalf: fn(at::Half{}); break;
+    case at::kBFloat16: fn(at::BFloat16{}); break;
+    default: TORCH_CHECK(false, "attention (CUDA): supports float32, float16, bfloat16, got ", t);
+  }
+}
+
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& mask) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q, k, v must be (B, H, S, D)");
   TORCH_CHECK(k.sizes() == v.sizes(), "attention: k and v must have the same shape");
@@ -390,7 +401,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q, const
   const at::Tensor pad = pad_bytes(mask);
   const uint8_t* pad_p = pad.defined() ? pad.data_ptr<uint8_t>() : nullptr;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "attention_fwd_cuda", [&] {
+  dispatch_dtype(q.scalar_type(), [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
     dispatch_dp(D, [&](auto dp_c) {
       constexpr int DP = decltype(dp_c)::value;
       using C = Cfg<DP>;
@@ -427,7 +439,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tens
   const at::Tensor pad = pad_bytes(mask);
   const uint8_t* pad_p = pad.defined() ? pad.data_ptr<uint8_t>() : nullptr;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "attention_bwd_cuda", [&] {
+  dispatch_dtype(q.scalar_type(), [&](auto type_tag) {
+    using scalar_t = decltype(type_tag);
     dispatch_dp(D, [&](auto dp_c) {
       constexpr int DP = decltype(dp_c)::value;
       using C = Cfg<DP>;

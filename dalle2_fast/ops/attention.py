@@ -219,9 +219,12 @@ attention_family.register("cuda", dtypes=_FLOATS, devices=("cuda",))(_attention_
 
 
 def _triton_limits(q, *args, **kwargs):
+    reasons = []
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        return ["the Triton interpreter has no bfloat16 arithmetic"]
-    return []
+        reasons.append("the Triton interpreter has no bfloat16 arithmetic")
+    if q.shape[0] * q.shape[1] > 65535:  # grid axis 1 is B * H
+        reasons.append(f"B * H must be <= 65535 for the Triton grid, got {q.shape[0] * q.shape[1]}")
+    return reasons
 
 
 @attention_family.register("triton", dtypes=_FLOATS, devices=("cpu", "cuda"), limits=_triton_limits)
