@@ -324,3 +324,18 @@ def test_ext_ops_opcheck():
     out, lse = torch.ops.dalle2_fast.attention_fwd(q, k, v, mask, True, 0.3)
     go = torch.randn_like(out)
     torch.library.opcheck(torch.ops.dalle2_fast.attention_bwd, (go, q, k, v, out, lse, mask, True, 0.3))
+
+
+def test_reference_row_chunks_are_exact():
+    """attention_ref processes query rows in chunks (bounded memory): chunk boundaries must not
+    change the result or its gradients, including the causal offset of each chunk."""
+    g = torch.Generator().manual_seed(10)
+    q, k, v, mask = _inputs(g, 2, 2, 23, 17, 32, True, torch.float64)
+    ins_a = [t.clone().requires_grad_() for t in (q, k, v)]
+    ins_b = [t.clone().requires_grad_() for t in (q, k, v)]
+    a = attention_ref(*ins_a, causal=True, key_padding_mask=mask)
+    b = attention_ref(*ins_b, causal=True, key_padding_mask=mask, max_elems=2 * 2 * 17 * 5)  # 5 rows a chunk
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    go = torch.randn_like(a)
+    for x, y in zip(torch.autograd.grad(a, ins_a, go), torch.autograd.grad(b, ins_b, go)):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-12)

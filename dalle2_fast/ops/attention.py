@@ -48,14 +48,18 @@ attention_family.reason = CPU_BACKEND_REASON  # printed by `info`
 
 
 def _hidden_mask(
-    B: int, Sq: int, Sk: int, causal: bool, key_padding_mask: torch.Tensor | None, device
+    B: int, Sq: int, Sk: int, causal: bool, key_padding_mask: torch.Tensor | None, device,
+    row0: int = 0, rows: int | None = None,
 ) -> torch.Tensor | None:
-    """Bool mask, True = key hidden from the query, broadcastable to (B, H, Sq, Sk):
-    (Sq, Sk) for causal only, (B, 1, 1, Sk) for padding only, (B, 1, Sq, Sk) for both."""
+    """Bool mask, True = key hidden from the query, for query rows [row0, row0 + rows),
+    broadcastable to (B, H, rows, Sk): (rows, Sk) for causal only, (B, 1, 1, Sk) for padding
+    only, (B, 1, rows, Sk) for both."""
+    rows = Sq - row0 if rows is None else rows
     hidden = None
     if causal:
-        # j > i + (Sk - Sq)  <=>  strictly above the diagonal offset by Sk - Sq (bottom-right)
-        hidden = torch.ones(Sq, Sk, dtype=torch.bool, device=device).triu(diagonal=Sk - Sq + 1)
+        # bottom-right alignment: query i sees key j iff j <= i + (Sk - Sq)
+        i = torch.arange(row0, row0 + rows, device=device)[:, None]
+        hidden = torch.arange(Sk, device=device)[None, :] > i + (Sk - Sq)  # (rows, Sk)
     if key_padding_mask is not None:
         pad = key_padding_mask[:, None, None, :]  # (B, 1, 1, Sk)
         hidden = pad if hidden is None else (hidden | pad)
@@ -70,12 +74,16 @@ def attention_ref(
     key_padding_mask: torch.Tensor | None = None,
     scale: float | None = None,
     upcast: bool = True,
+    max_elems: int = 1 << 26,
 ) -> torch.Tensor:
     """Plain-PyTorch reference (test oracle, ``torch`` backend, benchmark baseline).
 
-    softmax(scale * q k^T + mask) v with explicit (B, H, Sq, Sk) scores, computed in float64
-    with ``upcast`` (else float32, or float64 for float64 inputs); returns q's dtype.
-    Differentiable by autograd. Semantics as in the module docstring.
+    softmax(scale * q k^T + mask) v with explicit scores, computed in float64 with ``upcast``
+    (else float32, or float64 for float64 inputs); returns q's dtype. Differentiable by
+    autograd. Query rows are processed in chunks of at most ``max_elems`` scores (exact: rows
+    are independent), which bounds inference memory; under autograd every chunk's
+    probabilities are kept for the backward, so training memory stays O(Sq * Sk).
+    Semantics as in the module docstring.
     """
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
@@ -83,16 +91,25 @@ def attention_ref(
     dt = torch.float64 if (upcast or q.dtype == torch.float64) else torch.float32
     if Sk == 0:  # every row sees no key: zeros, still connected to the graph
         return (q.to(dt) * 0.0).to(q.dtype)
-    s = torch.matmul(q.to(dt), k.to(dt).transpose(-1, -2)) * scale  # (B, H, Sq, Sk)
-    hidden = _hidden_mask(B, Sq, Sk, causal, key_padding_mask, q.device)
-    if hidden is not None:
-        s = s.masked_fill(hidden, float("-inf"))
-    m = s.amax(-1, keepdim=True).detach()  # softmax is shift-invariant: no gradient needed
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows with every key hidden
-    p = torch.exp(s - m)
-    denom = p.sum(-1, keepdim=True)
-    p = p / torch.where(denom > 0, denom, torch.ones_like(denom))  # empty rows: p = 0
-    return torch.matmul(p, v.to(dt)).to(q.dtype)  # (B, H, Sq, D)
+    kt, vv = k.to(dt).transpose(-1, -2), v.to(dt)  # (B, H, D, Sk), (B, H, Sk, D)
+    chunk = max(1, max_elems // max(1, B * H * Sk))
+    outs = []
+    for r0 in range(0, Sq, chunk):
+        qc = q[:, :, r0 : r0 + chunk].to(dt)  # (B, H, rows, D)
+        s = torch.matmul(qc, kt) * scale  # (B, H, rows, Sk)
+        hidden = _hidden_mask(B, Sq, Sk, causal, key_padding_mask, q.device, r0, qc.shape[2])
+        if hidden is not None:
+            s = s.masked_fill(hidden, float("-inf"))
+        m = s.amax(-1, keepdim=True).detach()  # softmax is shift-invariant: no gradient needed
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows with every key hidden
+        p = torch.exp(s - m)
+        denom = p.sum(-1, keepdim=True)
+        p = p / torch.where(denom > 0, denom, torch.ones_like(denom))  # empty rows: p = 0
+        outs.append(torch.matmul(p, vv))  # (B, H, rows, D)
+    if not outs:  # Sq = 0
+        return (q.to(dt) * 0.0).to(q.dtype)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return out.to(q.dtype)
 
 
 def _validate(q, k, v, causal, key_padding_mask, scale) -> None:
