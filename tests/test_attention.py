@@ -267,9 +267,10 @@ def test_auto_dispatch_and_reason():
     assert "scaled_dot_product_attention" in FAM.reason
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpu", "ext"])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "ext", None])  # None: automatic dispatch
 def test_torch_compile_fullgraph(backend):
-    _skip_unavailable(backend)
+    if backend is not None:
+        _skip_unavailable(backend)
     g = torch.Generator().manual_seed(6)
     q, k, v, mask = _inputs(g, 2, 2, 17, 23, 40, True, torch.float32)
     f = torch.compile(lambda a, b, c, m: _call(backend, a, b, c, causal=True, mask=m), fullgraph=True)
