@@ -32,10 +32,12 @@ from dalle2_fast.ops._backends import family
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256
 
-# Measured with `python -m dalle2_fast.bench attention` style cases (dalle2_fast/bench/attention.py)
-# on the 2-core AVX-512 development machine, (B, H, S, D) = (4, 8, 1024, 64) float32 forward:
-# F.scaled_dot_product_attention ~0.21 TFLOP/s, our C++ flash kernel (blocked at::mm tiles +
-# online softmax) ~0.02-0.06 TFLOP/s. SDPA wins, so the `cpu` backend runs SDPA.
+# Measured on the 2-core AVX-512 development VM (shared, so absolute rates vary with load),
+# (B, H, S, D) = (4, 8, 1024, 64) float32 forward, SDPA timed in the same run:
+#   `python -m dalle2_fast.bench --ops attention` (benchmarks/results/attention-cpu.md):
+#   SDPA 40.5 GFLOP/s, our C++ flash kernel 13.4 GFLOP/s (0.33x); forward + backward 0.54x;
+#   an earlier standalone timing on the same VM under less load: SDPA 0.21 TFLOP/s, C++ 0.02-0.06.
+# SDPA wins everywhere measured, so the `cpu` backend runs SDPA.
 CPU_BACKEND_REASON = (
     "attention on CPU runs torch's F.scaled_dot_product_attention (with our padding/causal/"
     "empty-row semantics): it measured ~3-9x faster than our C++ flash kernel for "
