@@ -264,7 +264,7 @@ def test_auto_dispatch_and_reason():
     q = torch.randn(1, 1, 3, 16)
     assert FAM.select(q, q, q, None).backend == ("cpu" if _ext.loaded() else "torch")
     assert FAM.select(q.double(), q.double(), q.double(), None).backend == "torch"
-    assert "scaled_dot_product_attention" in FAM.reason
+    assert "scaled_dot_product_attention" in FAM.notes
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu", "ext", None])  # None: automatic dispatch

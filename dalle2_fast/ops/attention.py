@@ -184,7 +184,7 @@ def _attention_sdpa(q, k, v, key_padding_mask, causal, scale):
     return out.masked_fill(empty, 0.0)  # zero output and, through masked_fill, zero gradient
 
 
-attention_family.register("cpu", dtypes=_FLOATS, devices=("cpu",))(_attention_sdpa)
+attention_family.register("cpu", dtypes=_FLOATS, devices=("cpu",), needs_extension=False)(_attention_sdpa)
 
 
 # ---------------------------------------------------------------------------------------------
