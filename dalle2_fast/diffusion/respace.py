@@ -53,10 +53,19 @@ def space_timesteps(num_timesteps: int, spec: str | Iterable[int]) -> list[int]:
     return sorted(set(kept))
 
 
-def respace(diffusion: GaussianDiffusion, spec: str | Iterable[int]) -> GaussianDiffusion:
+def respace(diffusion: GaussianDiffusion, spec: str | Iterable[int] | None = None, *,
+            keep: Iterable[int] | None = None) -> GaussianDiffusion:
     """A process over a subset of ``diffusion``'s steps (same mean/var/loss types); its
-    ``timestep_map`` sends each new step to the timestep the model was trained with."""
-    keep = space_timesteps(diffusion.num_timesteps, spec)
+    ``timestep_map`` sends each new step to the timestep the model was trained with.
+    ``spec``: a spec string or a list of section counts; or ``keep``: the step indices to keep."""
+    if (spec is None) == (keep is None):
+        raise ValueError("respace: pass exactly one of spec and keep")
+    if keep is not None:
+        keep = sorted(set(int(k) for k in keep))
+        if not keep or keep[0] < 0 or keep[-1] >= diffusion.num_timesteps:
+            raise ValueError(f"respace: keep must be step indices in [0, {diffusion.num_timesteps}), got {keep[:5]}...")
+    else:
+        keep = space_timesteps(diffusion.num_timesteps, spec)
     ab = diffusion.alphas_cumprod[keep]
     prev = torch.cat([ab.new_ones(1), ab[:-1]])
     betas = 1.0 - ab / prev
