@@ -74,9 +74,7 @@ def ddpm_table(diffusion: GaussianDiffusion, idx: torch.Tensor) -> torch.Tensor:
         lo = hi = torch.where(last, lv_small, lv_large)
     else:
         lo, hi = lv_small, lv_large
-    noise = (~last).double()
-    rows = [ddpm_coefs(ab_t[k], ab_s[k], lo[k], hi[k], noise[k]) for k in range(idx.shape[0])]
-    return torch.stack(rows)
+    return ddpm_coefs(ab_t, ab_s, lo, hi, (~last).double())
 
 
 def ddim_table(diffusion: GaussianDiffusion, idx: torch.Tensor, eta: float = 0.0, invert: bool = False) -> torch.Tensor:
@@ -86,17 +84,15 @@ def ddim_table(diffusion: GaussianDiffusion, idx: torch.Tensor, eta: float = 0.0
         ab_t, ab_s = _abar(diffusion, idx[:-1]), _abar(diffusion, idx[1:])
     else:
         ab_t, ab_s = _abar(diffusion, idx), _abar(diffusion, _next(idx))
-    return torch.stack([ddim_coefs(ab_t[k], ab_s[k], eta) for k in range(ab_t.shape[0])])
+    return ddim_coefs(ab_t, ab_s, eta)
 
 
 def dpmpp_2m_table(diffusion: GaussianDiffusion, idx: torch.Tensor) -> torch.Tensor:
     """(S, B, 10): DPM-Solver++(2M) steps idx[k] -> idx[k+1] (-> the end, first order there)."""
     ab_t, ab_s = _abar(diffusion, idx), _abar(diffusion, _next(idx))
-    rows, h_prev = [], None
-    for k in range(idx.shape[0]):
-        table, h_prev = dpmpp_2m_coefs(ab_t[k], ab_s[k], h_prev)
-        rows.append(table)
-    return torch.stack(rows)
+    _, h = dpmpp_2m_coefs(ab_t, ab_s)  # h of every step, (S, B)
+    h_prev = torch.cat([torch.full_like(h[:1], float("nan")), h[:-1]])  # none before the first step
+    return dpmpp_2m_coefs(ab_t, ab_s, h_prev)[0]
 
 
 @dataclass

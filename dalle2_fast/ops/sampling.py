@@ -39,15 +39,20 @@ def _base(abar_t: torch.Tensor) -> list[torch.Tensor]:
 
 def _table(cols: list[torch.Tensor]) -> torch.Tensor:
     cols = cols + [torch.zeros_like(cols[0])] * (NUM_COEFS - len(cols))
-    return torch.stack(cols, dim=1)  # (B, 10)
+    return torch.stack(cols, dim=-1)  # (..., B, 10)
 
 
 def _f64(name: str, v, like: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 tensor; a scalar is broadcast to ``like``'s shape. (B,) per step, or (S, B) to
+    build the tables of a whole loop at once."""
     t = torch.as_tensor(v, dtype=torch.float64, device=None if like is None else like.device)
-    if like is not None and t.dim() == 0:
+    if like is not None and t.shape != like.shape:
+        if t.dim() != 0:
+            raise ValueError(f"{name} must be a scalar or shaped like abar_t {tuple(like.shape)}, "
+                             f"got shape {tuple(t.shape)}")
         t = t.expand(like.shape)
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be a scalar or a (B,) tensor, got shape {tuple(t.shape)}")
+    if t.dim() not in (1, 2):
+        raise ValueError(f"{name} must be a (B,) or (S, B) tensor, got shape {tuple(t.shape)}")
     return t
 
 
@@ -55,7 +60,7 @@ def ddpm_coefs(abar_t, abar_s, logvar, logvar_max=None, add_noise=True) -> torch
     """Ancestral step t -> s (s < t) on the posterior q(x_s | x_t, x0) (Ho et al. Eq. 7,
     for any s < t): mean = c0 x0 + c1 x_t. ``logvar``: the fixed log-variance, or the lower end
     of the learned range (Nichol & Dhariwal Eq. 15) whose upper end is ``logvar_max``.
-    All arguments (B,) or scalars; returns the (B, 10) float64 table."""
+    All arguments (B,) (or (S, B)) or scalars; returns the (B, 10) (or (S, B, 10)) float64 table."""
     abar_t = _f64("abar_t", abar_t)
     abar_s, lv = _f64("abar_s", abar_s, abar_t), _f64("logvar", logvar, abar_t)
     lvmax = lv if logvar_max is None else _f64("logvar_max", logvar_max, abar_t)
