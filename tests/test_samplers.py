@@ -10,15 +10,18 @@ from tests.conftest import HAS_GPU
 MU, SD = 0.3, 0.5  # data ~ N(MU, SD^2) per coordinate
 
 
-def exact_denoiser(base: GaussianDiffusion, mean_type: str = "eps"):
+def exact_denoiser(base: GaussianDiffusion, mean_type: str = "eps", mu=None):
     """E[x0 | x_t] of Gaussian data (Tweedie), in ``mean_type``: the exact score model. It is
-    called with trained timesteps, so it reads ``base``'s (un-respaced) schedule."""
+    called with trained timesteps, so it reads ``base``'s (un-respaced) schedule. ``mu``: the
+    data mean, a float or a callable (x, **kw) -> (B,) per-sample means (conditional data)."""
     ab_all = base.alphas_cumprod
 
-    def den(x, t):
-        ab = ab_all.to(x.device)[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    def den(x, t, **kw):
+        shape = (-1, *([1] * (x.dim() - 1)))
+        ab = ab_all.to(x.device)[t].to(x.dtype).reshape(shape)
+        m = MU if mu is None else (mu(x, **kw).to(x.dtype).reshape(shape) if callable(mu) else mu)
         a, s = ab.sqrt(), (1 - ab).sqrt()
-        x0 = MU + a * SD**2 / (ab * SD**2 + s * s) * (x - a * MU)
+        x0 = m + a * SD**2 / (ab * SD**2 + s * s) * (x - a * m)
         eps = (x - a * x0) / s
         return {"eps": eps, "x0": x0, "v": a * eps - s * x0}[mean_type]
 

@@ -92,8 +92,12 @@ class GradientGuidance:
     def grad(self, x, t, idx, x0, kw) -> torch.Tensor:
         raise NotImplementedError
 
+    def check_kwargs(self, kw: dict) -> None:
+        """Raise early (before the model runs) when a model kwarg the guidance needs is missing."""
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kw) -> torch.Tensor:
         d = self.diffusion
+        self.check_kwargs(kw)
         idx = self.step_index(t)
         with torch.no_grad():
             out = self.model(x, t, **kw)
@@ -120,9 +124,11 @@ class ClassifierGuidance(GradientGuidance):
         super().__init__(model, diffusion, scale, mode)
         self.classifier, self.label_key = classifier, label_key
 
-    def grad(self, x, t, idx, x0, kw):
+    def check_kwargs(self, kw):
         if self.label_key not in kw:
             raise ValueError(f"ClassifierGuidance needs the labels as model kwarg {self.label_key!r}")
+
+    def grad(self, x, t, idx, x0, kw):
         x = x.requires_grad_(True)
         logp = torch.log_softmax(self.classifier(x, t), dim=-1)
         y = kw[self.label_key]
@@ -131,9 +137,11 @@ class ClassifierGuidance(GradientGuidance):
 
 
 class _X0Objective(GradientGuidance):
-    """Ascends ``objective(x0) -> (B,)`` on the predicted x0. Without ``through_model`` the
-    model output is held fixed and the gradient is carried to x_t by d x0 / d x_t = 1/sqrt(abar_t)
-    (exact for an eps model with frozen eps); with it, autograd goes through the network."""
+    """Ascends ``objective(x0) -> (B,)`` on the predicted x0. With ``through_model`` autograd
+    carries the gradient to x_t through the network (exact, one backward per step). Without it,
+    d x0 / d x_t is taken as sqrt(abar_t) I — the Jacobian of E[x0 | x_t] for unit-variance data —
+    so the score shift moves x0 by (1 - abar_t) g. (Holding eps fixed instead would give
+    1/sqrt(abar_t), which is ~1e4 at the noisy end of a cosine schedule and diverges.)"""
 
     def __init__(self, model, diffusion, scale, mode="score", through_model=False):
         super().__init__(model, diffusion, scale, mode)
@@ -151,7 +159,7 @@ class _X0Objective(GradientGuidance):
             return torch.autograd.grad(self.objective(x0g, t, kw).sum(), x)[0]
         x0 = x0.detach().requires_grad_(True)
         g = torch.autograd.grad(self.objective(x0, t, kw).sum(), x0)[0]
-        return g / d._x("sqrt_ab", idx, x)
+        return g * d._x("sqrt_ab", idx, x)
 
 
 class CLIPGuidance(_X0Objective):
