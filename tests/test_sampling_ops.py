@@ -226,3 +226,35 @@ def test_torch_compile_fullgraph(backend):
     want = f(x, mo, c, guid, z)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[1], want[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_backends_match_reference(backend, dtype):
+    g = torch.Generator().manual_seed(9)
+    for kind, pred, clip, cfg in itertools.product(["ddpm", "ddim", "dpmpp_2m"], ["eps", "v"], [None, "dynamic"],
+                                                   [False, True]):
+        learned = kind == "ddpm"
+        x, mo, coefs, guid, extra = _inputs((5, 3, 40, 65), kind, cfg, learned, g, dtype)
+        ref, ref_x0 = _ref(kind, x, mo, coefs, guid, extra, pred, clip, learned, upcast=True)
+        low, _ = _ref(kind, x, mo, coefs, guid, extra, pred, clip, learned, upcast=False)
+        cu = lambda t: None if t is None else t.cuda()  # noqa: E731
+        out, x0 = _call(kind, cu(x), cu(mo), cu(coefs), cu(guid), cu(extra), pred, clip, learned, backend)
+        budget = 3 * (low.double() - ref.double()).abs().max() + TOL[dtype] * (ref.double().abs().max() + 1)
+        assert (out.cpu().double() - ref.double()).abs().max() <= budget, (kind, pred, clip, cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_torch_compile_fullgraph(backend):
+    g = torch.Generator().manual_seed(10)
+    x, mo, coefs, guid, z = (t.cuda() for t in _inputs((2, 3, 8, 8), "ddim", True, False, g, torch.float32))
+    c = coefs.float()
+
+    def f(x, mo, c, guid, z):
+        return ddim_step(x, mo, c, z, guidance=guid, clip="static", want_x0=True, backend=backend)
+
+    torch._dynamo.reset()
+    got = torch.compile(f, fullgraph=True)(x, mo, c, guid, z)
+    torch.testing.assert_close(got[0], f(x, mo, c, guid, z)[0])

@@ -51,7 +51,9 @@ def _capture(step, plan: Plan, x: torch.Tensor, model_kwargs: dict, noise: Noise
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up: lazy init, cuBLAS/cuDNN workspaces, Triton compiles
-        step(0, x_in, None)
+        cur, prev = step(0, x_in, None)
+        if plan.num_steps > 1:  # the second step has a previous x0 (DPM-Solver++): another variant
+            step(1, cur, prev)
     torch.cuda.current_stream().wait_stream(side)
     with torch.cuda.graph(graph):
         cur, prev, flags = x_in, None, []

@@ -41,15 +41,17 @@ class ClassifierFreeGuidance:
             u = null.get(k, v)
             if isinstance(v, torch.Tensor):
                 u = u.expand(B, *u.shape[1:]) if (isinstance(u, torch.Tensor) and u.shape[0] == 1 and B > 1) else u
-                out[k] = torch.cat([v, u.to(v.dtype)], dim=0)
+                out[k] = torch.cat([v, u.to(device=v.device, dtype=v.dtype)], dim=0)
             else:
                 out[k] = v
         return out
 
     def scales(self, B: int, device) -> torch.Tensor:
-        s = torch.as_tensor(self.scale, dtype=torch.float32, device=device)
-        if s.dim() == 0:
-            s = s.expand(B)
+        if isinstance(self.scale, torch.Tensor):
+            s = self.scale.to(device=device, dtype=torch.float32)
+            s = s.expand(B) if s.dim() == 0 else s
+        else:  # a fill kernel, not a host-to-device copy: safe inside a CUDA-graph capture
+            s = torch.full((B,), float(self.scale), dtype=torch.float32, device=device)
         if s.shape != (B,):
             raise ValueError(f"guidance scale must be a float or a ({B},) tensor, got shape {tuple(s.shape)}")
         return s
