@@ -258,3 +258,29 @@ def test_gpu_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
     got = torch.compile(f, fullgraph=True)(x, mo, c, guid, z)
     torch.testing.assert_close(got[0], f(x, mo, c, guid, z)[0])
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover
+    given = None
+
+if given is not None:
+
+    @settings(max_examples=25, deadline=None)
+    @given(B=st.integers(1, 6), dims=st.lists(st.integers(1, 17), min_size=1, max_size=3),
+           kind=st.sampled_from(["ddpm", "ddim", "dpmpp_2m"]), pred=st.sampled_from(["eps", "x0", "v"]),
+           clip=st.sampled_from([None, "static", "dynamic"]), cfg=st.booleans(), seed=st.integers(0, 2**31 - 1))
+    def test_property_cpu_matches_reference(B, dims, kind, pred, clip, cfg, seed):
+        """Any batch / trailing shape / switch combination: the cpu kernel within the float32 budget."""
+        if "cpu" not in cpu_backends(FAM):
+            pytest.skip("not built")
+        g = torch.Generator().manual_seed(seed)
+        learned = kind == "ddpm" and seed % 2 == 0
+        x, mo, coefs, guid, extra = _inputs((B, *dims), kind, cfg, learned, g, torch.float32)
+        out, x0 = _call(kind, x, mo, coefs, guid, extra, pred, clip, learned, "cpu")
+        ref, _ = _ref(kind, x, mo, coefs, guid, extra, pred, clip, learned, upcast=True)
+        low, _ = _ref(kind, x, mo, coefs, guid, extra, pred, clip, learned, upcast=False)
+        budget = 3 * (low.double() - ref.double()).abs().max() + 1e-5 * (ref.double().abs().max() + 1)
+        assert (out.double() - ref.double()).abs().max() <= budget

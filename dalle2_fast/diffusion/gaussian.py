@@ -103,7 +103,7 @@ class GaussianDiffusion:
             t = self._dev_cache[key] = self.tables[name].to(device=device, dtype=dtype)
         return t
 
-    def _x(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def extract(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """tables[name][t] shaped (B, 1, ..., 1) to broadcast against ``like``."""
         v = self.table(name, like.device, like.dtype)[t]
         return v.reshape(t.shape[0], *([1] * (like.dim() - 1)))
@@ -123,23 +123,23 @@ class GaussianDiffusion:
     # --------------------------------------------------------------------------- forward process
     def q_mean_variance(self, x0, t):
         """q(x_t | x0): (mean, variance, log_variance), each broadcast to x0."""
-        return (self._x("sqrt_ab", t, x0) * x0, self._x("sqrt_1m_ab", t, x0) ** 2 + 0 * x0,
-                self._x("log_1m_ab", t, x0) + 0 * x0)
+        return (self.extract("sqrt_ab", t, x0) * x0, self.extract("sqrt_1m_ab", t, x0) ** 2 + 0 * x0,
+                self.extract("log_1m_ab", t, x0) + 0 * x0)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (Ho et al. Eq. 4). x0: (B, ...), t: (B,)."""
         self._check_t(t, x0)
         noise = torch.randn_like(x0) if noise is None else noise
-        return self._x("sqrt_ab", t, x0) * x0 + self._x("sqrt_1m_ab", t, x0) * noise
+        return self.extract("sqrt_ab", t, x0) * x0 + self.extract("sqrt_1m_ab", t, x0) * noise
 
     def q_posterior(self, x0, x_t, t):
         """q(x_{t-1} | x_t, x0) (Ho et al. Eq. 6-7): (mean, variance, log_variance clipped at t=0)."""
-        mean = self._x("post_c_x0", t, x_t) * x0 + self._x("post_c_xt", t, x_t) * x_t
-        return mean, self._x("post_var", t, x_t) + 0 * x_t, self._x("post_logvar", t, x_t) + 0 * x_t
+        mean = self.extract("post_c_x0", t, x_t) * x0 + self.extract("post_c_xt", t, x_t) * x_t
+        return mean, self.extract("post_var", t, x_t) + 0 * x_t, self.extract("post_logvar", t, x_t) + 0 * x_t
 
     # --------------------------------------------------------------------------- parameterisations
     def x0_from_output(self, x_t, t, out):
-        a, s = self._x("sqrt_ab", t, x_t), self._x("sqrt_1m_ab", t, x_t)
+        a, s = self.extract("sqrt_ab", t, x_t), self.extract("sqrt_1m_ab", t, x_t)
         if self.mean_type == "eps":
             return (x_t - s * out) / a
         if self.mean_type == "x0":
@@ -147,7 +147,7 @@ class GaussianDiffusion:
         return a * x_t - s * out
 
     def eps_from_x0(self, x_t, t, x0):
-        return (x_t - self._x("sqrt_ab", t, x_t) * x0) / self._x("sqrt_1m_ab", t, x_t)
+        return (x_t - self.extract("sqrt_ab", t, x_t) * x0) / self.extract("sqrt_1m_ab", t, x_t)
 
     def output_from_x0(self, x_t, t, x0):
         """The model output (in this process's parameterisation) that predicts ``x0``."""
@@ -156,7 +156,7 @@ class GaussianDiffusion:
         eps = self.eps_from_x0(x_t, t, x0)
         if self.mean_type == "eps":
             return eps
-        return self._x("sqrt_ab", t, x_t) * eps - self._x("sqrt_1m_ab", t, x_t) * x0
+        return self.extract("sqrt_ab", t, x_t) * eps - self.extract("sqrt_1m_ab", t, x_t) * x0
 
     def split_output(self, out: torch.Tensor, x_t: torch.Tensor):
         """(mean part (B, C, ...), variance values (B, C, ...) or None)."""
@@ -172,12 +172,12 @@ class GaussianDiffusion:
     def variance(self, x_t, t, var_values=None):
         """(variance, log_variance) of p(x_{t-1} | x_t), broadcast to x_t."""
         if self.var_type == "learned_range":
-            lo, hi = self._x("post_logvar", t, x_t), self._x("log_betas", t, x_t)
+            lo, hi = self.extract("post_logvar", t, x_t), self.extract("log_betas", t, x_t)
             frac = (var_values + 1.0) / 2.0
             lv = frac * hi + (1.0 - frac) * lo
             return torch.exp(lv), lv
         name = "post" if self.var_type == "fixed_small" else "large"
-        return self._x(f"{name}_var", t, x_t) + 0 * x_t, self._x(f"{name}_logvar", t, x_t) + 0 * x_t
+        return self.extract(f"{name}_var", t, x_t) + 0 * x_t, self.extract(f"{name}_logvar", t, x_t) + 0 * x_t
 
     # --------------------------------------------------------------------------- reverse process
     def p_mean_variance(self, model, x_t, t, *, clip: str | None = None, dynamic_p: float = 0.995,
@@ -209,7 +209,7 @@ class GaussianDiffusion:
             return noise
         if self.mean_type == "x0":
             return x0
-        return self._x("sqrt_ab", t, x0) * noise - self._x("sqrt_1m_ab", t, x0) * x0
+        return self.extract("sqrt_ab", t, x0) * noise - self.extract("sqrt_1m_ab", t, x0) * x0
 
     def training_losses(self, model, x0, t, *, noise=None, model_kwargs=None) -> dict:
         """Per-sample loss terms at step indices t: 'loss' (B,), plus 'mse' and 'vb' where they

@@ -108,11 +108,11 @@ class GradientGuidance:
         with torch.enable_grad():
             g = self.grad(x.detach(), t, idx, x0, kw).detach() * self.scale
         if self.mode == "score":
-            eps = d.eps_from_x0(x, idx, x0) - d._x("sqrt_1m_ab", idx, x) * g
-            x0_new = (x - d._x("sqrt_1m_ab", idx, x) * eps) / d._x("sqrt_ab", idx, x)
+            eps = d.eps_from_x0(x, idx, x0) - d.extract("sqrt_1m_ab", idx, x) * g
+            x0_new = (x - d.extract("sqrt_1m_ab", idx, x) * eps) / d.extract("sqrt_ab", idx, x)
         else:
             var, _ = d.variance(x, idx, var_values)
-            x0_new = x0 + var * g / d._x("post_c_x0", idx, x)  # moves the posterior mean by Sigma g
+            x0_new = x0 + var * g / d.extract("post_c_x0", idx, x)  # moves the posterior mean by Sigma g
         new = d.output_from_x0(x, idx, x0_new)
         return torch.cat([new, var_values], dim=1) if var_values is not None else new
 
@@ -161,7 +161,7 @@ class _X0Objective(GradientGuidance):
             return torch.autograd.grad(self.objective(x0g, t, kw).sum(), x)[0]
         x0 = x0.detach().requires_grad_(True)
         g = torch.autograd.grad(self.objective(x0, t, kw).sum(), x0)[0]
-        return g * d._x("sqrt_ab", idx, x)
+        return g * d.extract("sqrt_ab", idx, x)
 
 
 class CLIPGuidance(_X0Objective):
