@@ -22,6 +22,7 @@ FAMILIES = {
     "codebook": "dalle2_fast.bench.codebook",
     "attention": "dalle2_fast.bench.attention",
     "unet": "dalle2_fast.bench.unet",
+    "sampling": "dalle2_fast.bench.sampling",
 }
 
 
