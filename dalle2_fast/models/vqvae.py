@@ -39,8 +39,26 @@ class VQVAEOutput(NamedTuple):
 
 
 def make_quantizer(c) -> VectorQuantizer:
-    return VectorQuantizer(c.num_codes, c.code_dim, beta=c.beta, ema=c.ema, decay=c.decay,
-                           dead_code_after=c.dead_code_after)
+    vq = VectorQuantizer(c.num_codes, c.code_dim, beta=c.beta, ema=c.ema, decay=c.decay,
+                         dead_code_after=c.dead_code_after)
+    vq.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+    return vq
+
+
+@torch.no_grad()
+def init_codebook(vq: VectorQuantizer, z: torch.Tensor) -> None:
+    """On the first training batch, set the codes to random encoder outputs (data-dependent
+    init): a N(0, 1) codebook far from the encoder's outputs otherwise collapses onto a few codes."""
+    if not vq.training or bool(vq.initialised):
+        return
+    flat = z.detach().movedim(1, -1).reshape(-1, vq.dim).float()  # (N, D)
+    pick = torch.randint(0, flat.shape[0], (vq.num_codes,), device=flat.device)
+    new = flat[pick] + 1e-3 * torch.randn(vq.num_codes, vq.dim, device=flat.device)
+    vq.embedding.data.copy_(new.to(vq.embedding.dtype))
+    if vq.ema:
+        vq.embed_avg.copy_(new)
+        vq.cluster_size.fill_(1.0)
+    vq.initialised.fill_(True)
 
 
 @register_model("vqvae")
@@ -58,7 +76,9 @@ class VQVAE(nn.Module, Pretrained):
 
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
         check_image(x, self.config.resolution, self.config.in_channels, "VQVAE")
-        q = self.quantizer(self.encoder(x))  # quantized (B, D, r, r)
+        z = self.encoder(x)  # (B, D, r, r)
+        init_codebook(self.quantizer, z)
+        q = self.quantizer(z)
         recon = self.decoder(q.quantized)
         mse = F.mse_loss(recon, x)
         return VQVAEOutput(recon, mse + q.loss, mse, q.loss, q.perplexity, q.indices)

@@ -14,7 +14,7 @@ from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.models.blocks import ConvDecoder, ConvEncoder, check_image, check_power_of_two_factor
-from dalle2_fast.models.vqvae import make_quantizer
+from dalle2_fast.models.vqvae import init_codebook, make_quantizer
 
 
 @dataclass
@@ -23,7 +23,7 @@ class VQVAE2Config:
     in_channels: int = 3
     channels: int = 64
     n_res: int = 2
-    bottom_down: int = 2  # bottom codes are R / 2^bottom_down per side
+    bottom_down: int = 1  # bottom codes are R / 2^bottom_down per side (32 -> 16x16; paper at 256: 2)
     top_down: int = 1  # top codes are a further / 2^top_down
     num_codes: int = 512
     code_dim: int = 64
@@ -70,8 +70,12 @@ class VQVAE2(nn.Module, Pretrained):
     def forward(self, x: torch.Tensor) -> VQVAE2Output:
         check_image(x, self.config.resolution, self.config.in_channels, "VQVAE2")
         h_b = self.enc_b(x)  # (B, ch, hb, wb)
-        t = self.quant_t(self.enc_t(h_b))  # (B, D, ht, wt)
-        b = self.quant_b(self.pre_b(torch.cat([h_b, self.dec_t(t.quantized)], dim=1)))  # (B, D, hb, wb)
+        z_t = self.enc_t(h_b)  # (B, D, ht, wt)
+        init_codebook(self.quant_t, z_t)
+        t = self.quant_t(z_t)
+        z_b = self.pre_b(torch.cat([h_b, self.dec_t(t.quantized)], dim=1))  # (B, D, hb, wb)
+        init_codebook(self.quant_b, z_b)
+        b = self.quant_b(z_b)
         recon = self._decode(t.quantized, b.quantized)
         mse = F.mse_loss(recon, x)
         vq = t.loss + b.loss
