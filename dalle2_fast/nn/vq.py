@@ -72,7 +72,9 @@ class VectorQuantizer(nn.Module):
         if ema:
             init = torch.randn(num_codes, dim)
             self.register_buffer("embedding", init)
-            self.register_buffer("cluster_size", torch.zeros(num_codes))
+            # cluster_size starts at 1 (not 0): an unused code then keeps embed_avg / cluster_size
+            # = its initial value as both decay, instead of blowing up through the smoothing.
+            self.register_buffer("cluster_size", torch.ones(num_codes))
             self.register_buffer("embed_avg", init.clone())
         else:
             self.embedding = nn.Parameter(torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes))

@@ -130,6 +130,7 @@ class KernelFamily:
     name: str
     priority: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_PRIORITY))
     impls: dict[str, Impl] = field(default_factory=dict)
+    notes: str = ""  # shown by `info` (e.g. why a backend is absent on a device)
 
     def register(
         self,

@@ -1,0 +1,51 @@
+# The two commands (see README):  make demo   (the main job)   |   make test   (the test suite)
+# Both set up everything on a fresh machine: the virtualenv, torch, the package and its
+# C++/CUDA extension (compiled for sm_80 + sm_90 when nvcc and a CUDA torch are present).
+PYTHON ?= python3
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+OUT    ?= out
+export DALLE2_FAST_MAX_JOBS ?= 2
+
+SOURCES := $(shell find csrc dalle2_fast -name '*.cpp' -o -name '*.cu' -o -name '*.h') CMakeLists.txt setup.py pyproject.toml
+
+.PHONY: all install build test demo bench bench-quick info clean
+
+all: test
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+# torch/torchvision come from the local disk (pip's cap) - never an isolated build env,
+# which would fetch another multi-GB torch.
+$(VENV)/.deps: $(VPY) pyproject.toml
+	$(VPY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" "setuptools>=77" "cmake>=4" ninja
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(VPY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+install build: $(VENV)/.built
+
+test: $(VENV)/.built
+	DALLE2_FAST_REQUIRE_EXT=1 $(VPY) -m pytest -q tests
+
+info: $(VENV)/.built
+	$(VPY) -m dalle2_fast.info
+
+# The main job. Until the unCLIP pipeline ships weights this is the environment report and the
+# codebook benchmark (real measurements, ratios against baselines measured in the same run).
+demo: $(VENV)/.built
+	$(VPY) -m dalle2_fast.info
+	$(VPY) -m dalle2_fast.bench --ops codebook --memory --out $(OUT)/bench
+
+bench: $(VENV)/.built
+	$(VPY) -m dalle2_fast.bench --memory --out $(OUT)/bench
+
+bench-quick: $(VENV)/.built
+	$(VPY) -m dalle2_fast.bench --quick --out $(OUT)/bench-quick
+
+clean:
+	rm -rf build $(OUT) dalle2_fast/_C*.so *.egg-info
