@@ -193,6 +193,19 @@ def test_pixelcnn_fast_row_path_matches_full_forward(name):
         torch.testing.assert_close(fast, full[:, :, i], rtol=1e-5, atol=1e-5)
 
 
+def test_pixelcnn_row_cropped_forward_matches_full_with_attention():
+    """The attention prior samples row i from a forward over rows <= i only: must be exact."""
+    torch.manual_seed(0)
+    cfg = PIXELCNN["top_attn"]
+    m = PixelCNN(cfg).eval()
+    x, label, cond = _pixel_inputs(cfg)
+    full = m(x, label, cond)
+    conds = m.conditioning(2, label, cond)
+    for i in range(cfg.height):
+        torch.testing.assert_close(m._forward_rows(x[:, : i + 1], conds)[:, :, i], full[:, :, i],
+                                   rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", sorted(PIXELCNN))
 def test_pixelcnn_step_lowers_loss_sampling_and_round_trip(name, tmp_path):
     torch.manual_seed(0)

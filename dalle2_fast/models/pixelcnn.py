@@ -144,12 +144,19 @@ class PixelCNN(nn.Module, Pretrained):
         """x: codes (B, H, W) int64 -> logits (B, num_codes, H, W); logits at (i, j) see x before (i, j)."""
         self._check(x)
         conds = conds if conds is not None else self.conditioning(x.shape[0], label, cond)
-        e = self.embed(x).permute(0, 3, 1, 2)  # (B, C, H, W), a gather (no one-hot)
+        return self._forward_rows(x, conds)
+
+    def _forward_rows(self, x: torch.Tensor, conds: list) -> torch.Tensor:
+        """The network on the first x.shape[1] rows: every layer is causal (down/right shifts,
+        top-padded vertical convs, causal attention), so dropping later rows changes nothing."""
+        n = x.shape[1]
+        e = self.embed(x).permute(0, 3, 1, 2)  # (B, C, n, W), a gather (no one-hot)
         v = F.pad(e, (0, 0, 1, 0))[:, :, :-1]  # down shift: rows < i
         h = F.pad(e, (1, 0, 0, 0))[:, :, :, :-1]  # right shift: columns < j
         for i, layer in enumerate(self.layers):
-            vp, v = layer.v_step(v, conds[i])
-            h = layer.h_step(h, vp, conds[i])
+            cd = self._rows(conds[i], 0, n)
+            vp, v = layer.v_step(v, cd)
+            h = layer.h_step(h, vp, cd)
             if str(i) in self.attn:
                 h = self.attn[str(i)](h)
         return self.head(h)
@@ -184,7 +191,7 @@ class PixelCNN(nn.Module, Pretrained):
     def sample(self, n: int, label=None, cond=None, temperature: float = 1.0,
                generator: torch.Generator | None = None, fast: bool | None = None) -> torch.Tensor:
         """n code maps (n, H, W) int64, in raster order; ``fast`` (default: when there is no
-        attention) uses the cached row-wise path, else the full forward per position."""
+        attention) uses the cached row-wise path, else a forward over rows <= i per position."""
         c = self.config
         if temperature <= 0:
             raise ValueError(f"PixelCNN.sample: temperature must be > 0, got {temperature}")
@@ -201,7 +208,7 @@ class PixelCNN(nn.Module, Pretrained):
                     logits, vps = self.row_logits_fast(x, i, conds, vps)
                     lj = logits[:, :, j]
                 else:
-                    lj = self.forward(x, conds=conds)[:, :, i, j]
+                    lj = self._forward_rows(x[:, : i + 1], conds)[:, :, i, j]
                 probs = torch.softmax(lj.float() / temperature, dim=-1)
                 x[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         return x
