@@ -25,7 +25,7 @@ def _bench(args):
         from dalle2_fast.bench.cli import main as bench_main
     except ImportError as e:
         raise SystemExit(f"dalle2-fast bench: the benchmark harness is not available ({e})") from None
-    return bench_main(args.bench_args)
+    return bench_main(list(args.bench_args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after 'bench' belongs to the harness, options included
+        return _bench(argparse.Namespace(bench_args=argv[1:])) or 0
     args = build_parser().parse_args(argv)
     rc = args.func(args)
     return rc if isinstance(rc, int) else 0

@@ -78,3 +78,7 @@ def test_bench_subcommand_is_wired():
     except ImportError:
         with pytest.raises(SystemExit, match="benchmark harness is not available"):
             main(["bench"])
+        return
+    with pytest.raises(SystemExit) as e:  # options after 'bench' reach the harness's own parser
+        main(["bench", "--ops", "no-such-family"])
+    assert e.value.code == 2
