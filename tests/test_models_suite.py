@@ -106,22 +106,22 @@ def test_vq_models_use_codes_and_decode_indices():
     assert m2.decode_indices(t, b).shape == (4, 3, R, R)
 
 
-@pytest.mark.parametrize("loss", ["ns", "hinge"])
-def test_gan_shapes_steps_and_round_trip(loss, tmp_path):
+@pytest.mark.parametrize("loss,d_norm", [("ns", "batch"), ("hinge", "spectral"), ("ns", "none")])
+def test_gan_shapes_steps_and_round_trip(loss, d_norm, tmp_path):
     torch.manual_seed(0)
-    gan = GAN(GANConfig(resolution=R, z_dim=8, g_width=8, d_width=8, loss=loss))
+    gan = GAN(GANConfig(resolution=R, z_dim=8, g_width=8, d_width=8, loss=loss, d_norm=d_norm))
     real = _batch(6)
     z = gan.noise(6)
     fake = gan.generator(z)
     assert fake.shape == real.shape and fake.abs().max() <= 1
     assert gan.discriminator(real).shape == (6,)
+    gan.eval()  # BatchNorm in eval: D's output on a batch does not depend on the other batch
     opt_d = torch.optim.Adam(gan.discriminator.parameters(), lr=1e-3)
     d0 = gan.d_loss(gan.discriminator(real), gan.discriminator(fake.detach()))
     d0.backward()
     opt_d.step()
     d1 = gan.d_loss(gan.discriminator(real), gan.discriminator(fake.detach()))
     assert d1.item() < d0.item()
-    gan.eval()  # BatchNorm in eval: the generator output no longer depends on the batch
     opt_g = torch.optim.Adam(gan.generator.parameters(), lr=1e-3)
     g0 = gan.g_loss(gan.discriminator(gan.generator(z)))
     g0.backward()
@@ -139,6 +139,8 @@ def test_gan_rejects_bad_config():
         GAN(GANConfig(resolution=24))
     with pytest.raises(ValueError, match="loss"):
         GAN(GANConfig(loss="wgan"))
+    with pytest.raises(ValueError, match="d_norm"):
+        GAN(GANConfig(d_norm="layer"))
 
 
 PIXELCNN = {

@@ -1,6 +1,7 @@
 """DCGAN (Radford et al. 2016): transposed-conv generator with BatchNorm + ReLU, strided-conv
-discriminator with LeakyReLU (optionally spectral-normalised, Miyato et al. 2018), trained with
-the non-saturating loss (Goodfellow et al. 2014) or the hinge loss (Lim & Ye 2017)."""
+discriminator with LeakyReLU and BatchNorm (Sec. 3) or spectral normalisation (Miyato et al.
+2018), N(0, 0.02) weight init, trained with the non-saturating loss (Goodfellow et al. 2014)
+or the hinge loss (Lim & Ye 2017)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ class GANConfig:
     g_width: int = 64  # generator channels at the last stage (doubling towards 4x4)
     d_width: int = 64
     loss: str = "ns"  # 'ns' (non-saturating) or 'hinge'
-    spectral_norm: bool = True
+    d_norm: str = "batch"  # discriminator: 'batch' (DCGAN), 'spectral' or 'none'
 
 
 def _stages(resolution: int) -> int:
@@ -29,6 +30,18 @@ def _stages(resolution: int) -> int:
     if resolution < 8 or 4 << k != resolution:
         raise ValueError(f"GANConfig.resolution must be 4 * 2^k >= 8, got {resolution}")
     return k
+
+
+def _dcgan_init(m: nn.Module) -> None:
+    """N(0, 0.02) conv / linear weights, N(1, 0.02) BatchNorm scales (DCGAN Sec. 4)."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        w = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+        nn.init.normal_(w, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
 
 
 class Generator(nn.Module):
@@ -54,11 +67,14 @@ class Discriminator(nn.Module):
     def __init__(self, c: GANConfig):
         super().__init__()
         k = _stages(c.resolution)
-        sn = spectral_norm if c.spectral_norm else (lambda m: m)
+        sn = spectral_norm if c.d_norm == "spectral" else (lambda m: m)
         layers: list[nn.Module] = []
         ch_in, ch = c.channels, c.d_width
-        for _ in range(k):
-            layers += [sn(nn.Conv2d(ch_in, ch, 4, 2, 1)), nn.LeakyReLU(0.2)]
+        for s in range(k):
+            layers.append(sn(nn.Conv2d(ch_in, ch, 4, 2, 1)))
+            if c.d_norm == "batch" and s > 0:  # not on the input layer (DCGAN Sec. 3)
+                layers.append(nn.BatchNorm2d(ch))
+            layers.append(nn.LeakyReLU(0.2))
             ch_in, ch = ch, ch * 2
         self.net = nn.Sequential(*layers)
         self.fc = sn(nn.Linear(ch_in * 16, 1))
@@ -75,9 +91,12 @@ class GAN(nn.Module, Pretrained):
         super().__init__()
         if config.loss not in ("ns", "hinge"):
             raise ValueError(f"GANConfig.loss must be 'ns' or 'hinge', got {config.loss!r}")
+        if config.d_norm not in ("batch", "spectral", "none"):
+            raise ValueError(f"GANConfig.d_norm must be 'batch', 'spectral' or 'none', got {config.d_norm!r}")
         self.config = config
         self.generator = Generator(config)
         self.discriminator = Discriminator(config)
+        self.apply(_dcgan_init)
 
     def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         if self.config.loss == "hinge":
