@@ -258,3 +258,12 @@ def test_vqvae2_generator_samples_and_round_trips(tmp_path):
     back = VQVAE2Generator.from_pretrained(tmp_path / "g").eval()
     assert back.config == gen.config  # nested dataclass configs survive JSON
     assert torch.equal(imgs, back.sample(3, labels, generator=torch.Generator().manual_seed(0)))
+
+
+def test_vqvae_large_codebook():
+    """The largest codebook the issue names (8192 x 768) runs through nearest_code in chunks."""
+    torch.manual_seed(0)
+    m = VQVAE(VQVAEConfig(resolution=R, channels=16, num_codes=8192, code_dim=768))
+    out = m(_batch(2))
+    assert out.indices.shape == (2, R // 4, R // 4) and int(out.indices.max()) < 8192
+    out.loss.backward()

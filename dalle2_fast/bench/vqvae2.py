@@ -98,14 +98,16 @@ def throughput(result: dict) -> dict[str, dict[str, float]]:
     return {k: {"codes_per_s": p["codes"] / t, "images_per_s": p["images"] / t} for k, t in result["times"].items()}
 
 
-def main() -> None:  # python -m dalle2_fast.bench.vqvae2 [--quick]
+def main() -> None:  # python -m dalle2_fast.bench.vqvae2 [--quick] [--repeats N]
     import json
     import sys
 
     from dalle2_fast.bench.core import run_case
 
-    for case in cases("cuda" if torch.cuda.is_available() else "cpu", quick="--quick" in sys.argv):
-        r = run_case(case, repeats=3, warmup=1)
+    quick = "--quick" in sys.argv
+    repeats = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else (3 if quick else 1)
+    for case in cases("cuda" if torch.cuda.is_available() else "cpu", quick=quick):
+        r = run_case(case, repeats=repeats, warmup=1 if quick else 0)
         print(json.dumps({"case": case.name, "params": case.params, "times_s": r["times"],
                           "speedup_vs_full": r["ratios"], "throughput": throughput(r)}, indent=2))
 
