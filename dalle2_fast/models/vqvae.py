@@ -26,7 +26,7 @@ class VQVAEConfig:
     beta: float = 0.25
     ema: bool = True
     decay: float = 0.99
-    dead_code_after: int = 100
+    dead_code_after: int = 20  # revive unused codes quickly: early training collapses onto few codes
 
 
 class VQVAEOutput(NamedTuple):
