@@ -86,6 +86,11 @@ class ReconTask:
             m["codebook_size"] = model.config.num_codes
             if isinstance(model, VQVAE2):
                 m["heldout_top_perplexity"] = float(out.top_perplexity)
+        if isinstance(model, DenoisingAutoEncoder):  # corrupted held-out input -> clean target
+            torch.manual_seed(0)
+            xc = model.corrupt(x)
+            m["heldout_corrupted_psnr_db"] = psnr(xc.clamp(-1, 1), x)
+            m["heldout_denoised_psnr_db"] = psnr(model.reconstruct(xc), x)
         if isinstance(model, VAE):
             m["sample_recognition_rate"] = recognition_rate(model.sample(len(x), generator=gen))
         return m
