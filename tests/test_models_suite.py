@@ -102,7 +102,7 @@ def test_vq_models_use_codes_and_decode_indices():
     assert m.decode_indices(idx).shape == (4, 3, R, R)
     m2 = VQVAE2(VQVAE2Config(resolution=R, channels=16, num_codes=32, code_dim=8)).eval()
     t, b = m2.encode(_batch())
-    assert t.shape == (4, R // 4, R // 4) and b.shape == (4, R // 2, R // 2)
+    assert t.shape == (4, R // 8, R // 8) and b.shape == (4, R // 4, R // 4)
     assert m2.decode_indices(t, b).shape == (4, 3, R, R)
 
 

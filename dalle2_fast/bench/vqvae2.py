@@ -46,7 +46,7 @@ def build_generator(resolution: int = 32, device: str = "cpu") -> VQVAE2Generato
     """Default VQ-VAE-2 with the prior sizes used for the shapes quality run."""
     torch.manual_seed(0)
     vq = VQVAE2(VQVAE2Config(resolution=resolution))
-    return VQVAE2Generator.from_vqvae(vq, channels=48, n_layers=6, attention_every=3).to(device).eval()
+    return VQVAE2Generator.from_vqvae(vq, channels=64, n_layers=8, attention_every=4).to(device).eval()
 
 
 @torch.no_grad()

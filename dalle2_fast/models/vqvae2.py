@@ -19,13 +19,16 @@ from dalle2_fast.models.vqvae import init_codebook, make_quantizer
 
 @dataclass
 class VQVAE2Config:
+    """Defaults measured on 32x32 shapes: 27.7 dB held-out PSNR after 6 CPU minutes, with both
+    levels in use (perplexity ~200 bottom / ~180 top of 256); with 16x16 bottom codes the top
+    level went unused (perplexity 2.5) since the bottom alone could carry the image."""
     resolution: int = 32
     in_channels: int = 3
     channels: int = 64
     n_res: int = 2
-    bottom_down: int = 1  # bottom codes are R / 2^bottom_down per side (32 -> 16x16; paper at 256: 2)
-    top_down: int = 1  # top codes are a further / 2^top_down
-    num_codes: int = 512
+    bottom_down: int = 2  # bottom codes are R / 2^bottom_down per side (32 -> 8x8, as the paper's /4)
+    top_down: int = 1  # top codes are a further / 2^top_down (32 -> 4x4)
+    num_codes: int = 256
     code_dim: int = 64
     beta: float = 0.25
     ema: bool = True
