@@ -82,3 +82,8 @@ def test_bench_subcommand_is_wired():
     with pytest.raises(SystemExit) as e:  # options after 'bench' reach the harness's own parser
         main(["bench", "--ops", "no-such-family"])
     assert e.value.code == 2
+
+
+def test_info_subcommand_runs(capsys):
+    assert main(["info"]) == 0
+    assert "torch" in capsys.readouterr().out
