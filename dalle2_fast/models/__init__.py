@@ -1,5 +1,14 @@
-"""Models: the U-Net family (DDPM / Improved DDPM / ADM) and its noisy classifier, ..."""
+"""Models: the GAN / autoencoder / VQ family (each registered for ``checkpoint.load_pretrained``
+under its ``model_type``), the U-Net family (DDPM / Improved DDPM / ADM) and its noisy classifier."""
+from dalle2_fast.models.autoencoders import AEConfig, AutoEncoder, DAEConfig, DenoisingAutoEncoder, VAE, VAEConfig
 from dalle2_fast.models.classifier import ClassifierConfig, NoisyClassifier
+from dalle2_fast.models.gan import GAN, GANConfig
+from dalle2_fast.models.pixelcnn import PixelCNN, PixelCNNConfig
 from dalle2_fast.models.unet import UNet, UNetConfig
+from dalle2_fast.models.vqvae import VQVAE, VQVAEConfig
+from dalle2_fast.models.vqvae2 import VQVAE2, VQVAE2Config
+from dalle2_fast.models.vqvae2_prior import VQVAE2Generator, VQVAE2GeneratorConfig
 
-__all__ = ["ClassifierConfig", "NoisyClassifier", "UNet", "UNetConfig"]
+__all__ = ["AEConfig", "AutoEncoder", "DAEConfig", "DenoisingAutoEncoder", "VAE", "VAEConfig", "GAN",
+           "GANConfig", "PixelCNN", "PixelCNNConfig", "VQVAE", "VQVAEConfig", "VQVAE2", "VQVAE2Config",
+           "VQVAE2Generator", "VQVAE2GeneratorConfig", "ClassifierConfig", "NoisyClassifier", "UNet", "UNetConfig"]

@@ -1,0 +1,116 @@
+"""VQ-VAE-2 sampling throughput (issue 6): top prior (PixelCNN with attention) -> bottom prior
+(gated PixelCNN conditioned on the top codes) -> decoder, for a batch of images at 32x32.
+
+Variants, timed in the same run on the same randomly initialised models (throughput does not
+depend on the weights):
+- ``cached`` (ours): the bottom prior's row-wise cached sampler (vertical stack once per row on
+  a receptive-field band, horizontal stack on one row per pixel, conditioning computed once),
+  default backend dispatch;
+- ``cached/torch``: the same with ``DALLE2_FAST_BACKEND=torch`` forced;
+- ``full`` (baseline): the textbook sampler, a full forward of each prior over the whole code
+  map per sampled position (``naive_sample``).
+Report codes/s = images * (top codes + bottom codes) / time and images/s = images / time
+(``throughput(result)``).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import torch
+
+from dalle2_fast.bench.core import Case, Variant
+from dalle2_fast.models import VQVAE2, VQVAE2Config, VQVAE2Generator
+from dalle2_fast.ops._backends import ENV_VAR
+
+FAMILY = "vqvae2"
+
+
+@contextmanager
+def _forced_backend(name: str | None):
+    old = os.environ.get(ENV_VAR)
+    if name is None:
+        os.environ.pop(ENV_VAR, None)
+    else:
+        os.environ[ENV_VAR] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = old
+
+
+def build_generator(resolution: int = 32, device: str = "cpu") -> VQVAE2Generator:
+    """Default VQ-VAE-2 with the prior sizes used for the shapes quality run."""
+    torch.manual_seed(0)
+    vq = VQVAE2(VQVAE2Config(resolution=resolution))
+    return VQVAE2Generator.from_vqvae(vq, channels=64, n_layers=8, attention_every=4).to(device).eval()
+
+
+@torch.no_grad()
+def naive_sample(prior, n: int, label, cond, generator) -> torch.Tensor:
+    """Baseline: the whole network on the whole map for every position (no caching at all)."""
+    c = prior.config
+    x = torch.zeros(n, c.height, c.width, dtype=torch.long, device=prior.embed.weight.device)
+    for i in range(c.height):
+        for j in range(c.width):
+            logits = prior(x, label, cond)[:, :, i, j]
+            x[:, i, j] = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
+    return x
+
+
+def _sampler(gen: VQVAE2Generator, n: int, ours: bool, backend: str | None, device: str):
+    labels = (torch.arange(n) % gen.config.top.num_classes).to(device)
+
+    @torch.no_grad()
+    def run():
+        with _forced_backend(backend):
+            g = torch.Generator(device=device).manual_seed(0)
+            if ours:
+                top, bottom = gen.sample_codes(n, labels, generator=g)
+            else:
+                top = naive_sample(gen.top_prior, n, labels, None, g)
+                bottom = naive_sample(gen.bottom_prior, n, labels, top, g)
+            return gen.vqvae.decode_indices(top, bottom)
+    return run
+
+
+def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
+    n = 8 if quick else 64
+    gen = build_generator(32, device)
+    c = gen.config
+    codes = n * (c.top.height * c.top.width + c.bottom.height * c.bottom.width)
+    variants = [
+        Variant("cached", _sampler(gen, n, True, None, device), "ours"),
+        Variant("cached/torch", _sampler(gen, n, True, "torch", device), "ours"),
+        Variant("full", _sampler(gen, n, False, None, device), "baseline"),
+    ]
+    params = dict(images=n, resolution=32, top=f"{c.top.height}x{c.top.width}",
+                  bottom=f"{c.bottom.height}x{c.bottom.width}", codes=codes)
+    return [Case(FAMILY, f"sample-{n}x32px", params, variants, "full", device=device)]
+
+
+def throughput(result: dict) -> dict[str, dict[str, float]]:
+    """{variant: {'codes_per_s', 'images_per_s'}} from a ``run_case`` result."""
+    p = result["params"]
+    return {k: {"codes_per_s": p["codes"] / t, "images_per_s": p["images"] / t} for k, t in result["times"].items()}
+
+
+def main() -> None:  # python -m dalle2_fast.bench.vqvae2 [--quick] [--repeats N]
+    import json
+    import sys
+
+    from dalle2_fast.bench.core import run_case
+
+    quick = "--quick" in sys.argv
+    repeats = int(sys.argv[sys.argv.index("--repeats") + 1]) if "--repeats" in sys.argv else (3 if quick else 1)
+    for case in cases("cuda" if torch.cuda.is_available() else "cpu", quick=quick):
+        r = run_case(case, repeats=repeats, warmup=1 if quick else 0)
+        print(json.dumps({"case": case.name, "params": case.params, "times_s": r["times"],
+                          "speedup_vs_full": r["ratios"], "throughput": throughput(r)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

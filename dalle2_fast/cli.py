@@ -1,0 +1,85 @@
+"""``dalle2-fast``: train, sample, bench, info. Thin: parses arguments and calls functions."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args):
+    from dalle2_fast.train.loop import train
+    train(args)
+
+
+def _sample(args):
+    from dalle2_fast.train.sample import sample
+    sample(args)
+
+
+def _info(args):
+    from dalle2_fast.info import main as info_main
+    return info_main()
+
+
+def _bench(args):
+    try:
+        from dalle2_fast.bench.cli import main as bench_main
+    except ImportError as e:
+        raise SystemExit(f"dalle2-fast bench: the benchmark harness is not available ({e})") from None
+    return bench_main(list(args.bench_args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dalle2_fast.train.tasks import TASKS
+
+    p = argparse.ArgumentParser(prog="dalle2-fast", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on the embedded shapes (or an image folder)")
+    t.add_argument("model", choices=sorted(TASKS))
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--resolution", type=int, default=32)
+    t.add_argument("--lr", type=float, default=None, help="default: the model's own")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, help="run directory (default runs/<model>)")
+    t.add_argument("--resume", action="store_true", help="continue exactly from the last checkpoint in --out")
+    t.add_argument("--ckpt-every", type=int, default=250)
+    t.add_argument("--keep-last", type=int, default=2)
+    t.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this long")
+    t.add_argument("--data", default="shapes", help="'shapes' or an image folder")
+    t.add_argument("--eval-size", type=int, default=256, help="held-out images for the final metrics")
+    t.add_argument("--sample-n", type=int, default=64)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config field")
+    t.add_argument("--vqvae", default=None, help="vqvae2-prior: the trained vqvae2 checkpoint")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("sample", help="sample a grid from a checkpoint")
+    s.add_argument("checkpoint")
+    s.add_argument("-n", type=int, default=64)
+    s.add_argument("--out", default="samples.png")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--label", default=None, help="conditional models: class id or '<colour> <shape>'")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.set_defaults(func=_sample)
+
+    i = sub.add_parser("info", help="backends, extension and devices")
+    i.set_defaults(func=_info)
+
+    b = sub.add_parser("bench", help="kernel benchmarks (arguments go to the harness)")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    b.set_defaults(func=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after 'bench' belongs to the harness, options included
+        return _bench(argparse.Namespace(bench_args=argv[1:])) or 0
+    args = build_parser().parse_args(argv)
+    rc = args.func(args)
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""Datasets: the embedded captioned shapes (default) and image folders (real data)."""
+from dalle2_fast.data.folder import ImageFolderDataset
+from dalle2_fast.data.shapes import COLOURS, NUM_CLASSES, SHAPES, Obj, ShapesDataset, caption_for, tokenize
+
+__all__ = ["ImageFolderDataset", "ShapesDataset", "Obj", "SHAPES", "COLOURS", "NUM_CLASSES",
+           "caption_for", "tokenize"]

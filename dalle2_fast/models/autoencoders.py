@@ -1,0 +1,159 @@
+"""AE, denoising AE and VAE on one conv encoder/decoder family.
+
+Latents are spatial (``z_dim == 0``: (B, latent_channels, R/2^d, R/2^d)) or a vector
+(``z_dim > 0``: the encoder's map is flattened through a linear layer, which gives the VAE
+coherent samples from its N(0, I) prior). Losses are means over pixels, images in [-1, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle2_fast.checkpoint import Pretrained, register_model
+from dalle2_fast.models.blocks import ConvDecoder, ConvEncoder, check_image, check_power_of_two_factor
+
+
+@dataclass
+class AEConfig:
+    resolution: int = 32
+    in_channels: int = 3
+    channels: int = 64
+    n_res: int = 2
+    downsample: int = 2  # number of stride-2 stages
+    latent_channels: int = 16
+    z_dim: int = 0  # 0: spatial latent; > 0: vector latent of this size
+
+
+@dataclass
+class DAEConfig(AEConfig):
+    corruption: str = "gaussian"  # 'gaussian' or 'mask'
+    noise_std: float = 0.3  # gaussian: x + noise_std * eps
+    mask_prob: float = 0.3  # mask: each mask_patch x mask_patch patch zeroed with this probability
+    mask_patch: int = 4
+
+
+@dataclass
+class VAEConfig(AEConfig):
+    z_dim: int = 64
+    beta: float = 1.0  # weight of the KL term (beta-VAE, Higgins et al. 2017)
+    recon_sigma: float = 0.1  # std of the Gaussian likelihood p(x|z), in [-1, 1] units
+
+
+class AEOutput(NamedTuple):
+    recon: torch.Tensor  # (B, C, R, R)
+    loss: torch.Tensor  # scalar
+    recon_loss: torch.Tensor  # scalar MSE
+    kl: torch.Tensor  # scalar (0 for AE / DAE), nats per image
+
+
+@register_model("ae")
+class AutoEncoder(nn.Module, Pretrained):
+    config_class = AEConfig
+
+    def __init__(self, config: AEConfig):
+        super().__init__()
+        self.config = c = config
+        check_power_of_two_factor(c.resolution, c.downsample, type(self).__name__)
+        self.latent_hw = c.resolution >> c.downsample
+        enc_out = 2 * c.latent_channels if self._stochastic_spatial() else c.latent_channels
+        self.encoder = ConvEncoder(c.in_channels, c.channels, enc_out, c.downsample, c.n_res)
+        self.decoder = ConvDecoder(c.latent_channels, c.channels, c.in_channels, c.downsample, c.n_res)
+        flat = c.latent_channels * self.latent_hw**2
+        if c.z_dim > 0:
+            self.to_z = nn.Linear(flat, self._z_out())
+            self.from_z = nn.Linear(c.z_dim, flat)
+
+    def _stochastic_spatial(self) -> bool:
+        return False
+
+    def _z_out(self) -> int:
+        return self.config.z_dim
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, R, R) -> latent (B, z_dim) or (B, latent_channels, r, r)."""
+        check_image(x, self.config.resolution, self.config.in_channels, type(self).__name__)
+        h = self.encoder(x)
+        return self.to_z(h.flatten(1)) if self.config.z_dim > 0 else h
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.z_dim > 0:
+            z = self.from_z(z).view(-1, c.latent_channels, self.latent_hw, self.latent_hw)  # (B, Cl, r, r)
+        return self.decoder(z)
+
+    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor) -> AEOutput:
+        recon = self.decode(self.encode(self.corrupt(x) if self.training else x))
+        mse = F.mse_loss(recon, x)
+        return AEOutput(recon, mse, mse, mse.new_zeros(()))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x)).clamp(-1, 1)
+
+
+@register_model("dae")
+class DenoisingAutoEncoder(AutoEncoder):
+    """Trained to reconstruct x from a corrupted copy (Vincent et al. 2008)."""
+    config_class = DAEConfig
+
+    def __init__(self, config: DAEConfig):
+        if config.corruption not in ("gaussian", "mask"):
+            raise ValueError(f"DAEConfig.corruption must be 'gaussian' or 'mask', got {config.corruption!r}")
+        super().__init__(config)
+
+    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.corruption == "gaussian":
+            return x + c.noise_std * torch.randn_like(x)
+        B, _, H, W = x.shape
+        p = c.mask_patch
+        keep = (torch.rand(B, 1, -(-H // p), -(-W // p), device=x.device) >= c.mask_prob).to(x.dtype)
+        keep = keep.repeat_interleave(p, 2).repeat_interleave(p, 3)[:, :, :H, :W]  # (B, 1, H, W)
+        return x * keep
+
+
+@register_model("vae")
+class VAE(AutoEncoder):
+    """Kingma & Welling 2014: q(z|x) = N(mu, sigma^2), reparameterised z = mu + sigma * eps;
+    loss = (||x - x'||^2 / (2 s^2) + beta * KL(q || N(0, I))) / pixels."""
+    config_class = VAEConfig
+
+    def _stochastic_spatial(self) -> bool:
+        return self.config.z_dim == 0
+
+    def _z_out(self) -> int:
+        return 2 * self.config.z_dim
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar), each (B, z_dim) or (B, latent_channels, r, r)."""
+        return self.encode(x).chunk(2, dim=1)
+
+    def forward(self, x: torch.Tensor) -> AEOutput:
+        c = self.config
+        mu, logvar = self.posterior(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        recon = self.decode(z)
+        sq = (recon - x).pow(2).flatten(1).sum(1)  # (B,)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1)  # (B,) nats
+        loss = (sq / (2 * c.recon_sigma**2) + c.beta * kl).mean() / x[0].numel()
+        return AEOutput(recon, loss, sq.mean() / x[0].numel(), kl.mean())
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.posterior(x)[0]).clamp(-1, 1)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """n images (n, C, R, R) decoded from z ~ N(0, I)."""
+        c = self.config
+        shape = (n, c.z_dim) if c.z_dim > 0 else (n, c.latent_channels, self.latent_hw, self.latent_hw)
+        dev = device or next(self.parameters()).device
+        z = torch.randn(shape, generator=generator, device=dev)
+        return self.decode(z).clamp(-1, 1)

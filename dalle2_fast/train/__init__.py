@@ -1,0 +1,1 @@
+"""Training and sampling entry points behind the command line."""

@@ -1,0 +1,105 @@
+"""The training loop shared by every model: deterministic data order (batch k = items
+k*B..k*B+B-1 of the seeded dataset), tqdm progress, a loss CSV, training-state checkpoints for
+exact ``--resume``, and at the end: final weights, loss-curve PNG, sample grid PNG, metrics."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from dalle2_fast.checkpoint import atomic_write_text, latest_training_state, load_training_state, save_training_state
+from dalle2_fast.data import ImageFolderDataset, ShapesDataset
+from dalle2_fast.train.plots import plot_losses, save_grid
+from dalle2_fast.train.tasks import TASKS
+
+HELDOUT_SEED_OFFSET = 1_000_003  # held-out images come from a different seed than training
+
+
+def make_datasets(data: str, resolution: int, seed: int, eval_size: int):
+    if data == "shapes":
+        return (ShapesDataset(resolution, seed=seed),
+                ShapesDataset(resolution, seed=seed + HELDOUT_SEED_OFFSET, size=eval_size))
+    folder = ImageFolderDataset(data, resolution)
+    return folder, folder
+
+
+def _read_rows(path: Path, upto: int) -> tuple[list[str], list[dict]]:
+    if not path.exists():
+        return [], []
+    with open(path, newline="") as f:
+        r = csv.DictReader(f)
+        return list(r.fieldnames or []), [row for row in r if int(row["step"]) <= upto]
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Train ``args.model``; returns the output directory. ``args``: the ``train`` subcommand's
+    namespace (model, steps, batch_size, resolution, lr, seed, out, resume, ckpt_every,
+    keep_last, max_minutes, data, eval_size, sample_n, set, vqvae, quiet)."""
+    if args.model not in TASKS:
+        raise ValueError(f"train: unknown model {args.model!r}; choose from {sorted(TASKS)}")
+    task = TASKS[args.model]
+    torch.manual_seed(args.seed)
+    out = Path(args.out or f"runs/{args.model}")
+    out.mkdir(parents=True, exist_ok=True)
+    data, held_ds = make_datasets(args.data, args.resolution, args.seed, args.eval_size)
+    model = task.build(args)
+    lr = args.lr if args.lr is not None else task.default_lr
+    opts = task.optimizers(model, lr)
+    start = 0
+    if args.resume:
+        ck = latest_training_state(out)
+        if ck is None:
+            raise FileNotFoundError(f"--resume: no training checkpoint under {out / 'checkpoints'}")
+        state = load_training_state(ck, model, opts)
+        start = state["step"]
+        if state["data_position"] != start * args.batch_size:
+            raise ValueError(f"--resume: checkpoint was written with batch size "
+                             f"{state['data_position'] // max(start, 1)}, not {args.batch_size}")
+    cfg = {k: v for k, v in vars(args).items() if k != "func"}
+    atomic_write_text(out / "train_config.json", json.dumps(dict(cfg, lr=lr), indent=2, default=str))
+
+    csv_path = out / "loss.csv"
+    fields, rows = _read_rows(csv_path, start) if args.resume else ([], [])
+    f = open(csv_path, "w", newline="")
+    writer = None
+    if fields:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    t0 = time.time()
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.model, disable=args.quiet)
+    step = start - 1
+    for step in bar:
+        batch = data.batch(step * args.batch_size, args.batch_size)
+        logs = task.step(model, batch, opts)
+        if writer is None:
+            writer = csv.DictWriter(f, fieldnames=["step", *logs])
+            writer.writeheader()
+        writer.writerow({"step": step + 1, **{k: f"{v:.6g}" for k, v in logs.items()}})
+        if (step + 1) % 10 == 0:
+            f.flush()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
+        out_of_time = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or out_of_time:
+            save_training_state(out, step + 1, model, opts, (step + 1) * args.batch_size, keep_last=args.keep_last)
+        if out_of_time:  # stop here; --resume continues towards --steps
+            break
+    f.close()
+    train_s = time.time() - t0
+
+    model.save_pretrained(out / "final")
+    plot_losses(csv_path, out / "loss.png")
+    gen = torch.Generator().manual_seed(args.seed)
+    held = held_ds.batch(0, args.eval_size)
+    save_grid(task.picture(model, held, args.sample_n, gen), out / "samples.png", scale=2)
+    metrics = {"model": args.model, "steps": step + 1, "train_seconds_this_run": round(train_s, 1),
+               **task.evaluate(model, held, torch.Generator().manual_seed(args.seed + 1))}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    if not args.quiet:
+        print(json.dumps(metrics, indent=2))
+    return out

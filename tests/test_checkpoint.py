@@ -1,0 +1,110 @@
+"""Checkpoint format: safetensors + typed JSON config, atomic writes, clear errors, training
+state for exact resume, keep-last-N."""
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from dalle2_fast.checkpoint import (CheckpointError, config_from_dict, latest_training_state, load_pretrained,
+                                    load_training_state, save_training_state)
+from dalle2_fast.models import AEConfig, AutoEncoder, VQVAE, VQVAEConfig
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return AutoEncoder(AEConfig(resolution=16, channels=8, **kw))
+
+
+def test_directory_and_single_file_round_trip(tmp_path):
+    m = _model().eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    for p in (tmp_path / "dir", tmp_path / "one.safetensors"):
+        m.save_pretrained(p)
+        back = load_pretrained(p).eval()  # needs nothing but the path
+        assert type(back) is AutoEncoder and back.config == m.config
+        assert torch.equal(back.reconstruct(x), m.reconstruct(x))
+    rec = json.loads((tmp_path / "dir" / "config.json").read_text())
+    assert rec["model_type"] == "ae" and rec["config"]["channels"] == 8
+    assert not [p.name for p in (tmp_path / "dir").iterdir() if ".tmp" in p.name]  # no temp files left
+
+
+def test_wrong_class_missing_unexpected_misshaped(tmp_path):
+    _model().save_pretrained(tmp_path / "ae")
+    with pytest.raises(CheckpointError, match="not a VQVAE"):
+        VQVAE.from_pretrained(tmp_path / "ae")
+    # mis-shaped: same keys, other channel count; the message names the tensor and both shapes
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(tmp_path / "ae" / "model.safetensors"))
+    k = "encoder.net.0.weight"
+    bad = dict(state, **{k: torch.zeros(9, 3, 3, 3)})
+    save_file(bad, str(tmp_path / "ae" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"mis-shaped.*encoder\.net\.0\.weight.*\(9, 3, 3, 3\)"):
+        load_pretrained(tmp_path / "ae")
+    missing = {kk: v for kk, v in state.items() if kk != k}
+    save_file(missing, str(tmp_path / "ae" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing tensors.*encoder\.net\.0\.weight"):
+        load_pretrained(tmp_path / "ae")
+    save_file(dict(state, extra=torch.ones(1)), str(tmp_path / "ae" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"unexpected tensors.*extra"):
+        load_pretrained(tmp_path / "ae")
+
+
+@pytest.mark.parametrize("keep", [7, 100, 0.6])  # cut inside the 8-byte length, the header, the data
+def test_truncated_file_is_named(tmp_path, keep):
+    _model().save_pretrained(tmp_path / "ae")
+    f = tmp_path / "ae" / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: int(keep * len(data)) if isinstance(keep, float) else keep])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_pretrained(tmp_path / "ae")
+
+
+def test_missing_pieces_and_bad_config(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_pretrained(tmp_path / "nope")
+    _model().save_pretrained(tmp_path / "ae")
+    (tmp_path / "ae" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing model.safetensors"):
+        load_pretrained(tmp_path / "ae")
+    (tmp_path / "ae" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="missing config.json"):
+        load_pretrained(tmp_path / "ae")
+    with pytest.raises(CheckpointError, match="unknown config keys"):
+        config_from_dict(AEConfig, {"channels": 8, "chanels": 9})
+    with pytest.raises(CheckpointError, match="expected int"):
+        config_from_dict(AEConfig, {"channels": "8"})
+
+
+def test_nested_config_from_dict():
+    @dataclass
+    class Outer:
+        inner: AEConfig
+        scale: float = 1.0
+    o = config_from_dict(Outer, {"inner": {"channels": 4}, "scale": 2})
+    assert o.inner == AEConfig(channels=4) and o.scale == 2.0
+
+
+def test_training_state_restores_everything_and_keeps_last(tmp_path):
+    torch.manual_seed(0)
+    m = VQVAE(VQVAEConfig(resolution=16, channels=8, num_codes=16, code_dim=4))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    for step in range(1, 5):
+        m(x).loss.backward()
+        opt.step()
+        save_training_state(tmp_path, step, m, {"model": opt}, data_position=step * 4, keep_last=2)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["step_00000003", "step_00000004"]
+    assert latest_training_state(tmp_path).name == "step_00000004"
+    rng_after = torch.rand(3)  # what the RNG gives right after the last save
+    m2 = VQVAE(VQVAEConfig(resolution=16, channels=8, num_codes=16, code_dim=4))
+    opt2 = torch.optim.Adam(m2.parameters(), lr=1e-3)
+    state = load_training_state(latest_training_state(tmp_path), m2, {"model": opt2})
+    assert state["step"] == 4 and state["data_position"] == 16
+    assert torch.equal(torch.rand(3), rng_after)
+    for (k, a), b in zip(m.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert opt2.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+    with pytest.raises(CheckpointError, match="no optimizer state for"):
+        load_training_state(latest_training_state(tmp_path), m2, {"other": opt2})
