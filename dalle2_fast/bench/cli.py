@@ -24,6 +24,7 @@ FAMILIES = {
     "unet": "dalle2_fast.bench.unet",
     "sampling": "dalle2_fast.bench.sampling",
     "adagn": "dalle2_fast.bench.adagn",
+    "vqvae2": "dalle2_fast.bench.vqvae2",
 }
 
 

@@ -23,11 +23,13 @@ from torch import nn
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.data.shapes import NUM_CLASSES, VOCAB
 from dalle2_fast.models.blocks import ConvDecoder
+from dalle2_fast.ops import attention
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
-    """(B, heads, S, d) attention; the one place to swap in ``dalle2_fast.ops.attention``."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    """(B, heads, S, d) attention through the package's flash-attention op (Sq = Sk here, so
+    its bottom-right causal mask is the usual lower triangle)."""
+    return attention(q, k, v, causal=causal)
 
 
 @dataclass
