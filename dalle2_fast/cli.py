@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample-n", type=int, default=64)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config field")
     t.add_argument("--vqvae", default=None, help="vqvae2-prior: the trained vqvae2 checkpoint")
+    t.add_argument("--classes", default=None, choices=["shape", "colour", "class", "none"],
+                   help="ddpm/iddpm/adm/classifier: what the class label is (default: shape for adm and "
+                        "classifier, none for ddpm and iddpm)")
+    t.add_argument("--bpd-n", type=int, default=16, help="ddpm/iddpm/adm: held-out images for bits/dim")
+    t.add_argument("--sample-steps", type=int, default=50, help="ddpm/iddpm/adm: DDIM steps of the final samples")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
 
@@ -61,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label", default=None, help="conditional models: class id or '<colour> <shape>'")
     s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpmpp"], help="diffusion models")
+    s.add_argument("--steps", type=int, default=50, help="diffusion models: sampling steps (respaced)")
+    s.add_argument("--eta", type=float, default=0.0, help="--sampler ddim: 0 deterministic, 1 DDPM-like")
+    s.add_argument("--guidance", default="none", choices=["none", "classifier", "cfg"])
+    s.add_argument("--scale", type=float, default=1.0, help="guidance scale")
+    s.add_argument("--classifier", default=None, help="--guidance classifier: a noisy classifier checkpoint")
+    s.add_argument("--metrics", default=None, help="diffusion models: write the detector's recognition rate "
+                                                   "of the samples (of their labels) to this JSON file")
     s.set_defaults(func=_sample)
 
     i = sub.add_parser("info", help="backends, extension and devices")

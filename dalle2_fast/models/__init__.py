@@ -2,6 +2,7 @@
 under its ``model_type``), the U-Net family (DDPM / Improved DDPM / ADM) and its noisy classifier."""
 from dalle2_fast.models.autoencoders import AEConfig, AutoEncoder, DAEConfig, DenoisingAutoEncoder, VAE, VAEConfig
 from dalle2_fast.models.classifier import ClassifierConfig, NoisyClassifier
+from dalle2_fast.models.diffusion_model import DiffusionModel, DiffusionModelConfig
 from dalle2_fast.models.gan import GAN, GANConfig
 from dalle2_fast.models.pixelcnn import PixelCNN, PixelCNNConfig
 from dalle2_fast.models.unet import UNet, UNetConfig
@@ -11,4 +12,5 @@ from dalle2_fast.models.vqvae2_prior import VQVAE2Generator, VQVAE2GeneratorConf
 
 __all__ = ["AEConfig", "AutoEncoder", "DAEConfig", "DenoisingAutoEncoder", "VAE", "VAEConfig", "GAN",
            "GANConfig", "PixelCNN", "PixelCNNConfig", "VQVAE", "VQVAEConfig", "VQVAE2", "VQVAE2Config",
-           "VQVAE2Generator", "VQVAE2GeneratorConfig", "ClassifierConfig", "NoisyClassifier", "UNet", "UNetConfig"]
+           "VQVAE2Generator", "VQVAE2GeneratorConfig", "ClassifierConfig", "NoisyClassifier", "UNet", "UNetConfig",
+           "DiffusionModel", "DiffusionModelConfig"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dalle2_fast.checkpoint import Pretrained, load_pretrained, register_model, save_pretrained
 from dalle2_fast.models.unet import build_encoder, time_embed_mlp, validate_trunk
 from dalle2_fast.nn.unet_blocks import AttentionPool2d, GroupNorm, TimestepSequential, _zero, timestep_embedding
 
@@ -56,9 +57,12 @@ class ClassifierConfig:
         return dataclasses.replace(self, **changes)
 
 
-class NoisyClassifier(nn.Module):
+@register_model("noisy_classifier")
+class NoisyClassifier(nn.Module, Pretrained):
     """``NoisyClassifier(config)(x, t) -> logits``. x: (B, in_channels, S, S) noised images at
     the configured image_size; t: (B,) timesteps. Returns (B, num_classes)."""
+
+    config_class = ClassifierConfig
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()
@@ -101,17 +105,13 @@ class NoisyClassifier(nn.Module):
         return self.pool(h.mean(dim=(2, 3), keepdim=True)).flatten(1)
 
     def save(self, path) -> None:
-        """Weights and config in one safetensors file (see ``load``)."""
-        from dalle2_fast.models._config_io import save_with_config
-
-        save_with_config(self, path)
+        """``checkpoint.save_pretrained`` (a ``.safetensors`` path: one file with the config)."""
+        save_pretrained(self, path)
 
     @classmethod
     def load(cls, path, map_location: str = "cpu") -> "NoisyClassifier":
-        """A NoisyClassifier rebuilt from the config stored in ``path`` with its weights."""
-        from dalle2_fast.models._config_io import load_with_config
-
-        return load_with_config(path, cls, ClassifierConfig, map_location)
+        """``checkpoint.load_pretrained`` of a NoisyClassifier checkpoint (any other model raises)."""
+        return load_pretrained(path, expected_cls=cls, map_location=map_location)
 
     @classmethod
     def from_guided_diffusion(cls, state_dict_or_path, **flags) -> "NoisyClassifier":

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2_fast.checkpoint import Pretrained, load_pretrained, register_model, save_pretrained
 from dalle2_fast.nn.unet_blocks import (
     AttentionBlock,
     Downsample,
@@ -168,7 +169,8 @@ def time_embed_mlp(model_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
 
-class UNet(nn.Module):
+@register_model("unet")
+class UNet(nn.Module, Pretrained):
     """``UNet(config)(x, t, y=None, cond=None, context=None, context_mask=None)``.
 
     x: (B, in_channels, S, S); t: (B,) timesteps (int or float); y: (B,) int64 labels when
@@ -177,6 +179,8 @@ class UNet(nn.Module):
     (B, low_res_channels, h, w) when ``low_res_channels`` (upsampled bilinearly to S x S).
     Returns (B, final_out_channels, S, S).
     """
+
+    config_class = UNetConfig
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -288,17 +292,13 @@ class UNet(nn.Module):
         return self.out_conv(self.out_norm(h, act="silu"))
 
     def save(self, path) -> None:
-        """Weights and config in one safetensors file (see ``load``)."""
-        from dalle2_fast.models._config_io import save_with_config
-
-        save_with_config(self, path)
+        """``checkpoint.save_pretrained`` (a ``.safetensors`` path: one file with the config)."""
+        save_pretrained(self, path)
 
     @classmethod
     def load(cls, path, map_location: str = "cpu") -> "UNet":
-        """A UNet rebuilt from the config stored in ``path`` with its weights."""
-        from dalle2_fast.models._config_io import load_with_config
-
-        return load_with_config(path, cls, UNetConfig, map_location)
+        """``checkpoint.load_pretrained`` of a UNet checkpoint (any other model raises)."""
+        return load_pretrained(path, expected_cls=cls, map_location=map_location)
 
     @classmethod
     def from_guided_diffusion(cls, state_dict_or_path, **flags) -> "UNet":

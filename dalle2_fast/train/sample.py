@@ -33,6 +33,9 @@ def sample(args: argparse.Namespace) -> Path:
     gen = torch.Generator().manual_seed(args.seed)
     model = load_pretrained(args.checkpoint).eval()
     n = args.n
+    from dalle2_fast.models.diffusion_model import DiffusionModel
+    if isinstance(model, DiffusionModel):
+        return _sample_diffusion(model, args)
     if isinstance(model, (GAN, VAE)):
         images = model.sample(n, generator=gen)
     elif isinstance(model, VQVAE2Generator):
@@ -51,4 +54,45 @@ def sample(args: argparse.Namespace) -> Path:
         raise ValueError(f"sample: don't know how to sample a {type(model).__name__}")
     out = save_grid(images, args.out, scale=2)
     print(f"wrote {out} ({len(images)} images)")
+    return out
+
+
+def _sample_diffusion(model, args: argparse.Namespace) -> Path:
+    """The U-Net family: ``--sampler``, ``--steps``, ``--guidance``, ``--scale``, ``--classifier``,
+    ``--label`` (default: labels cycle through the classes), ``--seed`` (sample i uses seed
+    ``seed * n + i``, so a sample does not depend on the batch it is drawn in)."""
+    import json
+
+    from dalle2_fast.checkpoint import atomic_write_text
+    from dalle2_fast.models import NoisyClassifier
+    from dalle2_fast.models.diffusion_model import kind_for_num_classes, num_labels, parse_label, recognition_rate_of
+    from dalle2_fast.train.diffusion_tasks import generate
+
+    n = args.n
+    if n < 1:
+        raise ValueError(f"-n must be >= 1, got {n}")
+    clf = None
+    if args.classifier:
+        clf = load_pretrained(args.classifier, expected_cls=NoisyClassifier).eval()
+    elif args.guidance == "classifier":
+        raise ValueError("--guidance classifier needs --classifier CKPT")
+    kind = model.config.label_kind
+    if kind == "none" and clf is not None:
+        kind = kind_for_num_classes(clf.config.num_classes)
+    labels = None
+    if args.label is not None:
+        labels = torch.full((n,), parse_label(kind, args.label), dtype=torch.long)
+    elif num_labels(kind):
+        labels = torch.arange(n) % num_labels(kind)
+    images = generate(model, n, sampler=args.sampler, steps=args.steps, guidance=args.guidance, scale=args.scale,
+                      classifier=clf, labels=labels, seeds=[args.seed * n + i for i in range(n)], eta=args.eta)
+    out = save_grid(images, args.out, scale=2)
+    print(f"wrote {out} ({n} images, {args.sampler} {args.steps} steps, guidance {args.guidance} x{args.scale})")
+    if args.metrics:
+        rate = recognition_rate_of(images, kind, labels)
+        rec = {"checkpoint": str(args.checkpoint), "classifier": args.classifier, "sampler": args.sampler,
+               "steps": args.steps, "guidance": args.guidance, "scale": args.scale, "n": n, "label_kind": kind,
+               "seed": args.seed, "recognition_rate": rate}
+        atomic_write_text(args.metrics, json.dumps(rec, indent=2))
+        print(json.dumps(rec))
     return out

@@ -25,16 +25,31 @@ def apply_overrides(cfg, overrides: list[str]):
         k, v = item.split("=", 1)
         if k not in hints:
             raise ValueError(f"--set {k}: {type(cfg).__name__} has no field {k!r}; fields: {sorted(hints)}")
-        t = hints[k]
-        if t is bool:
-            if v.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"--set {k}: expected true/false, got {v!r}")
-            kw[k] = v.lower() in ("true", "1")
-        elif t in (int, float, str):
-            kw[k] = t(v)
-        else:
-            raise ValueError(f"--set {k}: field type {t} cannot be set from the command line")
+        kw[k] = parse_field(k, hints[k], v)
     return dataclasses.replace(cfg, **kw)
+
+
+def parse_field(k: str, t, v: str):
+    """Parse ``v`` as the dataclass field type ``t``: bool, int, float, str, ``X | None``
+    ('none' -> None) and ``tuple[X, ...]`` (comma-separated)."""
+    args = typing.get_args(t)
+    if type(None) in args and len(args) == 2:
+        if v.lower() == "none":
+            return None
+        t = next(a for a in args if a is not type(None))
+        args = typing.get_args(t)
+    if typing.get_origin(t) is tuple and args:
+        return tuple(parse_field(k, args[0], p) for p in v.split(",") if p.strip())
+    if t is bool:
+        if v.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"--set {k}: expected true/false, got {v!r}")
+        return v.lower() in ("true", "1")
+    if t in (int, float, str):
+        try:
+            return t(v)
+        except ValueError:
+            raise ValueError(f"--set {k}: expected {t.__name__}, got {v!r}") from None
+    raise ValueError(f"--set {k}: field type {t} cannot be set from the command line")
 
 
 def label_for(label_kind: str, batch: dict):
@@ -202,3 +217,8 @@ TASKS = {
     "vqvae2": ReconTask(VQVAE2, VQVAE2Config),
     "vqvae2-prior": PriorTask(),
 }
+
+from dalle2_fast.train.diffusion_tasks import ClassifierTask, DiffusionTask  # noqa: E402
+
+TASKS.update({"ddpm": DiffusionTask("ddpm"), "iddpm": DiffusionTask("iddpm"), "adm": DiffusionTask("adm"),
+              "classifier": ClassifierTask()})
