@@ -95,6 +95,7 @@ def train(args: argparse.Namespace) -> Path:
         out_of_time = D.any_rank(args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
                                  or stop.signum is not None, info)
         if ((step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or out_of_time) and info.is_main:
+            f.flush()  # the loss rows up to a checkpoint survive a SIGKILL after it
             save_training_state(out, step + 1, model, opts, (step + 1) * args.batch_size, keep_last=args.keep_last)
         if out_of_time:  # stop here (time limit or SIGTERM/SIGINT); --resume continues towards --steps
             break
