@@ -7,10 +7,18 @@ import sys
 
 def _train(args):
     from dalle2_fast.train.loop import train
+    from dalle2_fast.train.validate import check_train_args
+    check_train_args(args)
     train(args)
 
 
 def _sample(args):
+    from dalle2_fast.train.validate import check_sample_args
+    check_sample_args(args)
+    if args.images_dir:  # one PNG per image, seeds sharded over torchrun ranks
+        from dalle2_fast.train.sample_images import sample_images
+        sample_images(args)
+        return
     from dalle2_fast.train.sample import sample
     sample(args)
 
@@ -61,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label", default=None, help="conditional models: class id or '<colour> <shape>'")
     s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--images-dir", default=None, help="write one PNG per image here instead of a grid "
+                   "(under torchrun: batches sharded over ranks, each image written once)")
+    s.add_argument("--batch-size", type=int, default=64, help="with --images-dir: images per batch")
     s.set_defaults(func=_sample)
 
     i = sub.add_parser("info", help="backends, extension and devices")
