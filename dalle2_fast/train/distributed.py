@@ -15,9 +15,33 @@ import os
 import torch
 import torch.distributed as dist
 
-# Tasks whose step goes through ``model(x)`` (what DDP hooks); the GAN (two networks, several
-# forwards per backward) and the VQ-VAE-2 priors (``model.loss``) are not wrapped yet.
-DDP_MODELS = ("ae", "dae", "vae", "vqvae", "vqvae2")
+# Tasks whose step goes through ``model(x)`` (what DDP hooks), or through one method that
+# computes the whole loss (``DDP_METHODS``); the GAN (two networks, several forwards per
+# backward) is not wrapped yet.
+DDP_MODELS = ("ae", "dae", "vae", "vqvae", "vqvae2", "vqvae2-prior")
+DDP_METHODS = {"vqvae2-prior": "loss"}
+
+
+class _MethodModule(torch.nn.Module):
+    """``forward`` = ``model.<method>``, so DDP can hook a loss computed by a named method."""
+
+    def __init__(self, model: torch.nn.Module, method: str):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, *a, **k):
+        return getattr(self.model, self.method)(*a, **k)
+
+
+class _MethodDDP:
+    """Looks like ``model`` to a task's ``step`` except that ``model.<method>(...)`` runs through
+    DDP (gradient all-reduce); every other attribute is the model's own."""
+
+    def __init__(self, model: torch.nn.Module, method: str, ddp: torch.nn.Module):
+        self._model, self._method, self._ddp = model, method, ddp
+
+    def __getattr__(self, name):
+        return self._ddp if name == self._method else getattr(self._model, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +107,11 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, model_name: str) -> torch
                                   f"got {model_name!r} with WORLD_SIZE={info.world} (run it on one process)")
     model.to(info.device)
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    method = DDP_METHODS.get(model_name)
+    if method is None:
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    ddp = torch.nn.parallel.DistributedDataParallel(_MethodModule(model, method), device_ids=ids)
+    return _MethodDDP(model, method, ddp)
 
 
 def reduce_logs(logs: dict, info: DistInfo) -> dict:
