@@ -76,3 +76,9 @@ def test_sample_images_rejects_an_autoencoder(tmp_path):
     AutoEncoder(AEConfig(resolution=16, channels=8)).save_pretrained(tmp_path / "ae")
     with pytest.raises(ValueError, match=r"AutoEncoder is not a generative model"):
         main(["sample", str(tmp_path / "ae"), "--images-dir", str(tmp_path / "imgs")])
+
+
+def test_grid_sampling_refuses_torchrun(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"under torchrun .* pass --images-dir"):
+        main(["sample", ckpt, "--out", str(tmp_path / "g.png")])

@@ -62,4 +62,7 @@ def check_sample_args(args) -> None:
     if getattr(args, "images_dir", None):
         check_writable_dir("--images-dir", args.images_dir)
     else:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("sample: under torchrun (WORLD_SIZE > 1) pass --images-dir DIR, which shards "
+                             "batches over ranks; a single grid (--out) is a one-process job")
         check_writable_file("--out", args.out)
