@@ -92,5 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     return rc if isinstance(rc, int) else 0
 
 
+def console(argv: list[str] | None = None) -> int:
+    """The `dalle2-fast` command: `main`, with bad input reported as one line (exit 2) instead of
+    a traceback. Library callers and tests use `main`, which raises."""
+    from dalle2_fast.checkpoint import CheckpointError
+
+    try:
+        return main(argv)
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as e:
+        print(f"dalle2-fast: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())
