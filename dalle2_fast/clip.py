@@ -213,7 +213,7 @@ class ClipAdapter(nn.Module):
             cfg_path = path / CONFIG_FILE
             if not cfg_path.is_file():
                 raise FileNotFoundError(f"ClipAdapter.load: {path} is missing {CONFIG_FILE}")
-            if not any(path.glob(p) for p in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
+            if not any(any(path.glob(p)) for p in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
                 raise FileNotFoundError(f"ClipAdapter.load: {path} has a config but no weights file "
                                         f"(expected {WEIGHTS_FILE})")
             full = json.loads(cfg_path.read_text())

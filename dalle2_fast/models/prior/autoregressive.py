@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2_fast.models.prior.diffusion_prior import select_best
 from dalle2_fast.models.prior.quantize import PCAQuantizer, QuantileBuckets
 from dalle2_fast.models.prior.transformer import CausalTransformer, TextConditioning
 from dalle2_fast.seeding import check_seeds, per_sample_rand
@@ -130,9 +131,7 @@ class AutoregressivePrior(nn.Module):
             cdf = torch.softmax(logits.float() / temperature, -1).cumsum(-1)          # (N, n)
             nxt = torch.searchsorted(cdf, (u[:, k + 1] * cdf[:, -1])[:, None]).clamp_(max=c.n_buckets - 1)
             codes = torch.cat([codes, nxt], dim=1)
-        z = self.quantizer.decode(codes).view(n_candidates, b, -1)
-        best = (z * text_embed.float()[None]).sum(-1).argmax(0)
-        return z[best, torch.arange(b, device=dev)]
+        return select_best(self.quantizer.decode(codes).view(n_candidates, b, -1), text_embed)
 
     def config_dict(self) -> dict:
         return asdict(self.config)

@@ -112,6 +112,15 @@ class DiffusionPrior(nn.Module):
         DDIM over ``steps`` respaced timesteps with classifier-free guidance ``guidance`` on the
         predicted x0; of ``n_candidates`` draws the one with the largest z_i . z_t is kept.
         """
+        z = self.sample_candidates(text_tokens, text_mask, text_embed, seeds, steps, guidance, n_candidates,
+                                   eta, progress)
+        return select_best(z, text_embed)
+
+    @torch.no_grad()
+    def sample_candidates(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_embed: torch.Tensor,
+                          seeds: Sequence[int], steps: int = 64, guidance: float = 1.0, n_candidates: int = 2,
+                          eta: float = 0.0, progress: bool = False) -> torch.Tensor:
+        """All ``n_candidates`` draws per caption, unit-norm: (n_candidates, B, D)."""
         b, d = text_embed.shape[0], self.config.clip_dim
         seeds = check_seeds(seeds, b)
         if n_candidates < 1:
@@ -132,10 +141,13 @@ class DiffusionPrior(nn.Module):
             x0 = self._guided(x, t, tokens, mask, emb, guidance)
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             x = self.schedule.ddim_step(x, x0, t, t_prev, eta, noise[:, i + 1])
-        z = F.normalize(x.float(), dim=-1).view(n_candidates, b, d)
-        score = (z * text_embed.float()[None]).sum(-1)  # (C, B)
-        best = score.argmax(0)
-        return z[best, torch.arange(b, device=dev)]
+        return F.normalize(x.float(), dim=-1).view(n_candidates, b, d)
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+def select_best(candidates: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
+    """Of candidates (C, B, D), the one per caption with the largest dot product with z_t (B, D)."""
+    best = (candidates * text_embed.float()[None]).sum(-1).argmax(0)  # (B,)
+    return candidates[best, torch.arange(candidates.shape[1], device=candidates.device)]
