@@ -95,8 +95,10 @@ class AutoregressivePrior(nn.Module):
     @torch.no_grad()
     def sample(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_embed: torch.Tensor,
                seeds: Sequence[int], guidance: float = 1.0, temperature: float = 1.0,
-               dot_range: tuple[float, float] = (0.5, 1.0), n_candidates: int = 1) -> torch.Tensor:
-        """Unit-norm z_i (B, D), deterministic per seed.
+               dot_range: tuple[float, float] = (0.5, 1.0), n_candidates: int = 1,
+               steps: int | None = None, progress: bool = False) -> torch.Tensor:
+        """Unit-norm z_i (B, D), deterministic per seed. (``steps``/``progress`` are accepted for the
+        pipeline's prior interface; AR sampling always takes n_components steps.)
 
         dot_range: the dot-product token is drawn uniformly from this fraction of its buckets
         (default: the top half). With ``n_candidates`` > 1 the draw with the largest z_i . z_t is kept.
