@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import json
 import os
+import typing
 from pathlib import Path
 
 import torch
@@ -45,6 +46,18 @@ def _resolve(qual: str):
     return obj
 
 
+def _build_config(cfg_cls, raw: dict):
+    """cfg_cls(**raw), rebuilding nested dataclass fields (e.g. a UNetConfig inside) from dicts."""
+    hints = typing.get_type_hints(cfg_cls)
+    kw = {}
+    for f in dataclasses.fields(cfg_cls):
+        if f.name not in raw:
+            continue
+        v, tp = raw[f.name], hints.get(f.name)
+        kw[f.name] = _build_config(tp, v) if dataclasses.is_dataclass(tp) and isinstance(v, dict) else v
+    return cfg_cls(**kw)
+
+
 def load_module(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -63,10 +76,11 @@ def load_module(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     cfg_cls, cls = _resolve(meta["config_class"]), _resolve(meta["class"])
     fields = {f.name for f in dataclasses.fields(cfg_cls)}
     raw = json.loads(meta["config"])
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise ValueError(f"load_module: {path} config has fields {unknown} unknown to {cfg_cls.__name__}")
-    module = cls(cfg_cls(**raw))
+    unknown, absent = sorted(set(raw) - fields), sorted(fields - set(raw))
+    if unknown or absent:
+        raise ValueError(f"load_module: {path} config does not match {cfg_cls.__name__}: unknown fields {unknown}, "
+                         f"missing fields {absent}")
+    module = cls(_build_config(cfg_cls, raw))
     res = module.load_state_dict(load_file(str(path)), strict=False)
     if res.missing_keys or res.unexpected_keys:
         raise ValueError(f"load_module: {path} does not match {cls.__name__}: missing {res.missing_keys[:5]}, "
