@@ -42,6 +42,9 @@ class UpsamplerConfig:
     blur_sigma: tuple[float, float] = (0.4, 0.6)
     train_crop: int = 0                       # high-res crop side for training (0 = whole image)
 
+    def __post_init__(self):
+        object.__setattr__(self, "blur_sigma", tuple(float(v) for v in self.blur_sigma))
+
 
 class UnCLIPUpsampler(nn.Module):
     """``upsampler(x_t, t, low_res)`` -> U-Net output; ``sample(low_res, seeds, steps)`` -> images."""
