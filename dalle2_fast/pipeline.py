@@ -44,6 +44,12 @@ class Upsampler(Protocol):
 
 
 _STAGE_PRIOR, _STAGE_DECODER, _STAGE_UP = 1, 2, 3
+SHIPPED_DIR = Path(__file__).parent / "weights" / "unclip_shapes"
+
+
+def shipped_weights_dir() -> Path | None:
+    """The package's trained shapes pipeline, or None when this build ships no weights."""
+    return SHIPPED_DIR if (SHIPPED_DIR / "unclip.json").is_file() else None
 
 
 def stage_seeds(seeds: Sequence[int], stage: int) -> list[int]:
@@ -80,10 +86,18 @@ class UnCLIPPipeline:
 
     # ---- persistence --------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "UnCLIPPipeline":
-        """Load ``clip/``, ``prior``, ``decoder`` and ``upsampler{1,2}`` from a pipeline directory."""
+    def from_pretrained(cls, path: str | os.PathLike | None = None,
+                        device: str | torch.device = "cpu") -> "UnCLIPPipeline":
+        """Load ``clip/``, ``prior``, ``decoder`` and ``upsampler{1,2}`` from a pipeline directory
+        (written by :meth:`save_pretrained`); ``None`` or ``"shapes"``: the weights shipped in the package."""
         from dalle2_fast.models.io import load_module
 
+        if path is None or str(path) == "shapes":
+            path = shipped_weights_dir()
+            if path is None:
+                raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: this install ships no weights ({SHIPPED_DIR} "
+                                        "is missing); train them with `dalle2-fast train unclip` and pass the "
+                                        "pipeline directory")
         path = Path(path)
         manifest = path / "unclip.json"
         if not manifest.is_file():
@@ -114,6 +128,11 @@ class UnCLIPPipeline:
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, path / "unclip.json")
         return path
+
+    def to(self, device: str | torch.device) -> "UnCLIPPipeline":
+        for m in (self.clip, self.prior, self.decoder, *self.upsamplers):
+            m.to(device)
+        return self
 
     # ---- the chain ----------------------------------------------------------------------------
     def _opt(self, name, value):
