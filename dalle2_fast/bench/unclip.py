@@ -47,37 +47,20 @@ def load_pipeline(device: str = "cpu"):
 
 
 def random_pipeline(device: str = "cpu"):
-    from dalle2_fast.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer
-    from dalle2_fast.data.shapes import VOCAB
-    from dalle2_fast.models.decoder import DecoderConfig, UnCLIPDecoder
-    from dalle2_fast.models.prior import DiffusionPrior, DiffusionPriorConfig
-    from dalle2_fast.models.unet import UNetConfig
-    from dalle2_fast.models.upsampler import UnCLIPUpsampler, UpsamplerConfig
+    """The default recipe's architecture with random weights."""
     from dalle2_fast.pipeline import UnCLIPPipeline
-    from dalle2_fast.unclip_train import UnCLIPRecipe
+    from dalle2_fast.unclip_train import (PIPELINE_DEFAULTS, UnCLIPRecipe, build_clip, build_decoder, build_prior,
+                                          build_upsampler)
 
     r = UnCLIPRecipe()
     torch.manual_seed(0)
-    clip = ClipAdapter.create(TINY_SHAPES_MODEL, WordTokenizer([w for w in VOCAB if w != "<pad>"], 128, 24))
-    prior = DiffusionPrior(DiffusionPriorConfig(clip_dim=64, text_width=128, text_len=24, width=r.prior_width,
-                                                layers=r.prior_layers, heads=max(1, r.prior_width // 64)))
-    mc = r.decoder_channels
-    u = UNetConfig(image_size=r.base_res, model_channels=mc, channel_mult=(1, 2, 2), num_res_blocks=2,
-                   attention_resolutions=(r.base_res // 2, r.base_res // 4), num_head_channels=32, learn_sigma=True,
-                   use_scale_shift_norm=True, resblock_updown=True, cond_dim=64, context_dim=2 * mc,
-                   num_groups=min(32, mc // 2))
-    dec = UnCLIPDecoder(DecoderConfig(unet=u, clip_dim=64, text_width=128, text_len=24))
+    clip = build_clip(r)
     ups, low = [], r.base_res
     for k, high in enumerate(r.upsample_res):
-        uc = r.upsampler_channels
-        ucfg = UNetConfig(image_size=high, in_channels=6, out_channels=3, model_channels=uc, channel_mult=(1, 2, 2),
-                          num_res_blocks=1, attention_resolutions=(), use_scale_shift_norm=True,
-                          num_groups=min(32, uc // 2))
-        ups.append(UnCLIPUpsampler(UpsamplerConfig(unet=ucfg, low_res=low, high_res=high,
-                                                   augment="blur" if k == 0 else "bsr")).eval())
+        ups.append(build_upsampler(r, low, high, k).eval())
         low = high
-    return UnCLIPPipeline(clip, prior.eval(), dec.eval(), ups,
-                          defaults=dict(prior_steps=32, decoder_steps=25, upsampler_steps=8)).to(device)
+    return UnCLIPPipeline(clip, build_prior(r, clip).eval(), build_decoder(r, clip).eval(), ups,
+                          defaults=PIPELINE_DEFAULTS).to(device)
 
 
 def stage_shares(pipe, prompts=PROMPTS, **kw) -> dict[str, float]:
