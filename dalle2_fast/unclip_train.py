@@ -75,6 +75,125 @@ def build_decoder(r: UnCLIPRecipe, clip: ClipAdapter):
     from dalle2_fast.models.decoder import DecoderConfig, UnCLIPDecoder
     from dalle2_fast.models.unet import UNetConfig
 
+    mc = r.decoder_channels
+    unet = UNetConfig(image_size=r.base_res, in_channels=3, model_channels=mc, channel_mult=(1, 2, 2),
+                      num_res_blocks=r.decoder_res_blocks, attention_resolutions=(r.base_res // 2, r.base_res // 4),
+                      num_head_channels=min(32, mc), learn_sigma=True, use_scale_shift_norm=True,
+                      resblock_updown=True, cond_dim=clip.embed_dim, context_dim=mc * 2, num_groups=min(32, mc // 2))
+    return UnCLIPDecoder(DecoderConfig(unet=unet, clip_dim=clip.embed_dim, text_width=clip.text_width,
+                                       text_len=clip.context_length))
+
+
+def build_upsampler(r: UnCLIPRecipe, low: int, high: int, k: int):
+    from dalle2_fast.models.unet import UNetConfig
+    from dalle2_fast.models.upsampler import UnCLIPUpsampler, UpsamplerConfig
+
+    uc = r.upsampler_channels
+    ucfg = UNetConfig(image_size=high, in_channels=6, out_channels=3, model_channels=uc, channel_mult=(1, 2, 2),
+                      num_res_blocks=1, attention_resolutions=(), use_scale_shift_norm=True,
+                      num_groups=min(32, uc // 2))
+    crop = high // 2 if high >= 64 else 0
+    return UnCLIPUpsampler(UpsamplerConfig(unet=ucfg, low_res=low, high_res=high,
+                                           augment="blur" if k == 0 else "bsr", train_crop=crop))
+
+
+PIPELINE_DEFAULTS = dict(prior_steps=32, decoder_steps=25, upsampler_steps=8, prior_guidance=1.0,
+                         decoder_guidance=3.0)
+
+
+def _render(seed: int, n: int, res: int, max_objects: int) -> tuple[torch.Tensor, list[str]]:
+    from dalle2_fast.data.shapes import ShapesDataset
+
+    ds = ShapesDataset(resolution=res, seed=seed, size=n, min_objects=1, max_objects=max_objects)
+    b = ds.batch(0, n)
+    return b["image"], b["caption"]
+
+
+def _adam(params, lr):
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def _loop(name: str, stage: Stage, step_fn: Callable[[int, torch.Generator], torch.Tensor], params, seed: int,
+          log: Callable[[str, int, float], None]) -> None:
+    """AdamW with a short warmup and cosine decay; ``step_fn(step, generator) -> loss``."""
+    opt = _adam(params, stage.lr)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    warm = max(1, min(100, stage.steps // 20))
+    for step in range(stage.steps):
+        lr = stage.lr * min(1.0, (step + 1) / warm) * (0.55 + 0.45 * math.cos(math.pi * step / stage.steps))
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        loss = step_fn(step, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        log(name, step, float(loss.detach()))
+        if stage.max_minutes is not None and time.time() - t0 > 60 * stage.max_minutes:
+            log(name, step, float("nan"))  # marks a time-limited stop
+            break
+
+
+def _batch_idx(g: torch.Generator, n: int, b: int) -> torch.Tensor:
+    return torch.randint(0, n, (b,), generator=g)
+
+
+def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = True):
+    """Train every stage; returns the :class:`~dalle2_fast.pipeline.UnCLIPPipeline` (also saved)."""
+    from dalle2_fast.clip import TextEncoding
+    from dalle2_fast.pipeline import UnCLIPPipeline
+
+    r = recipe
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(__import__("json").dumps(dataclasses.asdict(r), indent=2))
+    logf = open(out / "log.csv", "w", newline="")
+    writer = csv.writer(logf)
+    writer.writerow(["stage", "step", "loss", "seconds"])
+    t_start = time.time()
+
+    def log(stage, step, loss):
+        writer.writerow([stage, step, f"{loss:.6g}", f"{time.time() - t_start:.1f}"])
+        if progress and (step % 100 == 0):
+            print(f"[{time.time() - t_start:7.1f}s] {stage} step {step} loss {loss:.4f}", flush=True)
+
+    torch.manual_seed(r.seed)
+    x_base, captions = _render(r.seed, r.n_train, r.base_res, r.max_objects)
+    n = len(captions)
+
+    # 1. CLIP ---------------------------------------------------------------------------------
+    clip = build_clip(r)
+    gc = torch.Generator().manual_seed(r.seed + 1)
+
+    def clip_batches():
+        while True:
+            i = _batch_idx(gc, n, r.clip.batch_size)
+            yield x_base[i], [captions[j] for j in i.tolist()]
+
+    train_clip(clip, clip_batches(), ClipTrainConfig(steps=r.clip.steps, lr=r.clip.lr, warmup=50, seed=r.seed),
+               on_step=lambda s, v: log("clip", s, v))
+    clip.eval().requires_grad_(False)
+
+    with torch.no_grad():  # frozen CLIP: encode the training set once
+        zi = torch.cat([clip.encode_image(x_base[i:i + 512]) for i in range(0, n, 512)])
+        te = [clip.encode_text(captions[i:i + 512]) for i in range(0, n, 512)]
+        t_tok, t_mask, t_emb = (torch.cat([getattr(e, k) for e in te]) for k in ("tokens", "mask", "embed"))
+
+    # 2. prior --------------------------------------------------------------------------------
+    torch.manual_seed(r.seed + 2)
+    prior = build_prior(r, clip)
+    prior.fit_embed_scale(zi)
+
+    def prior_step(step, g):
+        i = _batch_idx(g, n, r.prior.batch_size)
+        return prior.loss(zi[i], t_tok[i], t_mask[i], t_emb[i], generator=g)
+
+    _loop("prior", r.prior, prior_step, list(prior.parameters()), r.seed + 2, log)
+    prior.eval()
+
+    # 3. decoder ------------------------------------------------------------------------------
+    torch.manual_seed(r.seed + 3)
     decoder = build_decoder(r, clip)
 
     def dec_step(step, g):
