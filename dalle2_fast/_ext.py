@@ -12,6 +12,12 @@ def _load() -> tuple[bool, str, frozenset[str]]:
     """Returns (loaded, reason if not, compiled features such as {'cpu', 'cuda'})."""
     if os.environ.get("DALLE2_FAST_NO_EXTENSION") == "1":
         return False, "disabled by DALLE2_FAST_NO_EXTENSION=1", frozenset()
+    override = os.environ.get("DALLE2_FAST_EXTENSION_PATH")  # e.g. the AddressSanitizer build
+    if override:
+        if not Path(override).is_file():
+            return False, f"DALLE2_FAST_EXTENSION_PATH={override} does not exist", frozenset()
+        torch.ops.load_library(override)
+        return True, "", frozenset(torch.ops.dalle2_fast.build_info().split(";")[0].split(","))
     try:
         spec = importlib.util.find_spec("dalle2_fast._C")
     except (ImportError, ValueError):

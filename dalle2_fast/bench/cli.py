@@ -20,6 +20,7 @@ from dalle2_fast.bench.core import copy_bandwidth, matmul_rate, run_case
 # family name -> module under dalle2_fast.bench defining cases(device, quick)
 FAMILIES = {
     "codebook": "dalle2_fast.bench.codebook",
+    "unet": "dalle2_fast.bench.unet",
     "unclip": "dalle2_fast.bench.unclip",
 }
 

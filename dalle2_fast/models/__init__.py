@@ -1,1 +1,5 @@
-"""Model families of dalle2_fast (each a module with a typed dataclass config)."""
+"""Models: the U-Net family (DDPM / Improved DDPM / ADM) and its noisy classifier, ..."""
+from dalle2_fast.models.classifier import ClassifierConfig, NoisyClassifier
+from dalle2_fast.models.unet import UNet, UNetConfig
+
+__all__ = ["ClassifierConfig", "NoisyClassifier", "UNet", "UNetConfig"]

@@ -1,0 +1,224 @@
+"""Building blocks of the DDPM / Improved DDPM / ADM U-Net family (and its noisy classifier).
+
+- ``timestep_embedding``: sinusoidal embedding of (possibly fractional) timesteps (Ho et al.
+  2020, Sec. 4 / Vaswani et al. 2017), in the (cos, sin) order guided-diffusion uses.
+- ``ResBlock``: GN-SiLU-conv, embedding injected by addition (DDPM) or AdaGN
+  (``use_scale_shift_norm``, ADM), GN-SiLU-dropout-conv, skip; optional BigGAN-style
+  up/down-sampling inside the block (ADM, Sec. 3 "BigGAN residual blocks").
+- ``AttentionBlock``: multi-head self-attention over the H*W positions; with ``context_dim``
+  the tokens attend to concat(projected context tokens, own tokens) as GLIDE does.
+- ``AttentionPool2d``: CLIP-style attention pooling (the ADM classifier head).
+
+Every norm goes through ``_compat._adagn`` and every attention through
+``_compat._attention`` so the fused kernels swap in at one place.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from dalle2_fast.nn._compat import _adagn, _attention
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """t: (B,) float or int timesteps -> (B, dim) float32 [cos(t f_i), sin(t f_i)],
+    f_i = max_period^(-i / (dim // 2)); a zero column is appended for odd ``dim``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm whose forward is the (Ada)GN op: ``act(GN(x) * (1 + scale) + shift)``."""
+
+    def forward(self, x, scale=None, shift=None, act=None):  # noqa: D102
+        return _adagn(x, self.num_groups, self.weight, self.bias, scale, shift, self.eps, act)
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class Upsample(nn.Module):
+    """Nearest 2x upsampling, then an optional 3x3 conv. (B, C, H, W) -> (B, C, 2H, 2W)."""
+
+    def __init__(self, channels: int, use_conv: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if use_conv else None
+
+    def forward(self, x):  # noqa: D102
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv(x) if self.conv is not None else x
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 conv (``use_conv``) or 2x2 average pooling. (B, C, H, W) -> (B, C, H/2, W/2)."""
+
+    def __init__(self, channels: int, use_conv: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else None
+
+    def forward(self, x):  # noqa: D102
+        return self.conv(x) if self.conv is not None else F.avg_pool2d(x, 2)
+
+
+class ResBlock(nn.Module):
+    """Residual block conditioned on an embedding ``emb`` (B, emb_channels).
+
+    ``updown``: None, 'up' or 'down' (BigGAN-style resampling of both paths between the
+    first norm and the first conv, as in ADM). ``use_scale_shift_norm``: AdaGN
+    ``GN(h) * (1 + s) + b`` with (s, b) = Linear(SiLU(emb)) (ADM) instead of ``GN(h + Linear(SiLU(emb)))``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        out_channels: int,
+        dropout: float = 0.0,
+        num_groups: int = 32,
+        use_scale_shift_norm: bool = False,
+        updown: str | None = None,
+    ):
+        super().__init__()
+        if updown not in (None, "up", "down"):
+            raise ValueError(f"ResBlock: updown must be None, 'up' or 'down', got {updown!r}")
+        self.updown, self.use_scale_shift_norm = updown, use_scale_shift_norm
+        self.norm1 = GroupNorm(num_groups, channels)
+        self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_channels, out_channels * (2 if use_scale_shift_norm else 1))
+        self.norm2 = GroupNorm(num_groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+
+    def _resample(self, x):
+        if self.updown == "up":
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+        if self.updown == "down":
+            return F.avg_pool2d(x, 2)
+        return x
+
+    def forward(self, x, emb):
+        """x: (B, C, H, W), emb: (B, E) -> (B, out_channels, H', W')."""
+        h = self.conv1(self._resample(self.norm1(x, act="silu")))
+        x = self._resample(x)
+        e = self.emb_proj(F.silu(emb)).to(h.dtype)  # (B, out) or (B, 2 out)
+        if self.use_scale_shift_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h, scale, shift, act="silu")
+        else:
+            h = self.norm2(h + e[:, :, None, None], act="silu")
+        return self.skip(x) + self.conv2(self.dropout(h))
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over spatial positions, optionally with cross-attention to context.
+
+    x: (B, C, H, W); context: (B, T, context_dim) tokens; context_mask: (B, T) bool, True =
+    padded. Heads: ``num_head_channels`` per head if given, else ``num_heads``. The fused
+    qkv projection's output channels are laid out (3, heads, head_dim) ("new attention
+    order"); the checkpoint converter permutes the legacy (heads, 3, head_dim) layout.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int = 1,
+        num_head_channels: int | None = None,
+        num_groups: int = 32,
+        context_dim: int | None = None,
+    ):
+        super().__init__()
+        if num_head_channels is not None:
+            if channels % num_head_channels:
+                raise ValueError(
+                    f"AttentionBlock: channels ({channels}) must be divisible by "
+                    f"num_head_channels ({num_head_channels})"
+                )
+            num_heads = channels // num_head_channels
+        if num_heads < 1 or channels % num_heads:
+            raise ValueError(f"AttentionBlock: channels ({channels}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.norm = GroupNorm(num_groups, channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
+        self.proj_out = _zero(nn.Linear(channels, channels))
+
+    def forward(self, x, context=None, context_mask=None):  # noqa: D102
+        b, c, hh, ww = x.shape
+        nh, d = self.num_heads, c // self.num_heads
+        tok = self.norm(x).flatten(2).transpose(1, 2)  # (B, T, C); a view for channels-last
+        q, k, v = self.qkv(tok).view(b, -1, 3, nh, d).permute(2, 0, 3, 1, 4)  # each (B, nh, T, d)
+        mask = None
+        if self.context_kv is not None and context is not None:
+            ck, cv = self.context_kv(context).view(b, -1, 2, nh, d).permute(2, 0, 3, 1, 4)  # (B, nh, Tc, d)
+            k, v = torch.cat([ck.to(k.dtype), k], dim=2), torch.cat([cv.to(v.dtype), v], dim=2)
+            if context_mask is not None:
+                own = torch.zeros(b, hh * ww, dtype=torch.bool, device=x.device)
+                mask = torch.cat([context_mask.to(torch.bool), own], dim=1)  # (B, Tc + T)
+        a = _attention(q, k, v, key_padding_mask=mask)  # (B, nh, T, d)
+        out = self.proj_out(a.transpose(1, 2).reshape(b, hh * ww, c))  # (B, T, C)
+        return x + out.transpose(1, 2).reshape(b, c, hh, ww).to(x.dtype)
+
+
+class AttentionPool2d(nn.Module):
+    """CLIP-style attention pooling: the mean token (plus a positional embedding) queries all
+    H*W tokens. x: (B, C, H, W) -> (B, out_dim)."""
+
+    def __init__(self, spatial: int, channels: int, num_head_channels: int, out_dim: int):
+        super().__init__()
+        if channels % num_head_channels:
+            raise ValueError(
+                f"AttentionPool2d: channels ({channels}) must be divisible by num_head_channels ({num_head_channels})"
+            )
+        self.num_heads = channels // num_head_channels
+        self.positional_embedding = nn.Parameter(torch.randn(spatial * spatial + 1, channels) / channels**0.5)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, out_dim)
+
+    def forward(self, x):  # noqa: D102
+        b, c = x.shape[:2]
+        tok = x.flatten(2).transpose(1, 2)  # (B, T, C)
+        tok = torch.cat([tok.mean(dim=1, keepdim=True), tok], dim=1)  # (B, T + 1, C)
+        if tok.shape[1] != self.positional_embedding.shape[0]:
+            raise ValueError(
+                f"AttentionPool2d: expected {self.positional_embedding.shape[0] - 1} positions, got {tok.shape[1] - 1}"
+            )
+        tok = tok + self.positional_embedding.to(tok.dtype)
+        nh, d = self.num_heads, c // self.num_heads
+        q, k, v = self.qkv(tok).view(b, -1, 3, nh, d).permute(2, 0, 3, 1, 4)  # (B, nh, T+1, d)
+        a = _attention(q[:, :, :1], k, v)  # only the pooled query is needed: (B, nh, 1, d)
+        return self.proj(a.transpose(1, 2).reshape(b, c))
+
+
+class TimestepSequential(nn.ModuleList):
+    """Runs its layers in order, handing ``emb`` to ResBlocks and the context to attention.
+    ``use_checkpoint`` recomputes the whole block in backward (activation checkpointing)."""
+
+    use_checkpoint = False
+
+    def _run(self, x, emb, context, context_mask):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, AttentionBlock):
+                x = layer(x, context, context_mask)
+            else:
+                x = layer(x)
+        return x
+
+    def forward(self, x, emb, context=None, context_mask=None):  # noqa: D102
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._run, x, emb, context, context_mask, use_reentrant=False)
+        return self._run(x, emb, context, context_mask)
