@@ -79,7 +79,8 @@ def build_decoder(r: UnCLIPRecipe, clip: ClipAdapter):
     unet = UNetConfig(image_size=r.base_res, in_channels=3, model_channels=mc, channel_mult=(1, 2, 2),
                       num_res_blocks=r.decoder_res_blocks, attention_resolutions=(r.base_res // 2, r.base_res // 4),
                       num_head_channels=min(32, mc), learn_sigma=True, use_scale_shift_norm=True,
-                      resblock_updown=True, cond_dim=clip.embed_dim, context_dim=mc * 2, num_groups=min(32, mc // 2))
+                      resblock_updown=True, cond_dim=clip.embed_dim, context_dim=mc * 2, cond_tokens=4,
+                      num_groups=min(32, mc // 2))
     return UnCLIPDecoder(DecoderConfig(unet=unet, clip_dim=clip.embed_dim, text_width=clip.text_width,
                                        text_len=clip.context_length))
 
@@ -89,7 +90,7 @@ def build_upsampler(r: UnCLIPRecipe, low: int, high: int, k: int):
     from dalle2_fast.models.upsampler import UnCLIPUpsampler, UpsamplerConfig
 
     uc = r.upsampler_channels
-    ucfg = UNetConfig(image_size=high, in_channels=6, out_channels=3, model_channels=uc, channel_mult=(1, 2, 2),
+    ucfg = UNetConfig(image_size=high, in_channels=3, low_res_channels=3, model_channels=uc, channel_mult=(1, 2, 2),
                       num_res_blocks=1, attention_resolutions=(), use_scale_shift_norm=True,
                       num_groups=min(32, uc // 2))
     crop = high // 2 if high >= 64 else 0

@@ -27,13 +27,13 @@ def _one_thread():
 def tiny_decoder(**kw):
     u = UNetConfig(image_size=16, in_channels=3, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                    attention_resolutions=(8,), num_head_channels=16, learn_sigma=True, use_scale_shift_norm=True,
-                   resblock_updown=True, cond_dim=D, context_dim=32, num_groups=8)
+                   resblock_updown=True, cond_dim=D, context_dim=32, cond_tokens=4, num_groups=8)
     torch.manual_seed(0)
     return UnCLIPDecoder(DecoderConfig(unet=u, clip_dim=D, text_width=W, text_len=L, **kw))
 
 
 def tiny_upsampler(augment="blur", crop=0):
-    u = UNetConfig(image_size=32, in_channels=6, out_channels=3, model_channels=16, channel_mult=(1, 2),
+    u = UNetConfig(image_size=32, in_channels=3, low_res_channels=3, model_channels=16, channel_mult=(1, 2),
                    num_res_blocks=1, attention_resolutions=(), num_groups=8)
     torch.manual_seed(0)
     return UnCLIPUpsampler(UpsamplerConfig(unet=u, low_res=16, high_res=32, augment=augment, train_crop=crop))
@@ -49,11 +49,11 @@ def cond(b, seed=0):
 
 def test_decoder_config_checks():
     u = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), attention_resolutions=(8,),
-                   learn_sigma=True, cond_dim=D + 1, context_dim=32, num_groups=8)
+                   learn_sigma=True, cond_dim=D + 1, context_dim=32, cond_tokens=4, num_groups=8)
     with pytest.raises(ValueError, match="cond_dim"):
         UnCLIPDecoder(DecoderConfig(unet=u, clip_dim=D))
-    with pytest.raises(ValueError, match="context_dim"):
-        UnCLIPDecoder(DecoderConfig(unet=u.replace(cond_dim=D, context_dim=None), clip_dim=D))
+    with pytest.raises(ValueError, match="cond_tokens"):
+        UnCLIPDecoder(DecoderConfig(unet=u.replace(cond_dim=D, cond_tokens=0), clip_dim=D))
     with pytest.raises(ValueError, match="learn_sigma"):
         UnCLIPDecoder(DecoderConfig(unet=u.replace(cond_dim=D, learn_sigma=False), clip_dim=D))
 
@@ -69,9 +69,7 @@ def test_decoder_conditioning_paths():
     t = torch.tensor([10, 500, 900])
     out = dec(x, t, z, text.tokens, text.mask)
     assert out.shape == (3, 6, 16, 16)  # eps and the learned-variance channels
-    ctx, pad = dec.context(z, text.tokens, text.mask)
-    assert ctx.shape == (3, L + 4, 32) and pad.shape == (3, L + 4)
-    assert pad[:, 4:L].all() and not pad[:, :4].any() and not pad[:, L:].any()  # 4 CLIP tokens never padded
+    assert dec.unet.config.cond_tokens == 4  # z_i also enters as 4 context tokens (added by the U-Net)
     # padded caption tokens are ignored
     tok2 = text.tokens.clone()
     tok2[:, 4:] = 50.0
@@ -144,7 +142,7 @@ def test_upsampler_degradations(augment):
 
 
 def test_upsampler_config_checks():
-    u = UNetConfig(image_size=32, in_channels=6, out_channels=3, model_channels=16, channel_mult=(1, 2),
+    u = UNetConfig(image_size=32, in_channels=3, low_res_channels=3, model_channels=16, channel_mult=(1, 2),
                    attention_resolutions=(), num_groups=8)
     with pytest.raises(ValueError, match="multiple"):
         UnCLIPUpsampler(UpsamplerConfig(unet=u, low_res=12, high_res=32))
@@ -175,7 +173,7 @@ def test_pipeline_save_load_and_sample(tmp_path):
                                                 heads=2))
     u = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                    attention_resolutions=(8,), num_head_channels=16, learn_sigma=True, cond_dim=64,
-                   context_dim=32, num_groups=8)
+                   context_dim=32, cond_tokens=4, num_groups=8)
     dec = UnCLIPDecoder(DecoderConfig(unet=u, clip_dim=64, text_width=128, text_len=24))
     pipe = UnCLIPPipeline(clip, prior.eval(), dec.eval(), [tiny_upsampler().eval()],
                           defaults=dict(prior_steps=3, decoder_steps=3, upsampler_steps=2))

@@ -2,8 +2,8 @@
 
 An ADM U-Net with learned variance, conditioned on the CLIP image embedding z_i twice:
 projected and added to the timestep embedding (the U-Net's ``cond``), and projected into
-``n_clip_tokens`` (4) extra context tokens concatenated to the text encoder's outputs, which every
-attention block cross-attends to. The "text encoder outputs" here are CLIP's own token features
+``unet.cond_tokens`` (4) extra context tokens concatenated to the text encoder's outputs, which
+every attention block cross-attends to (both done by :class:`~dalle2_fast.models.unet.UNet`). The "text encoder outputs" here are CLIP's own token features
 (:class:`dalle2_fast.clip.TextEncoding`) through a learned projection.
 
 Classifier-free guidance: in training z_i is replaced by zeros with probability
@@ -27,7 +27,8 @@ from dalle2_fast.models.unet import UNet, UNetConfig
 def _default_unet() -> UNetConfig:
     return UNetConfig(image_size=32, in_channels=3, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
                       attention_resolutions=(16, 8), num_head_channels=32, learn_sigma=True,
-                      use_scale_shift_norm=True, resblock_updown=True, cond_dim=64, context_dim=128)
+                      use_scale_shift_norm=True, resblock_updown=True, cond_dim=64, context_dim=128,
+                      cond_tokens=4)
 
 
 def _default_decoder_diffusion() -> DiffusionConfig:
@@ -37,12 +38,11 @@ def _default_decoder_diffusion() -> DiffusionConfig:
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    unet: UNetConfig = field(default_factory=_default_unet)  # cond_dim = clip_dim, context_dim set
+    unet: UNetConfig = field(default_factory=_default_unet)  # cond_dim = clip_dim, context_dim, cond_tokens set
     diffusion: DiffusionConfig = field(default_factory=_default_decoder_diffusion)
     clip_dim: int = 64
     text_width: int = 128        # W of the CLIP token features
     text_len: int = 24
-    n_clip_tokens: int = 4
     clip_drop_prob: float = 0.1
     text_drop_prob: float = 0.5
 
@@ -60,27 +60,20 @@ class UnCLIPDecoder(nn.Module):
         u = c.unet
         if u.cond_dim != c.clip_dim:
             raise ValueError(f"DecoderConfig: unet.cond_dim must equal clip_dim ({c.clip_dim}), got {u.cond_dim}")
-        if not u.context_dim:
-            raise ValueError("DecoderConfig: unet.context_dim must be set (text + CLIP context tokens)")
+        if not u.context_dim or not u.cond_tokens:
+            raise ValueError("DecoderConfig: unet.context_dim and unet.cond_tokens (the paper's 4) must be set: "
+                             "z_i is projected into extra context tokens")
         if u.learn_sigma != (c.diffusion.var_type == "learned_range"):
             raise ValueError("DecoderConfig: unet.learn_sigma must match diffusion.var_type == 'learned_range'")
         self.unet = UNet(u)
         self.text_proj = nn.Sequential(nn.LayerNorm(c.text_width), nn.Linear(c.text_width, u.context_dim))
-        self.clip_tokens = nn.Linear(c.clip_dim, c.n_clip_tokens * u.context_dim)
         self.diffusion = GaussianDiffusion.from_config(c.diffusion)
 
-    def context(self, image_embed, text_tokens, text_mask):
-        """Context tokens (B, L + n_clip_tokens, context_dim) and their padding mask (True = padded)."""
-        b = image_embed.shape[0]
-        ctx = torch.cat([self.text_proj(text_tokens),
-                         self.clip_tokens(image_embed).view(b, self.config.n_clip_tokens, -1)], dim=1)
-        pad = torch.cat([~text_mask.to(torch.bool),
-                         text_mask.new_zeros(b, self.config.n_clip_tokens, dtype=torch.bool)], dim=1)
-        return ctx, pad
-
     def forward(self, x, t, image_embed, text_tokens, text_mask):  # noqa: D102
-        ctx, pad = self.context(image_embed, text_tokens, text_mask)
-        return self.unet(x, t, cond=image_embed, context=ctx, context_mask=pad)
+        # text context (B, L, context_dim), padding mask True = padded; the U-Net prepends the
+        # cond_tokens CLIP tokens (never padded) and adds cond to the time embedding
+        ctx = self.text_proj(text_tokens)
+        return self.unet(x, t, cond=image_embed, context=ctx, context_mask=~text_mask.to(torch.bool))
 
     def _kwargs(self, image_embed, text):
         b, c = image_embed.shape[0], self.config

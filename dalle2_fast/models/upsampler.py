@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast.data.degradations import bsr_degrade, downsample, random_gaussian_blur
@@ -23,7 +22,7 @@ from dalle2_fast.nn.unet_blocks import AttentionBlock
 
 
 def _default_unet() -> UNetConfig:
-    return UNetConfig(image_size=64, in_channels=6, out_channels=3, model_channels=32, channel_mult=(1, 2, 2),
+    return UNetConfig(image_size=64, in_channels=3, low_res_channels=3, model_channels=32, channel_mult=(1, 2, 2),
                       num_res_blocks=1, attention_resolutions=(), use_scale_shift_norm=True)
 
 
@@ -34,7 +33,7 @@ def _default_diffusion() -> DiffusionConfig:
 
 @dataclass(frozen=True)
 class UpsamplerConfig:
-    unet: UNetConfig = field(default_factory=_default_unet)  # in_channels 6 = noised image + low-res
+    unet: UNetConfig = field(default_factory=_default_unet)  # in_channels 3 + low_res_channels 3
     diffusion: DiffusionConfig = field(default_factory=_default_diffusion)
     low_res: int = 32
     high_res: int = 64
@@ -56,8 +55,9 @@ class UnCLIPUpsampler(nn.Module):
             raise ValueError(f"UpsamplerConfig: high_res ({c.high_res}) must be a multiple of low_res ({c.low_res})")
         if c.augment not in ("blur", "bsr", "none"):
             raise ValueError(f"UpsamplerConfig: augment must be 'blur', 'bsr' or 'none', got {c.augment!r}")
-        if c.unet.in_channels != 6 or c.unet.attention_resolutions:
-            raise ValueError("UpsamplerConfig: unet needs in_channels=6 and no attention_resolutions")
+        if c.unet.in_channels != 3 or c.unet.low_res_channels != 3 or c.unet.attention_resolutions:
+            raise ValueError("UpsamplerConfig: unet needs in_channels=3, low_res_channels=3 and no "
+                             "attention_resolutions")
         if c.train_crop and (c.train_crop % (c.high_res // c.low_res) or c.train_crop > c.high_res):
             raise ValueError(f"UpsamplerConfig: train_crop ({c.train_crop}) must divide by the factor and fit")
         self.unet = UNet(c.unet)
@@ -74,8 +74,7 @@ class UnCLIPUpsampler(nn.Module):
         return self.config.high_res // self.config.low_res
 
     def forward(self, x, t, low_res):  # noqa: D102
-        up = F.interpolate(low_res, size=x.shape[-2:], mode="bicubic", align_corners=False)
-        return self.unet(torch.cat([x, up], dim=1), t)
+        return self.unet(x, t, low_res=low_res)  # the U-Net upsamples low_res and concatenates it
 
     def degrade(self, hr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The training conditioning: high-res (B, 3, H, W) -> corrupted low-res (B, 3, H/f, W/f)."""
