@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class UnCLIPRecipe:
     prior: Stage = field(default_factory=lambda: Stage(3000, 128, 3e-4))
     decoder: Stage = field(default_factory=lambda: Stage(4000, 32, 3e-4))
     upsampler: Stage = field(default_factory=lambda: Stage(1000, 16, 3e-4))
+    prior_kind: str = "diffusion"               # 'diffusion' | 'ar' (autoregressive prior)
     prior_width: int = 128
     prior_layers: int = 4
     decoder_channels: int = 48
@@ -64,8 +66,15 @@ def build_clip(r: UnCLIPRecipe) -> ClipAdapter:
 
 
 def build_prior(r: UnCLIPRecipe, clip: ClipAdapter):
-    from dalle2_fast.models.prior import DiffusionPrior, DiffusionPriorConfig
+    from dalle2_fast.models.prior import ARPriorConfig, AutoregressivePrior, DiffusionPrior, DiffusionPriorConfig
 
+    if r.prior_kind == "ar":
+        return AutoregressivePrior(ARPriorConfig(clip_dim=clip.embed_dim, text_width=clip.text_width,
+                                                 text_len=clip.context_length, n_components=32, n_buckets=64,
+                                                 n_dot_buckets=8, width=r.prior_width, layers=r.prior_layers,
+                                                 heads=max(1, r.prior_width // 64)))
+    if r.prior_kind != "diffusion":
+        raise ValueError(f"UnCLIPRecipe.prior_kind must be 'diffusion' or 'ar', got {r.prior_kind!r}")
     return DiffusionPrior(DiffusionPriorConfig(clip_dim=clip.embed_dim, text_width=clip.text_width,
                                                text_len=clip.context_length, width=r.prior_width,
                                                layers=r.prior_layers, heads=max(1, r.prior_width // 64)))
@@ -148,7 +157,7 @@ def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = Tru
     r = recipe
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(__import__("json").dumps(dataclasses.asdict(r), indent=2))
+    (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(r), indent=2))
     logf = open(out / "log.csv", "w", newline="")
     writer = csv.writer(logf)
     writer.writerow(["stage", "step", "loss", "seconds"])
@@ -175,6 +184,10 @@ def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = Tru
     train_clip(clip, clip_batches(), ClipTrainConfig(steps=r.clip.steps, lr=r.clip.lr, warmup=50, seed=r.seed),
                on_step=lambda s, v: log("clip", s, v))
     clip.eval().requires_grad_(False)
+    metrics = {"clip_zero_shot": clip_zero_shot(clip, r.seed + 1000, r.base_res)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if progress:
+        print("CLIP zero-shot on held-out images:", metrics["clip_zero_shot"], flush=True)
 
     with torch.no_grad():  # frozen CLIP: encode the training set once
         zi = torch.cat([clip.encode_image(x_base[i:i + 512]) for i in range(0, n, 512)])
@@ -184,7 +197,10 @@ def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = Tru
     # 2. prior --------------------------------------------------------------------------------
     torch.manual_seed(r.seed + 2)
     prior = build_prior(r, clip)
-    prior.fit_embed_scale(zi)
+    if r.prior_kind == "ar":
+        prior.fit_quantizers(zi, t_emb)
+    else:
+        prior.fit_embed_scale(zi)
 
     def prior_step(step, g):
         i = _batch_idx(g, n, r.prior.batch_size)
@@ -226,6 +242,24 @@ def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = Tru
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
+@torch.no_grad()
+def clip_zero_shot(clip: ClipAdapter, seed: int, res: int, n: int = 300) -> dict:
+    """Zero-shot accuracy of CLIP on ``n`` held-out single-object images (a dataset seed the
+    training never used) against the 30 prompts 'a <colour> <shape>' (never training sentences):
+    colour and shape right, and each alone."""
+    from dalle2_fast.clip_train import zero_shot_predict
+    from dalle2_fast.data.shapes import COLOUR_NAMES, SHAPES, ShapesDataset
+
+    b = ShapesDataset(resolution=res, seed=seed, size=n, min_objects=1, max_objects=1).batch(0, n)
+    pairs = [(s, c) for s in SHAPES for c in COLOUR_NAMES]
+    pred = zero_shot_predict(clip, b["image"], [f"a {c} {s}" for s, c in pairs]).tolist()
+    objs = [o[0] for o in b["objects"]]
+    ok_s = [pairs[p][0] == o.shape for p, o in zip(pred, objs)]
+    ok_c = [pairs[p][1] == o.colour for p, o in zip(pred, objs)]
+    return {"colour_and_shape": sum(a and b for a, b in zip(ok_s, ok_c)) / n, "colour": sum(ok_c) / n,
+            "shape": sum(ok_s) / n, "n": n}
+
+
 def eval_prompts(two_objects: bool = False) -> list[tuple[str, list[tuple[str, str]]]]:
     """Prompts in words the training captions use but never as whole sentences (no size or
     position words): ('a red circle', [('circle', 'red')]) or 'a red circle above a blue square'."""
@@ -269,3 +303,36 @@ def caption_match_rate(pipe, prompts, n_per_prompt: int = 2, seed: int = 0, base
         shp += all(any(d.shape == s for d in dets) for s, _ in want)
     m = len(imgs)
     return {"rate": hit / m, "colour_rate": col / m, "shape_rate": shp / m, "n": m}
+
+
+# ---- command-line entry points (wired into ``dalle2-fast train unclip`` / ``sample``) ----------
+def recipe_from_args(seed: int = 0, scale: float = 1.0, max_minutes: float | None = None,
+                     upsample_res: tuple[int, ...] | None = None) -> UnCLIPRecipe:
+    """The default recipe with every stage's steps multiplied by ``scale`` and, given
+    ``max_minutes``, that total wall-clock budget split over the stages (CLIP 10%, prior 10%,
+    decoder 60%, upsamplers 20%)."""
+    r = UnCLIPRecipe(seed=seed)
+    if upsample_res is not None:
+        r.upsample_res = tuple(upsample_res)
+    shares = {"clip": 0.1, "prior": 0.1, "decoder": 0.6, "upsampler": 0.2 / max(1, len(r.upsample_res))}
+    for name, share in shares.items():
+        st = getattr(r, name)
+        st.steps = max(1, int(round(st.steps * scale)))
+        if max_minutes is not None:
+            st.max_minutes = max_minutes * share
+    return r
+
+
+def sample_to_file(prompts: list[str], n: int = 16, out: str | Path = "samples.png", seed: int = 0,
+                   pipeline: str | Path | None = None, progress: bool = True, **kw) -> Path:
+    """``dalle2-fast sample "a red circle" -n 16 -o samples.png``: a grid of ``n`` images per
+    prompt (one row block per prompt) from the shipped pipeline or ``pipeline``."""
+    from dalle2_fast.pipeline import UnCLIPPipeline, make_grid, to_pil
+
+    pipe = UnCLIPPipeline.from_pretrained(pipeline)
+    imgs = pipe(prompts, num_images_per_prompt=n, seed=seed, progress=progress, **kw)
+    grid = make_grid(imgs, nrow=max(1, math.ceil(math.sqrt(n))) if len(prompts) == 1 else n)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(grid[None])[0].save(out)
+    return out

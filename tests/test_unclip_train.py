@@ -49,3 +49,26 @@ def test_eval_prompts_are_new_sentences_and_scored(tmp_path):
     res = caption_match_rate(pipe, singles[:2], n_per_prompt=1, prior_steps=2, decoder_steps=2)
     assert set(res) == {"rate", "colour_rate", "shape_rate", "n"} and res["n"] == 2
     assert 0 <= res["rate"] <= 1
+
+
+def test_ar_prior_recipe_and_sample_to_file(tmp_path):
+    from PIL import Image
+
+    from dalle2_fast.models.prior import AutoregressivePrior
+    from dalle2_fast.unclip_train import recipe_from_args, sample_to_file
+
+    r = micro()
+    r.prior_kind = "ar"
+    r.n_train = 96  # the AR quantiser needs >= n_buckets embeddings
+    pipe = train_unclip(r, tmp_path / "ar", progress=False)
+    assert isinstance(pipe.prior, AutoregressivePrior)
+    assert set(__import__("json").loads((tmp_path / "ar" / "metrics.json").read_text())["clip_zero_shot"]) == {
+        "colour_and_shape", "colour", "shape", "n"}
+    png = sample_to_file(["a red circle", "a blue star"], n=2, out=tmp_path / "s.png", seed=0,
+                         pipeline=tmp_path / "ar" / "pipeline", progress=False, decoder_steps=2, upsampler_steps=2)
+    assert Image.open(png).size == (2 * 32, 2 * 32)
+    rr = recipe_from_args(seed=3, scale=0.5, max_minutes=10)
+    assert rr.seed == 3 and rr.decoder.steps == 2000 and rr.decoder.max_minutes == pytest.approx(6.0)
+    with pytest.raises(ValueError, match="prior_kind"):
+        r.prior_kind = "gan"
+        train_unclip(r, tmp_path / "bad", progress=False)
