@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from dalle2_fast.models.prior import (ARPriorConfig, AutoregressivePrior, DiffusionPrior, DiffusionPriorConfig,
                                       PCAQuantizer, QuantileBuckets, attention)
 from dalle2_fast.models.prior.diffusion_prior import select_best
+from dalle2_fast.models.prior.transformer import attention_sdpa
 from dalle2_fast.models.prior.schedule import CosineSchedule, cosine_alphas_cumprod
 
 
@@ -48,7 +49,7 @@ def attention_ref(q, k, v, causal, kpm):
     if causal:
         allowed = allowed & (torch.arange(sk)[None] <= torch.arange(sq)[:, None] + (sk - sq))
     if kpm is not None:
-        allowed = allowed & kpm[:, None, None, :]
+        allowed = allowed & ~kpm[:, None, None, :]  # True = padding
     return (s.masked_fill(~allowed, float("-inf")).softmax(-1) @ v.double()).float()
 
 
@@ -63,10 +64,11 @@ def test_attention_helper_against_float64(sq, sk, causal, masked):
     q, k, v = (torch.randn(2, 3, s, 16, generator=g) for s in (sq, sk, sk))
     kpm = None
     if masked:
-        kpm = torch.rand(2, sk, generator=g) > 0.3
-        kpm[:, 0] = True  # every row keeps a key
-    torch.testing.assert_close(attention(q, k, v, causal=causal, key_padding_mask=kpm),
-                               attention_ref(q, k, v, causal, kpm), atol=1e-5, rtol=1e-4)
+        kpm = torch.rand(2, sk, generator=g) < 0.3  # True = padding
+        kpm[:, 0] = False  # every row keeps a key
+    ref = attention_ref(q, k, v, causal, kpm)
+    torch.testing.assert_close(attention(q, k, v, causal=causal, key_padding_mask=kpm), ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(attention_sdpa(q, k, v, causal, kpm), ref, atol=1e-5, rtol=1e-4)
 
 
 def test_cosine_schedule_and_ddim():

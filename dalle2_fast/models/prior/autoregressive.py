@@ -78,7 +78,7 @@ class AutoregressivePrior(nn.Module):
         offs = torch.arange(k, device=codes.device) * c.n_buckets
         seq = torch.cat([tok, emb, self.dot_emb(dot_code)[:, None], self.code_emb(codes + offs)], dim=1)
         full_mask = torch.cat([mask, mask.new_ones(b, 1 + 1 + k)], dim=1)
-        h = self.transformer(seq, key_padding_mask=full_mask, causal=True)
+        h = self.transformer(seq, key_padding_mask=~full_mask, causal=True)
         return self.head(h[:, c.text_len + 1:])  # positions of the dot token and the k codes
 
     def loss(self, image_embed: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,

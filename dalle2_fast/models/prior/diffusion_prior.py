@@ -77,7 +77,7 @@ class DiffusionPrior(nn.Module):
         q = self.query.to(x.dtype).expand(b, 1, -1)
         seq = torch.cat([tok, emb, tim, x, q], dim=1)  # (B, L + 4, width)
         full_mask = torch.cat([mask, mask.new_ones(b, 4)], dim=1)
-        h = self.transformer(seq, key_padding_mask=full_mask, causal=True)
+        h = self.transformer(seq, key_padding_mask=~full_mask, causal=True)
         return self.out(h[:, -1])
 
     def loss(self, image_embed: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,

@@ -1,7 +1,8 @@
 """The causal transformer shared by the unCLIP priors, and their text conditioning.
 
-Every attention call goes through :func:`attention`, one function with the signature of
-``dalle2_fast.ops.attention`` so the fused kernel can be dropped in at one place.
+Every attention call goes through :func:`attention`, one function with the signature and mask
+convention of ``dalle2_fast.ops.attention`` (key_padding_mask True = padding, bottom-right causal):
+it calls that op when the package has it, else ``F.scaled_dot_product_attention``.
 """
 from __future__ import annotations
 
@@ -12,22 +13,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
+try:  # the package's flash-attention op, when this build has it
+    from dalle2_fast.ops import attention as _fused_attention
+except ImportError:  # pragma: no cover - depends on the build
+    _fused_attention = None
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
               key_padding_mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
     """Scaled dot-product attention. q: (B, H, Sq, d), k/v: (B, H, Sk, d) -> (B, H, Sq, d).
 
     causal: query i sees keys j <= i + (Sk - Sq) (bottom-right aligned, so a query suffix works);
-    key_padding_mask: (B, Sk) bool, True = attend. Every query row must keep at least one key.
+    key_padding_mask: (B, Sk) bool, True = padding (ignored). Every query row must keep a key.
     """
+    if _fused_attention is not None:
+        return _fused_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+    return attention_sdpa(q, k, v, causal, key_padding_mask, scale)
+
+
+def attention_sdpa(q, k, v, causal=False, key_padding_mask=None, scale=None) -> torch.Tensor:
+    """:func:`attention` on ``F.scaled_dot_product_attention`` (the fallback, and a test oracle)."""
     if key_padding_mask is None and (not causal or q.shape[-2] == k.shape[-2]):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     sq, sk = q.shape[-2], k.shape[-2]
-    mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
+    allowed = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
     if causal:
-        mask = mask.tril(sk - sq)
+        allowed = allowed.tril(sk - sq)
     if key_padding_mask is not None:
-        mask = mask & key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, Sq, Sk)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        allowed = allowed & ~key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, Sq, Sk)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
 
 
 class Block(nn.Module):
@@ -53,7 +67,8 @@ class Block(nn.Module):
 
 
 class CausalTransformer(nn.Module):
-    """A stack of :class:`Block` with learned positions and a final LayerNorm. x: (B, S, W)."""
+    """A stack of :class:`Block` with learned positions and a final LayerNorm. x: (B, S, W);
+    key_padding_mask: (B, S) bool, True = padding."""
 
     def __init__(self, width: int, layers: int, heads: int, max_len: int):
         super().__init__()
