@@ -149,6 +149,43 @@ def _batch_idx(g: torch.Generator, n: int, b: int) -> torch.Tensor:
     return torch.randint(0, n, (b,), generator=g)
 
 
+def _train_clip_stage(r: UnCLIPRecipe, x_base, captions, log) -> ClipAdapter:
+    clip = build_clip(r)
+    gc = torch.Generator().manual_seed(r.seed + 1)
+    n = len(captions)
+
+    def clip_batches():
+        while True:
+            i = _batch_idx(gc, n, r.clip.batch_size)
+            yield x_base[i], [captions[j] for j in i.tolist()]
+
+    train_clip(clip, clip_batches(), ClipTrainConfig(steps=r.clip.steps, lr=r.clip.lr, warmup=50, seed=r.seed),
+               on_step=lambda s, v: log("clip", s, v))
+    return clip.eval().requires_grad_(False)
+
+
+def train_clip_only(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = True) -> ClipAdapter:
+    """``dalle2-fast train clip``: stage 1 alone; writes ``clip/`` (open_clip local-dir) and
+    ``metrics.json`` (zero-shot accuracy on held-out images)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.seed)
+    x_base, captions = _render(recipe.seed, recipe.n_train, recipe.base_res, recipe.max_objects)
+    t0 = time.time()
+
+    def log(stage, step, loss):
+        if progress and step % 100 == 0:
+            print(f"[{time.time() - t0:7.1f}s] {stage} step {step} loss {loss:.4f}", flush=True)
+
+    clip = _train_clip_stage(recipe, x_base, captions, log)
+    clip.save(out / "clip")
+    metrics = {"clip_zero_shot": clip_zero_shot(clip, recipe.seed + 1000, recipe.base_res)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if progress:
+        print("CLIP zero-shot on held-out images:", metrics["clip_zero_shot"], flush=True)
+    return clip
+
+
 def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = True):
     """Train every stage; returns the :class:`~dalle2_fast.pipeline.UnCLIPPipeline` (also saved)."""
     from dalle2_fast.clip import TextEncoding
@@ -173,17 +210,7 @@ def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = Tru
     n = len(captions)
 
     # 1. CLIP ---------------------------------------------------------------------------------
-    clip = build_clip(r)
-    gc = torch.Generator().manual_seed(r.seed + 1)
-
-    def clip_batches():
-        while True:
-            i = _batch_idx(gc, n, r.clip.batch_size)
-            yield x_base[i], [captions[j] for j in i.tolist()]
-
-    train_clip(clip, clip_batches(), ClipTrainConfig(steps=r.clip.steps, lr=r.clip.lr, warmup=50, seed=r.seed),
-               on_step=lambda s, v: log("clip", s, v))
-    clip.eval().requires_grad_(False)
+    clip = _train_clip_stage(r, x_base, captions, log)
     metrics = {"clip_zero_shot": clip_zero_shot(clip, r.seed + 1000, r.base_res)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if progress:

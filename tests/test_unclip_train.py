@@ -72,3 +72,13 @@ def test_ar_prior_recipe_and_sample_to_file(tmp_path):
     with pytest.raises(ValueError, match="prior_kind"):
         r.prior_kind = "gan"
         train_unclip(r, tmp_path / "bad", progress=False)
+
+
+def test_train_clip_only(tmp_path):
+    from dalle2_fast.clip import ClipAdapter
+    from dalle2_fast.unclip_train import train_clip_only
+
+    clip = train_clip_only(micro(), tmp_path / "c", progress=False)
+    back = ClipAdapter.load(tmp_path / "c" / "clip")
+    torch.testing.assert_close(back.encode_text(["a red circle"]).embed, clip.encode_text(["a red circle"]).embed)
+    assert (tmp_path / "c" / "metrics.json").is_file()
