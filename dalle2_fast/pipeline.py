@@ -141,11 +141,14 @@ class UnCLIPPipeline:
     @torch.no_grad()
     def decode_embeddings(self, image_embed: torch.Tensor, text: TextEncoding | None, seeds: Sequence[int],
                           decoder_steps: int | None = None, upsampler_steps: int | None = None,
-                          decoder_guidance: float | None = None, progress: bool = False) -> torch.Tensor:
-        """z_i (B, D) (+ optional text) -> images (B, 3, H, W) in [-1, 1] through decoder and upsamplers."""
+                          decoder_guidance: float | None = None, progress: bool = False,
+                          x_T: torch.Tensor | None = None) -> torch.Tensor:
+        """z_i (B, D) (+ optional text) -> images (B, 3, H, W) in [-1, 1] through decoder and upsamplers.
+        ``x_T``: the decoder's starting latent (default: noise from the seeds)."""
+        extra = {} if x_T is None else {"x_T": x_T}
         x = self.decoder.sample(image_embed, text, stage_seeds(seeds, _STAGE_DECODER),
                                 steps=self._opt("decoder_steps", decoder_steps),
-                                guidance=self._opt("decoder_guidance", decoder_guidance), progress=progress)
+                                guidance=self._opt("decoder_guidance", decoder_guidance), progress=progress, **extra)
         for i, up in enumerate(self.upsamplers):
             x = up.sample(x, stage_seeds(seeds, _STAGE_UP + i), steps=self._opt("upsampler_steps", upsampler_steps),
                           progress=progress)
@@ -205,15 +208,23 @@ class UnCLIPPipeline:
 
     @torch.no_grad()
     def text_diff(self, image: torch.Tensor, from_text: str, to_text: str, n: int = 5, max_angle: float = 0.5,
-                  seed: int = 0, **kw) -> torch.Tensor:
+                  seed: int = 0, invert: bool = False, **kw) -> torch.Tensor:
         """Edit ``image`` toward ``to_text``: z_d = normalise(z_t(to) - z_t(from)); frames slerp(z_i, z_d, t),
-        t = 0 .. max_angle (the paper uses 0.25-0.5), decoded with the same noise and the new caption."""
-        zi = self._image_embed(image)
+        t = 0 .. max_angle (the paper uses 0.25-0.5), decoded with the same latent and the new caption.
+        ``invert``: that latent is the DDIM inversion of ``image`` (as in the paper), else seeded noise."""
+        x = image[None] if image.dim() == 3 else image
+        zi = self._image_embed(x)
         te = self.clip.encode_text([from_text, to_text])
         zd = F.normalize(te.embed[1:] - te.embed[:1], dim=-1)
         z = slerp(zi, zd, torch.linspace(0, max_angle, n, device=zi.device)[:, None])
         to = self.clip.encode_text([to_text] * n)
-        return to_unit_range(self.decode_embeddings(z, to, [seed] * n, **kw))
+        x_T = None
+        if invert:
+            s = self.decoder.config.unet.image_size
+            base = F.interpolate(x.float(), size=(s, s), mode="bicubic", antialias=True).clamp(-1, 1)
+            steps = kw.get("decoder_steps") or self.defaults["decoder_steps"]
+            x_T = self.decoder.invert(base.to(zi.device), zi, None, steps=steps).expand(n, -1, -1, -1)
+        return to_unit_range(self.decode_embeddings(z, to, [seed] * n, x_T=x_T, **kw))
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from dalle2_fast.diffusion import ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, ddim_sample, respace
+from dalle2_fast.diffusion import (ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, ddim_invert, ddim_sample,
+                                   respace)
 from dalle2_fast.models.unet import UNet, UNetConfig
 
 
@@ -102,9 +103,10 @@ class UnCLIPDecoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, image_embed: torch.Tensor, text, seeds: Sequence[int], steps: int = 50,
-               guidance: float = 3.0, progress: bool = False) -> torch.Tensor:
+               guidance: float = 3.0, progress: bool = False, x_T: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, 3, S, S) in [-1, 1] for z_i (B, D) and an optional TextEncoding; DDIM over
-        ``steps`` evenly respaced steps, classifier-free guidance ``guidance`` (1 = off)."""
+        ``steps`` evenly respaced steps, classifier-free guidance ``guidance`` (1 = off).
+        ``x_T``: start from this latent (e.g. from :meth:`invert`) instead of seeded noise."""
         b = image_embed.shape[0]
         kw = self._kwargs(image_embed, text)
         model = self
@@ -112,5 +114,17 @@ class UnCLIPDecoder(nn.Module):
             null = {"image_embed": torch.zeros_like(image_embed[:1]), "text_mask": torch.zeros_like(kw["text_mask"][:1])}
             model = ClassifierFreeGuidance(self, guidance, null)
         s = self.config.unet.image_size
-        return ddim_sample(model, respace(self.diffusion, str(steps)), (b, 3, s, s), model_kwargs=kw,
+        start = (b, 3, s, s) if x_T is None else x_T
+        return ddim_sample(model, respace(self.diffusion, str(steps)), start, model_kwargs=kw,
                            seeds=list(seeds), clip="static", progress=progress, device=image_embed.device)
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor, image_embed: torch.Tensor, text=None, steps: int = 50) -> torch.Tensor:
+        """DDIM inversion (eta = 0, no guidance): the x_T that :meth:`sample` with the same ``steps``
+        and ``guidance=1`` maps back to ``images`` (B, 3, S, S) in [-1, 1]. Used for text-diff edits
+        (Ramesh et al. Sec. 3.3)."""
+        s = self.config.unet.image_size
+        if images.shape[1:] != (3, s, s):
+            raise ValueError(f"UnCLIPDecoder.invert: images must be (B, 3, {s}, {s}), got {tuple(images.shape)}")
+        return ddim_invert(self, respace(self.diffusion, str(steps)), images,
+                           model_kwargs=self._kwargs(image_embed, text))
