@@ -82,3 +82,14 @@ def test_train_clip_only(tmp_path):
     back = ClipAdapter.load(tmp_path / "c" / "clip")
     torch.testing.assert_close(back.encode_text(["a red circle"]).embed, clip.encode_text(["a red circle"]).embed)
     assert (tmp_path / "c" / "metrics.json").is_file()
+
+
+def test_cli_sample(tmp_path):
+    from PIL import Image
+
+    from dalle2_fast.unclip_cli import main
+
+    train_unclip(micro(), tmp_path / "m", progress=False)
+    rc = main(["sample", "a red circle", "-n", "2", "-o", str(tmp_path / "g.png"), "--pipeline",
+               str(tmp_path / "m" / "pipeline"), "--decoder-steps", "2", "--upsampler-steps", "2"])
+    assert rc == 0 and Image.open(tmp_path / "g.png").size == (2 * 32, 32)
