@@ -44,7 +44,7 @@ class UnCLIPRecipe:
     seed: int = 0
     n_train: int = 20000
     base_res: int = 32
-    upsample_res: tuple[int, ...] = (64,)       # e.g. (64, 128) for the paper's two upsamplers
+    upsample_res: tuple[int, ...] = (64, 128)   # the two upsamplers (the paper: 64 -> 256 -> 1024)
     max_objects: int = 2
     clip: Stage = field(default_factory=lambda: Stage(1500, 128, 1e-3))
     prior: Stage = field(default_factory=lambda: Stage(3000, 128, 3e-4))
