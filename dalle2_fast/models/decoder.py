@@ -111,7 +111,8 @@ class UnCLIPDecoder(nn.Module):
         kw = self._kwargs(image_embed, text)
         model = self
         if guidance != 1.0:
-            null = {"image_embed": torch.zeros_like(image_embed[:1]), "text_mask": torch.zeros_like(kw["text_mask"][:1])}
+            null = {"image_embed": torch.zeros_like(image_embed[:1]),   # z_i dropped
+                    "text_mask": torch.zeros_like(kw["text_mask"][:1])}  # caption dropped
             model = ClassifierFreeGuidance(self, guidance, null)
         s = self.config.unet.image_size
         start = (b, 3, s, s) if x_T is None else x_T
