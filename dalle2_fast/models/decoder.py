@@ -3,8 +3,9 @@
 An ADM U-Net with learned variance, conditioned on the CLIP image embedding z_i twice:
 projected and added to the timestep embedding (the U-Net's ``cond``), and projected into
 ``unet.cond_tokens`` (4) extra context tokens concatenated to the text encoder's outputs, which
-every attention block cross-attends to (both done by :class:`~dalle2_fast.models.unet.UNet`). The "text encoder outputs" here are CLIP's own token features
-(:class:`dalle2_fast.clip.TextEncoding`) through a learned projection.
+every attention block cross-attends to (both done by :class:`~dalle2_fast.models.unet.UNet`).
+The "text encoder outputs" here are CLIP's own token features (:class:`dalle2_fast.clip.TextEncoding`)
+through a learned projection.
 
 Classifier-free guidance: in training z_i is replaced by zeros with probability
 ``clip_drop_prob`` (10%) and the caption is dropped (all its tokens masked) with probability
