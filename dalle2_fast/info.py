@@ -53,7 +53,7 @@ def report() -> str:
                         why = "no GPU; interpreter only in tests (TRITON_INTERPRET=1)"
                     lines.append(f"    {b:7s} -- {why}")
                     continue
-                reasons = backend_device_reasons(b, torch.device(dev))
+                reasons = backend_device_reasons(b, torch.device(dev), impl.needs_extension)
                 if dev == "cuda" and not torch.cuda.is_available() and not reasons:
                     reasons = [f"{b}: no GPU visible"]
                 if b == "triton" and dev == "cpu" and not triton_interpret():

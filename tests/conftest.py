@@ -45,7 +45,7 @@ def cpu_backends(fam, dtype=None, include_triton=True):
         if b == "triton" and not include_triton:
             continue
         if b in fam.impls and (dtype is None or dtype in fam.impls[b].dtypes):
-            if b == "cpu" and not _ext.loaded():
+            if b == "cpu" and fam.impls[b].needs_extension and not _ext.loaded():
                 continue
             out.append(b)
     return out

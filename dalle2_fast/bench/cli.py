@@ -20,7 +20,9 @@ from dalle2_fast.bench.core import copy_bandwidth, matmul_rate, run_case
 # family name -> module under dalle2_fast.bench defining cases(device, quick)
 FAMILIES = {
     "codebook": "dalle2_fast.bench.codebook",
+    "attention": "dalle2_fast.bench.attention",
     "unet": "dalle2_fast.bench.unet",
+    "sampling": "dalle2_fast.bench.sampling",
     "unclip": "dalle2_fast.bench.unclip",
 }
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dalle2_fast.ops import attention
+
 
 def _adagn(
     x: torch.Tensor,
@@ -59,7 +61,4 @@ def _attention(
     key_padding_mask: (B, Sk) bool, True marks a PADDED key (ignored), as in
     ``nn.MultiheadAttention`` and ``ops.attention``.
     """
-    mask = None
-    if key_padding_mask is not None:
-        mask = ~key_padding_mask[:, None, None, :]  # SDPA: True = attend
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return attention(q, k, v, key_padding_mask=key_padding_mask)

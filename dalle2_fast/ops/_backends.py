@@ -58,15 +58,17 @@ def _cuda_visible() -> bool:
     return torch.cuda.is_available()
 
 
-def backend_device_reasons(backend: str, device: torch.device) -> list[str]:
-    """Why ``backend`` cannot run on ``device`` at all (independent of the op)."""
+def backend_device_reasons(backend: str, device: torch.device, needs_extension: bool = True) -> list[str]:
+    """Why ``backend`` cannot run on ``device`` at all (independent of the op). A ``cpu``
+    implementation built on torch itself (e.g. attention's SDPA path) passes
+    ``needs_extension=False``."""
     dev = device.type
     if backend == "torch":
         return []
     if backend == "cpu":
         if dev != "cpu":
             return [f"cpu: runs on CPU tensors, got {dev}"]
-        if not _ext.loaded():
+        if needs_extension and not _ext.loaded():
             return [f"cpu: {_ext.load_error()}"]
         return []
     if backend == "cuda":
@@ -121,6 +123,7 @@ class Impl:
     dtypes: tuple[torch.dtype, ...]
     devices: tuple[str, ...]
     limits: Callable[..., list[str]] | None = None
+    needs_extension: bool = True  # only meaningful for the `cpu` backend
 
 
 @dataclass
@@ -139,6 +142,7 @@ class KernelFamily:
         dtypes: Sequence[torch.dtype],
         devices: Sequence[str],
         limits: Callable[..., list[str]] | None = None,
+        needs_extension: bool = True,
     ):
         """Decorator: ``fn`` implements this family on ``backend``. ``limits(*tensors, **kw)``
         returns reasons (strings) for inputs it cannot handle beyond device and dtype."""
@@ -146,7 +150,7 @@ class KernelFamily:
             raise ValueError(f"unknown backend {backend!r}")
 
         def deco(fn):
-            self.impls[backend] = Impl(backend, fn, tuple(dtypes), tuple(devices), limits)
+            self.impls[backend] = Impl(backend, fn, tuple(dtypes), tuple(devices), limits, needs_extension)
             return fn
 
         return deco
@@ -157,7 +161,7 @@ class KernelFamily:
         impl = self.impls.get(backend)
         if impl is None:
             return [f"{backend}: no {self.name} kernel for this backend"]
-        reasons = backend_device_reasons(backend, tensor.device)
+        reasons = backend_device_reasons(backend, tensor.device, impl.needs_extension)
         if reasons:
             return reasons
         if tensor.device.type not in impl.devices:
@@ -195,7 +199,7 @@ class KernelFamily:
         for b, impl in self.impls.items():
             if device not in impl.devices or (dtype is not None and dtype not in impl.dtypes):
                 continue
-            if not backend_device_reasons(b, torch.device(device)):
+            if not backend_device_reasons(b, torch.device(device), impl.needs_extension):
                 out.append(b)
         return out
 

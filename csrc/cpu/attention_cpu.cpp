@@ -1,0 +1,198 @@
+// CPU flash attention, forward and backward: blocked GEMM tiles (at::mm_out / addmm_ into
+// reused per-task buffers; single-threaded inside at::parallel_for) plus the per-element
+// online-softmax and backward math of csrc/include/dalle2_fast/attention.h, which the CUDA
+// kernels share. The Sq x Sk score matrix is never materialised: one (BM x BN) tile per task.
+//
+// Measured against torch's F.scaled_dot_product_attention (dalle2_fast/bench/attention.py);
+// the `cpu` dispatch backend runs whichever was faster (see ops/attention.py CPU_REASON).
+// This kernel stays the host-side check of the math the GPU kernel runs.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+
+#include "dalle2_fast/attention.h"
+
+namespace {
+
+using namespace dalle2_fast::attention;
+
+constexpr int64_t kBM = 128;  // query rows per task / tile
+constexpr int64_t kBN = 256;  // keys per tile (forward)
+constexpr int64_t kBNb = 128;  // keys per tile (backward)
+
+void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const std::optional<at::Tensor>& mask) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q, k, v must be (B, H, S, D)");
+  TORCH_CHECK(k.sizes() == v.sizes(), "attention: k and v must have the same shape");
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+              "attention: q and k must agree in B, H and D");
+  if (mask.has_value()) {
+    TORCH_CHECK(mask->dim() == 2 && mask->size(0) == q.size(0) && mask->size(1) == k.size(2),
+                "attention: key_padding_mask must be (B, Sk)");
+  }
+}
+
+// (B, Sk) uint8 with 1 = hidden key, or an empty tensor.
+at::Tensor pad_bytes(const std::optional<at::Tensor>& mask) {
+  if (!mask.has_value()) return at::Tensor();
+  return mask->to(at::kByte).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                     const at::Tensor& v_in,
+                                                     const std::optional<at::Tensor>& mask, bool causal,
+                                                     double scale_d) {
+  // The internal at::mm_out calls must not see autograd (the op's gradient is attention_bwd);
+  // worker threads start with default thread-local state, hence detach() and not only a guard.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  check_inputs(q_in, k_in, v_in, mask);
+  const int64_t B = q_in.size(0), H = q_in.size(1), Sq = q_in.size(2), D = q_in.size(3), Sk = k_in.size(2);
+  const float scale = static_cast<float>(scale_d);
+  auto fopt = q_in.options().dtype(at::kFloat);
+  at::Tensor out = at::zeros({B, H, Sq, D}, fopt);
+  at::Tensor lse = at::full({B, H, Sq}, __builtin_huge_valf(), fopt);
+  if (B * H * Sq == 0 || Sk == 0 || D == 0) return {out.to(q_in.scalar_type()), lse};
+
+  const at::Tensor q = q_in.detach().to(at::kFloat).contiguous();
+  const at::Tensor k = k_in.detach().to(at::kFloat).contiguous();
+  const at::Tensor v = v_in.detach().to(at::kFloat).contiguous();
+  const at::Tensor pad = pad_bytes(mask);
+  const uint8_t* pad_p = pad.defined() ? pad.data_ptr<uint8_t>() : nullptr;
+  const int64_t n_mblk = (Sq + kBM - 1) / kBM;
+
+  at::parallel_for(0, B * H * n_mblk, 1, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd_worker;
+    at::Tensor s_buf = at::empty({kBM, kBN}, fopt);
+    std::vector<float> m(kBM), l(kBM), alpha(kBM);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / n_mblk, m0 = (task % n_mblk) * kBM;
+      const int64_t b = bh / H, bm = std::min(kBM, Sq - m0);
+      const at::Tensor qb = q[b][bh % H].narrow(0, m0, bm);  // (bm, D)
+      const at::Tensor kh = k[b][bh % H], vh = v[b][bh % H];  // (Sk, D)
+      at::Tensor acc = out[b][bh % H].narrow(0, m0, bm);     // (bm, D), accumulates in place
+      std::fill(m.begin(), m.end(), neg_inf());
+      std::fill(l.begin(), l.end(), 0.0f);
+      const int64_t kend = causal ? causal_key_end(m0 + bm - 1, Sq, Sk) : Sk;
+      for (int64_t n0 = 0; n0 < kend; n0 += kBN) {
+        const int64_t bn = std::min(kBN, kend - n0);
+        at::Tensor s = s_buf.narrow(0, 0, bm).narrow(1, 0, bn);
+        at::mm_out(s, qb, kh.narrow(0, n0, bn).t());  // (bm, bn) raw dot products
+        float* sp = s.data_ptr<float>();
+        const int64_t ld = s.stride(0);
+        for (int64_t i = 0; i < bm; ++i) {
+          float* row = sp + i * ld;
+          const int64_t vis_end = causal ? causal_key_end(m0 + i, Sq, Sk) : Sk;
+          float tmax = neg_inf();
+          for (int64_t j = 0; j < bn; ++j) {
+            const int64_t kj = n0 + j;
+            const bool hidden = kj >= vis_end || (pad_p && pad_p[b * Sk + kj]);
+            row[j] = hidden ? neg_inf() : row[j] * scale;
+            tmax = std::max(tmax, row[j]);
+          }
+          alpha[i] = online_update_max(m[i], tmax);
+          float sum = 0.0f;
+          for (int64_t j = 0; j < bn; ++j) {
+            row[j] = online_prob(row[j], m[i]);
+            sum += row[j];
+          }
+          l[i] = alpha[i] * l[i] + sum;
+          float* arow = acc.data_ptr<float>() + i * D;
+          for (int64_t d = 0; d < D; ++d) arow[d] *= alpha[i];
+        }
+        acc.addmm_(s, vh.narrow(0, n0, bn));  // acc += P V
+      }
+      float* lse_p = lse.data_ptr<float>() + bh * Sq + m0;
+      for (int64_t i = 0; i < bm; ++i) {
+        const float inv = finish_inv_sum(l[i]);
+        float* arow = acc.data_ptr<float>() + i * D;
+        for (int64_t d = 0; d < D; ++d) arow[d] *= inv;
+        lse_p[i] = finish_lse(m[i], l[i]);
+      }
+    }
+  });
+  return {out.to(q_in.scalar_type()), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& out_in, const at::Tensor& lse_in, const std::optional<at::Tensor>& mask, bool causal,
+    double scale_d) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  check_inputs(q_in, k_in, v_in, mask);
+  const int64_t B = q_in.size(0), H = q_in.size(1), Sq = q_in.size(2), D = q_in.size(3), Sk = k_in.size(2);
+  const float scale = static_cast<float>(scale_d);
+  auto fopt = q_in.options().dtype(at::kFloat);
+  at::Tensor dq = at::zeros({B, H, Sq, D}, fopt);
+  at::Tensor dk = at::zeros({B, H, Sk, D}, fopt);
+  at::Tensor dv = at::zeros({B, H, Sk, D}, fopt);
+  auto finish = [&]() {
+    return std::make_tuple(dq.to(q_in.scalar_type()), dk.to(k_in.scalar_type()), dv.to(v_in.scalar_type()));
+  };
+  if (B * H == 0 || Sq == 0 || Sk == 0 || D == 0) return finish();
+
+  const at::Tensor q = q_in.detach().to(at::kFloat).contiguous();
+  const at::Tensor k = k_in.detach().to(at::kFloat).contiguous();
+  const at::Tensor v = v_in.detach().to(at::kFloat).contiguous();
+  const at::Tensor go = grad_out.detach().to(at::kFloat).contiguous();
+  const at::Tensor lse = lse_in.detach().to(at::kFloat).contiguous();
+  const at::Tensor delta = (go * out_in.detach().to(at::kFloat)).sum(-1).contiguous();  // (B, H, Sq)
+  const at::Tensor pad = pad_bytes(mask);
+  const uint8_t* pad_p = pad.defined() ? pad.data_ptr<uint8_t>() : nullptr;
+
+  // One task per (b, h): it owns dq, dk, dv of that head, so no reduction across threads.
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd_worker;
+    at::Tensor p_buf = at::empty({kBM, kBNb}, fopt);
+    at::Tensor dp_buf = at::empty({kBM, kBNb}, fopt);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      const at::Tensor qh = q[b][h], kh = k[b][h], vh = v[b][h], goh = go[b][h];
+      at::Tensor dqh = dq[b][h], dkh = dk[b][h], dvh = dv[b][h];
+      const float* lse_p = lse.data_ptr<float>() + bh * Sq;
+      const float* delta_p = delta.data_ptr<float>() + bh * Sq;
+      for (int64_t n0 = 0; n0 < Sk; n0 += kBNb) {
+        const int64_t bn = std::min(kBNb, Sk - n0);
+        const at::Tensor kb = kh.narrow(0, n0, bn), vb = vh.narrow(0, n0, bn);
+        at::Tensor dkb = dkh.narrow(0, n0, bn), dvb = dvh.narrow(0, n0, bn);
+        for (int64_t m0 = 0; m0 < Sq; m0 += kBM) {
+          const int64_t bm = std::min(kBM, Sq - m0);
+          if (causal && causal_key_end(m0 + bm - 1, Sq, Sk) <= n0) continue;  // tile fully hidden
+          const at::Tensor qb = qh.narrow(0, m0, bm), gob = goh.narrow(0, m0, bm);
+          at::Tensor p = p_buf.narrow(0, 0, bm).narrow(1, 0, bn);
+          at::Tensor dp = dp_buf.narrow(0, 0, bm).narrow(1, 0, bn);
+          at::mm_out(p, qb, kb.t());
+          at::mm_out(dp, gob, vb.t());
+          float* pp = p.data_ptr<float>();
+          float* dpp = dp.data_ptr<float>();
+          const int64_t ld = p.stride(0), ldd = dp.stride(0);
+          for (int64_t i = 0; i < bm; ++i) {
+            const int64_t vis_end = causal ? causal_key_end(m0 + i, Sq, Sk) : Sk;
+            for (int64_t j = 0; j < bn; ++j) {
+              const int64_t kj = n0 + j;
+              const bool hidden = kj >= vis_end || (pad_p && pad_p[b * Sk + kj]);
+              const float s = hidden ? neg_inf() : pp[i * ld + j] * scale;
+              const float pr = bwd_prob(s, lse_p[m0 + i]);
+              pp[i * ld + j] = pr;
+              dpp[i * ldd + j] = bwd_dscore(pr, dpp[i * ldd + j], delta_p[m0 + i]);
+            }
+          }
+          dvb.addmm_(p.t(), gob);                     // dV += P^T dO
+          dqh.narrow(0, m0, bm).addmm_(dp, kb, 1.0, scale);  // dQ += scale dS K
+          dkb.addmm_(dp.t(), qb, 1.0, scale);         // dK += scale dS^T Q
+        }
+      }
+    }
+  });
+  return finish();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dalle2_fast, CPU, m) {
+  m.impl("attention_fwd", &attention_fwd_cpu);
+  m.impl("attention_bwd", &attention_bwd_cpu);
+}

@@ -1,0 +1,165 @@
+// CPU fused sampling step: one pass over x / model_out / noise, OpenMP (at::parallel_for) over
+// the flattened (sample, element) range; the per-element math is sampling.h, shared with CUDA.
+// The kind / parameterisation / guidance / clipping switches are template parameters so that
+// each inner loop is branch-free and vectorises.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "dalle2_fast/sampling.h"
+
+namespace {
+
+using namespace dalle2_fast::sampling;
+
+template <typename scalar_t, typename acc_t>
+struct Args {
+  const scalar_t* x;
+  const scalar_t* m;  // model output, (B or 2B) rows of n_out
+  const acc_t* coefs;
+  const acc_t* guidance;
+  const acc_t* thresh;
+  const scalar_t* noise;
+  const scalar_t* prev;
+  scalar_t* out;
+  scalar_t* x0_out;
+  int64_t B, N, n_out;
+  bool learned;
+};
+
+template <typename scalar_t, typename acc_t, int KIND, int PRED, bool CFG, bool CLIP, bool NOISE, bool PREV>
+void run_range(const Args<scalar_t, acc_t>& a, int64_t begin, int64_t end) {
+  int64_t i = begin;
+  while (i < end) {
+    const int64_t b = i / a.N;
+    const int64_t e0 = i - b * a.N;
+    const int64_t e1 = std::min(a.N, e0 + (end - i));
+    const Coefs<acc_t> k = load_coefs(a.coefs + b * kNumCoefs);
+    const acc_t g = CFG ? a.guidance[b] : acc_t(1);
+    const acc_t thr = CLIP ? a.thresh[b] : acc_t(0);
+    const scalar_t* xb = a.x + b * a.N;
+    const scalar_t* mc = a.m + b * a.n_out;
+    const scalar_t* mu = CFG ? a.m + (a.B + b) * a.n_out : mc;
+    const scalar_t* zb = NOISE ? a.noise + b * a.N : nullptr;
+    const scalar_t* pb = PREV ? a.prev + b * a.N : nullptr;
+    scalar_t* ob = a.out + b * a.N;
+    scalar_t* x0b = a.x0_out ? a.x0_out + b * a.N : nullptr;
+    const bool learned = KIND == kDDPM && a.learned;
+#pragma omp simd
+    for (int64_t e = e0; e < e1; ++e) {
+      const acc_t xv = static_cast<acc_t>(xb[e]);
+      acc_t m = static_cast<acc_t>(mc[e]);
+      if (CFG) m = cfg_combine(m, static_cast<acc_t>(mu[e]), g);
+      acc_t x0, eps;
+      predict_x0_eps<acc_t>(PRED, xv, m, k, thr, x0, eps);
+      // Variance channel of a learned-range model: taken from the conditional half.
+      const acc_t v = learned ? static_cast<acc_t>(mc[a.N + e]) : acc_t(0);
+      const acc_t z = NOISE ? static_cast<acc_t>(zb[e]) : acc_t(0);
+      const acc_t p = PREV ? static_cast<acc_t>(pb[e]) : acc_t(0);
+      ob[e] = static_cast<scalar_t>(step_update<acc_t>(KIND, learned, xv, x0, eps, v, z, p, k));
+      if (x0b) x0b[e] = static_cast<scalar_t>(x0);
+    }
+    i += e1 - e0;
+  }
+}
+
+template <typename scalar_t, typename acc_t, int KIND, int PRED>
+void dispatch_flags(const Args<scalar_t, acc_t>& a, int64_t b, int64_t e) {
+  const bool cfg = a.guidance != nullptr, clip = a.thresh != nullptr;
+  const bool noise = a.noise != nullptr, prev = a.prev != nullptr;
+#define DF_RUN(C, L, Z, P) run_range<scalar_t, acc_t, KIND, PRED, C, L, Z, P>(a, b, e)
+#define DF_ZP(C, L)           \
+  if (noise && prev)          \
+    DF_RUN(C, L, true, true); \
+  else if (noise)             \
+    DF_RUN(C, L, true, false); \
+  else if (prev)              \
+    DF_RUN(C, L, false, true); \
+  else                        \
+    DF_RUN(C, L, false, false);
+  if (cfg && clip) {
+    DF_ZP(true, true)
+  } else if (cfg) {
+    DF_ZP(true, false)
+  } else if (clip) {
+    DF_ZP(false, true)
+  } else {
+    DF_ZP(false, false)
+  }
+#undef DF_ZP
+#undef DF_RUN
+}
+
+template <typename scalar_t, typename acc_t>
+void dispatch(const Args<scalar_t, acc_t>& a, int64_t kind, int64_t pred, int64_t b, int64_t e) {
+#define DF_K(K)                                                     \
+  if (pred == kEps)                                                 \
+    dispatch_flags<scalar_t, acc_t, K, kEps>(a, b, e);              \
+  else if (pred == kXStart)                                         \
+    dispatch_flags<scalar_t, acc_t, K, kXStart>(a, b, e);           \
+  else                                                              \
+    dispatch_flags<scalar_t, acc_t, K, kV>(a, b, e);
+  switch (kind) {
+    case kX0: DF_K(kX0) break;
+    case kDDPM: DF_K(kDDPM) break;
+    case kDDIM: DF_K(kDDIM) break;
+    default: DF_K(kDPMPP2M) break;
+  }
+#undef DF_K
+}
+
+std::tuple<at::Tensor, at::Tensor> sampling_step_cpu(
+    const at::Tensor& x_in, const at::Tensor& m_in, const at::Tensor& coefs_in,
+    const std::optional<at::Tensor>& guidance, const std::optional<at::Tensor>& thresh,
+    const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& prev_x0, int64_t kind,
+    int64_t pred, bool learned_var, bool want_x0) {
+  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(0) > 0, "sampling_step: x must be (B, ...) with B >= 1");
+  TORCH_CHECK(kind >= 0 && kind <= 3 && pred >= 0 && pred <= 2, "sampling_step: bad kind/pred");
+  const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
+  const int64_t B = x.size(0), N = x.numel() / B;
+  const int64_t rows = guidance.has_value() ? 2 * B : B;
+  TORCH_CHECK(m.dim() >= 1 && m.size(0) == rows && m.dtype() == x.dtype(),
+              "sampling_step: model_out must have ", rows, " rows and x's dtype");
+  const int64_t n_out = m.numel() / rows;
+  TORCH_CHECK(n_out == N || n_out == 2 * N, "sampling_step: model_out per-sample size must be N or 2N");
+  TORCH_CHECK(!learned_var || n_out == 2 * N, "sampling_step: learned_var needs 2C output channels");
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor coefs = coefs_in.to(acc_type).contiguous();
+  TORCH_CHECK(coefs.numel() == B * kNumCoefs, "sampling_step: coefs must be (B, 10)");
+  auto acc_opt = [&](const std::optional<at::Tensor>& t) {
+    return t.has_value() ? std::optional<at::Tensor>(t->to(acc_type).contiguous()) : std::nullopt;
+  };
+  auto like_x = [&](const std::optional<at::Tensor>& t) {
+    if (!t.has_value()) return std::optional<at::Tensor>();
+    TORCH_CHECK(t->numel() == B * N, "sampling_step: noise / prev_x0 must have x's shape");
+    return std::optional<at::Tensor>(t->to(x.scalar_type()).contiguous());
+  };
+  const auto g = acc_opt(guidance), th = acc_opt(thresh);
+  const auto z = like_x(noise), p = like_x(prev_x0);
+  at::Tensor out = at::empty_like(x);
+  at::Tensor x0 = (want_x0 && kind != kX0) ? at::empty_like(x) : at::empty({0}, x.options());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sampling_step_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    Args<scalar_t, acc_t> a{x.data_ptr<scalar_t>(),
+                            m.data_ptr<scalar_t>(),
+                            coefs.data_ptr<acc_t>(),
+                            g ? g->data_ptr<acc_t>() : nullptr,
+                            th ? th->data_ptr<acc_t>() : nullptr,
+                            z ? z->data_ptr<scalar_t>() : nullptr,
+                            p ? p->data_ptr<scalar_t>() : nullptr,
+                            out.data_ptr<scalar_t>(),
+                            x0.numel() ? x0.data_ptr<scalar_t>() : nullptr,
+                            B, N, n_out, learned_var};
+    // Grain: ~10-20 flops per element, so below ~64K elements threads cost more than they save
+    // (torch uses 32768 for its own elementwise ops).
+    at::parallel_for(0, B * N, 1 << 16, [&](int64_t b, int64_t e) { dispatch(a, kind, pred, b, e); });
+  });
+  return {out.view(x_in.sizes()), x0.numel() ? x0.view(x_in.sizes()) : x0};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dalle2_fast, CPU, m) { m.impl("sampling_step", &sampling_step_cpu); }

@@ -1,0 +1,147 @@
+"""What a sampling loop needs before it starts: per-sample step indices, the per-step
+per-sample coefficient tables (built in float64 once, moved to the device once — no host work
+or sync inside the loop), per-sample noise streams, and the NaN error."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from dalle2_fast.diffusion.gaussian import GaussianDiffusion
+from dalle2_fast.ops.sampling import ddim_coefs, ddpm_coefs, dpmpp_2m_coefs
+
+
+class SamplingNaNError(FloatingPointError):
+    """Non-finite values appeared in x; ``step`` is the 0-based loop step, ``samples`` the bad rows."""
+
+    def __init__(self, step: int, timestep: list[int], samples: list[int]):
+        self.step, self.timestep, self.samples = step, timestep, samples
+        super().__init__(f"non-finite values in x after sampling step {step} (model timestep "
+                         f"{timestep[:4]}{'...' if len(timestep) > 4 else ''}) in samples {samples[:8]}"
+                         f"{'...' if len(samples) > 8 else ''}")
+
+
+def step_indices(diffusion: GaussianDiffusion, timesteps, batch: int, ascending: bool = False) -> torch.Tensor:
+    """(S, B) int64 step indices into ``diffusion``: None -> every step (T-1 .. 0); (S,) -> the
+    same for every sample; (S, B) -> per-sample sequences. Strictly decreasing along S
+    (increasing with ``ascending``, for inversion), each in [0, T)."""
+    T = diffusion.num_timesteps
+    if timesteps is None:
+        idx = torch.arange(T - 1, -1, -1)
+        if ascending:
+            idx = idx.flip(0)
+    else:
+        idx = torch.as_tensor(timesteps).cpu()
+        if idx.is_floating_point():
+            raise ValueError(f"timesteps must be integer step indices, got {idx.dtype}")
+        idx = idx.long()
+    if idx.dim() == 1:
+        idx = idx[:, None].expand(-1, batch)
+    if idx.dim() != 2 or idx.shape[1] != batch or idx.shape[0] == 0:
+        raise ValueError(f"timesteps must be (S,) or (S, {batch}) with S >= 1, got {tuple(idx.shape)}")
+    if bool(((idx < 0) | (idx >= T)).any()):
+        raise ValueError(f"timesteps must be step indices in [0, {T}), got min {idx.min()} max {idx.max()}")
+    d = idx[1:] - idx[:-1]
+    if idx.shape[0] > 1 and not bool(((d > 0) if ascending else (d < 0)).all()):
+        raise ValueError(f"timesteps must be strictly {'increasing' if ascending else 'decreasing'} along S")
+    return idx.contiguous()
+
+
+def _abar(diffusion: GaussianDiffusion, idx: torch.Tensor) -> torch.Tensor:
+    """abar at step indices, with index -1 meaning the end of sampling (abar = 1)."""
+    ab = torch.cat([diffusion.alphas_cumprod, torch.ones(1, dtype=torch.float64)])
+    return ab[idx]
+
+
+def _next(idx: torch.Tensor) -> torch.Tensor:
+    return torch.cat([idx[1:], torch.full_like(idx[:1], -1)])
+
+
+def ddpm_table(diffusion: GaussianDiffusion, idx: torch.Tensor) -> torch.Tensor:
+    """(S, B, 10): ancestral steps idx[k] -> idx[k+1] (-> the end after the last); the
+    variance is the process's (fixed small / fixed large / learned range) for that transition."""
+    nxt = _next(idx)
+    ab_t, ab_s = _abar(diffusion, idx), _abar(diffusion, nxt)
+    beta_ts = 1.0 - ab_t / ab_s
+    small = beta_ts * (1.0 - ab_s) / (1.0 - ab_t)
+    last = nxt < 0  # no noise is added there; keep its log-variances finite (clipped, as at t = 0)
+    lv_small = torch.where(last, diffusion.tables["post_logvar"][idx], torch.log(small.clamp_min(1e-300)))
+    lv_large = torch.log(beta_ts)
+    if diffusion.var_type == "fixed_small":
+        lo, hi = lv_small, lv_small
+    elif diffusion.var_type == "fixed_large":
+        lo = hi = torch.where(last, lv_small, lv_large)
+    else:
+        lo, hi = lv_small, lv_large
+    return ddpm_coefs(ab_t, ab_s, lo, hi, (~last).double())
+
+
+def ddim_table(diffusion: GaussianDiffusion, idx: torch.Tensor, eta: float = 0.0, invert: bool = False) -> torch.Tensor:
+    """(S, B, 10): DDIM steps idx[k] -> idx[k+1] (-> the end). With ``invert``: the model is
+    read at idx[k] and x moves to idx[k+1] (ascending), S-1 steps."""
+    if invert:
+        ab_t, ab_s = _abar(diffusion, idx[:-1]), _abar(diffusion, idx[1:])
+    else:
+        ab_t, ab_s = _abar(diffusion, idx), _abar(diffusion, _next(idx))
+    return ddim_coefs(ab_t, ab_s, eta)
+
+
+def dpmpp_2m_table(diffusion: GaussianDiffusion, idx: torch.Tensor) -> torch.Tensor:
+    """(S, B, 10): DPM-Solver++(2M) steps idx[k] -> idx[k+1] (-> the end, first order there)."""
+    ab_t, ab_s = _abar(diffusion, idx), _abar(diffusion, _next(idx))
+    _, h = dpmpp_2m_coefs(ab_t, ab_s)  # h of every step, (S, B)
+    h_prev = torch.cat([torch.full_like(h[:1], float("nan")), h[:-1]])  # none before the first step
+    return dpmpp_2m_coefs(ab_t, ab_s, h_prev)[0]
+
+
+@dataclass
+class Plan:
+    """A sampling loop, fixed before it starts. ``coefs`` (S, B, 10) and ``model_t`` (S, B)
+    live on the sampling device; ``idx`` (S, B) are this process's step indices (CPU)."""
+
+    kind: str  # 'ddpm' | 'ddim' | 'dpmpp_2m'
+    idx: torch.Tensor
+    model_t: torch.Tensor
+    coefs: torch.Tensor
+    needs_noise: bool
+
+    @property
+    def num_steps(self) -> int:
+        return self.coefs.shape[0]
+
+
+class NoiseSource:
+    """Gaussian noise for a batch. With ``seeds`` each sample owns a generator, so sample i
+    draws the same numbers whatever the batch it is in; else one ``generator`` (or the global
+    RNG) serves the whole batch."""
+
+    def __init__(self, batch: int, sample_shape: Sequence[int], device, dtype, seeds=None, generator=None):
+        self.shape, self.device, self.dtype = tuple(sample_shape), torch.device(device), dtype
+        self.seeds = None if seeds is None else [int(s) for s in seeds]
+        if self.seeds is not None and len(self.seeds) != batch:
+            raise ValueError(f"seeds must have one entry per sample ({batch}), got {len(self.seeds)}")
+        if self.seeds is not None and generator is not None:
+            raise ValueError("pass seeds or generator, not both")
+        self.batch, self.generator = batch, generator
+        self.gens = None if self.seeds is None else [self._gen(s) for s in self.seeds]
+
+    def _gen(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def reseed(self) -> None:
+        if self.gens is not None:
+            for g, s in zip(self.gens, self.seeds):
+                g.manual_seed(s)
+
+    def draw(self) -> torch.Tensor:
+        """(B, *sample_shape) standard normal."""
+        if self.gens is None:
+            return torch.randn((self.batch, *self.shape), generator=self.generator, device=self.device,
+                               dtype=self.dtype)
+        return torch.stack([torch.randn(self.shape, generator=g, device=self.device, dtype=self.dtype)
+                            for g in self.gens])
+
+
+__all__ = ["Plan", "NoiseSource", "SamplingNaNError", "step_indices", "ddpm_table", "ddim_table",
+           "dpmpp_2m_table"]

@@ -1,0 +1,77 @@
+"""Respacing: sample with a few steps from a model trained on many (Nichol & Dhariwal Sec. 4).
+
+A kept subsequence S of the trained timesteps defines a new process with
+beta_i = 1 - abar_{S_i} / abar_{S_{i-1}}, so that its abar at step i equals the trained
+abar at timestep S_i; the model is still called with the trained timestep S_i.
+
+Spec strings: "250" (250 evenly spaced steps), "10,10,3,2,2" (the trained range cut into
+equal sections, each strided to that many steps: dense where counts are large), "ddim25"
+(the integer stride of the DDIM paper that gives exactly 25 steps, starting at 0).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from dalle2_fast.diffusion.gaussian import GaussianDiffusion
+
+
+def space_timesteps(num_timesteps: int, spec: str | Iterable[int]) -> list[int]:
+    """Sorted timesteps of [0, num_timesteps) kept by ``spec`` (see the module docstring)."""
+    if isinstance(spec, str):
+        spec = spec.strip()
+        if spec.startswith("ddim"):
+            try:
+                want = int(spec[4:])
+            except ValueError:
+                raise ValueError(f"respacing {spec!r}: expected 'ddimN' with an integer N") from None
+            for stride in range(1, num_timesteps + 1):
+                if len(range(0, num_timesteps, stride)) == want:
+                    return list(range(0, num_timesteps, stride))
+            raise ValueError(f"respacing {spec!r}: no integer stride gives exactly {want} of {num_timesteps} steps")
+        try:
+            counts = [int(c) for c in spec.split(",")]
+        except ValueError:
+            raise ValueError(f"respacing {spec!r}: expected 'N', 'N1,N2,...' or 'ddimN'") from None
+    else:
+        counts = [int(c) for c in spec]
+    if not counts or any(c < 1 for c in counts):
+        raise ValueError(f"respacing {spec!r}: section counts must be positive integers")
+    base, extra = divmod(num_timesteps, len(counts))
+    kept, start = [], 0
+    for i, count in enumerate(counts):
+        size = base + (1 if i < extra else 0)
+        if count > size:
+            raise ValueError(f"respacing {spec!r}: cannot take {count} steps from a section of {size}")
+        stride = (size - 1) / (count - 1) if count > 1 else 1.0
+        pos = 0.0
+        for _ in range(count):  # accumulated (not j * stride): the rounding checkpoints were made with
+            kept.append(start + round(pos))
+            pos += stride
+        start += size
+    return sorted(set(kept))
+
+
+def respace(diffusion: GaussianDiffusion, spec: str | Iterable[int] | None = None, *,
+            keep: Iterable[int] | None = None) -> GaussianDiffusion:
+    """A process over a subset of ``diffusion``'s steps (same mean/var/loss types); its
+    ``timestep_map`` sends each new step to the timestep the model was trained with.
+    ``spec``: a spec string or a list of section counts; or ``keep``: the step indices to keep."""
+    if (spec is None) == (keep is None):
+        raise ValueError("respace: pass exactly one of spec and keep")
+    if keep is not None:
+        keep = sorted(set(int(k) for k in keep))
+        if not keep or keep[0] < 0 or keep[-1] >= diffusion.num_timesteps:
+            raise ValueError(f"respace: keep must be step indices in [0, {diffusion.num_timesteps}), got {keep[:5]}...")
+    else:
+        keep = space_timesteps(diffusion.num_timesteps, spec)
+    ab = diffusion.alphas_cumprod[keep]
+    prev = torch.cat([ab.new_ones(1), ab[:-1]])
+    betas = 1.0 - ab / prev
+    return GaussianDiffusion(betas, mean_type=diffusion.mean_type, var_type=diffusion.var_type,
+                             loss=diffusion.loss_type, vlb_weight=diffusion.vlb_weight,
+                             timestep_map=diffusion.timestep_map[keep])
+
+
+__all__ = ["space_timesteps", "respace"]

@@ -1,0 +1,167 @@
+"""Samplers as plain functions of (denoiser, diffusion, x_T or shape, options).
+
+``denoiser(x_t, t, **model_kwargs) -> output`` is the network (or a guidance wrapper around
+it) in ``diffusion``'s parameterisation; ``t`` are the timesteps it was trained with
+(``diffusion.timestep_map`` of the step indices). A denoiser with a ``forward_pair`` method
+(``ClassifierFreeGuidance``) hands the batched (cond; uncond) output to the fused step, which
+does the guidance combine in the same pass.
+
+Every step is one fused op (``dalle2_fast.ops.sampling``) with per-sample coefficients, so
+``timesteps`` may be (S, B): each sample on its own schedule. ``seeds`` gives each sample its
+own generator: sample i is the same whatever batch it is drawn in (for a batch-independent
+denoiser). Non-finite values stop the loop with ``SamplingNaNError`` naming the step.
+``cuda_graph=True`` (CUDA only) captures the whole loop once and replays it (``graphs.py``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from dalle2_fast.diffusion.gaussian import GaussianDiffusion
+from dalle2_fast.diffusion.plan import (NoiseSource, Plan, SamplingNaNError, ddim_table, ddpm_table,
+                                        dpmpp_2m_table, step_indices)
+from dalle2_fast.ops.sampling import ddim_step, ddpm_step, dpmpp_2m_step
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor | None], None]
+
+
+def ddpm_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, timesteps=None, model_kwargs=None, clip=None,
+                dynamic_p=0.995, seeds=None, generator=None, progress=False, callback=None, cuda_graph=False,
+                backend=None, device=None, dtype=torch.float32):
+    """Ancestral sampling (Ho et al. Alg. 2) with the process's variance (fixed or learned).
+
+    Args:
+        x_T: (B, C, *S) starting noise, or a shape tuple (noise drawn from ``seeds`` /
+            ``generator`` on ``device`` in ``dtype``).
+        timesteps: None (every step of ``diffusion``, respace it for fewer), (S,) or (S, B)
+            strictly decreasing step indices.
+        clip: None | 'static' | 'dynamic' (x0 clipping / Imagen thresholding, ``dynamic_p``).
+        seeds: one int per sample (own generator each), or None. callback(step, x, x0).
+    Returns:
+        x_0 (B, C, *S).
+    """
+    return _sample("ddpm", denoiser, diffusion, x_T, timesteps, model_kwargs, clip, dynamic_p, seeds, generator,
+                   progress, callback, cuda_graph, backend, device, dtype)
+
+
+def ddim_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, eta=0.0, timesteps=None, model_kwargs=None,
+                clip=None, dynamic_p=0.995, seeds=None, generator=None, progress=False, callback=None,
+                cuda_graph=False, backend=None, device=None, dtype=torch.float32):
+    """DDIM (Song et al. 2021, Eq. 12); ``eta`` = 0 is deterministic, 1 matches DDPM's
+    posterior variance. Arguments as ``ddpm_sample``."""
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    return _sample("ddim", denoiser, diffusion, x_T, timesteps, model_kwargs, clip, dynamic_p, seeds, generator,
+                   progress, callback, cuda_graph, backend, device, dtype, eta=eta)
+
+
+def dpmpp_2m_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, timesteps=None, model_kwargs=None, clip=None,
+                    dynamic_p=0.995, seeds=None, generator=None, progress=False, callback=None, cuda_graph=False,
+                    backend=None, device=None, dtype=torch.float32):
+    """DPM-Solver++(2M) (Lu et al. 2022), deterministic, for 10-25 steps (respace the process or
+    pass ``timesteps``). Arguments as ``ddpm_sample``."""
+    return _sample("dpmpp_2m", denoiser, diffusion, x_T, timesteps, model_kwargs, clip, dynamic_p, seeds,
+                   generator, progress, callback, cuda_graph, backend, device, dtype)
+
+
+@torch.no_grad()
+def ddim_invert(denoiser, diffusion: GaussianDiffusion, x0: torch.Tensor, *, timesteps=None, model_kwargs=None,
+                progress=False, backend=None) -> torch.Tensor:
+    """Deterministic DDIM inversion: runs the eta = 0 update forwards from data ``x0`` (taken as
+    the level of the first index) to the last index of ``timesteps`` (ascending step indices;
+    default all). ``ddim_sample`` over the same indices, descending, maps the result back."""
+    idx = step_indices(diffusion, timesteps, x0.shape[0], ascending=True)
+    table = ddim_table(diffusion, idx, 0.0, invert=True).to(device=x0.device)
+    model_t = diffusion.timestep_map[idx[:-1]].to(x0.device)
+    x = x0
+    for k in tqdm(range(table.shape[0]), disable=not progress, desc="ddim invert"):
+        out, g = _denoise(denoiser, x, model_t[k], model_kwargs or {})
+        x, _ = ddim_step(x, out, table[k], None, pred=diffusion.mean_type, guidance=g, backend=backend)
+        _check_finite(x, k, model_t[k])
+    return x
+
+
+# ----------------------------------------------------------------------------- the loop
+def _denoise(denoiser, x, t, model_kwargs):
+    """(model output, guidance scale (B,) or None). A CFG wrapper returns the batched pair."""
+    pair = getattr(denoiser, "forward_pair", None)
+    if pair is not None:
+        return pair(x, t, **model_kwargs)
+    return denoiser(x, t, **model_kwargs), None
+
+
+def _check_finite(x, k, model_t):
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
+        raise SamplingNaNError(k, model_t.tolist(), bad)
+
+
+def make_plan(kind: str, diffusion: GaussianDiffusion, timesteps, batch: int, device, eta: float = 0.0) -> Plan:
+    idx = step_indices(diffusion, timesteps, batch)
+    if kind == "ddpm":
+        table = ddpm_table(diffusion, idx)
+    elif kind == "ddim":
+        table = ddim_table(diffusion, idx, eta)
+    else:
+        table = dpmpp_2m_table(diffusion, idx)
+    needs_noise = kind == "ddpm" or (kind == "ddim" and eta > 0)
+    return Plan(kind, idx, diffusion.timestep_map[idx].to(device), table.to(device), needs_noise)
+
+
+def make_step(plan: Plan, denoiser, diffusion: GaussianDiffusion, model_kwargs, noise: NoiseSource, clip,
+              dynamic_p, backend):
+    """step(k, x, prev_x0) -> (x_next, x0): one model call and one fused op, device work only."""
+    pred, learned = diffusion.mean_type, diffusion.learned_var
+
+    def step(k, x, prev_x0):
+        out, g = _denoise(denoiser, x, plan.model_t[k], model_kwargs)
+        coefs = plan.coefs[k]
+        if plan.kind == "ddpm":
+            return ddpm_step(x, out, coefs, noise.draw(), pred=pred, guidance=g, clip=clip, dynamic_p=dynamic_p,
+                             learned_var=learned, want_x0=True, backend=backend)
+        if plan.kind == "ddim":
+            z = noise.draw() if plan.needs_noise else None
+            return ddim_step(x, out, coefs, z, pred=pred, guidance=g, clip=clip, dynamic_p=dynamic_p,
+                             want_x0=True, backend=backend)
+        return dpmpp_2m_step(x, out, coefs, prev_x0, pred=pred, guidance=g, clip=clip, dynamic_p=dynamic_p,
+                             backend=backend)
+
+    return step
+
+
+@torch.no_grad()
+def _sample(kind, denoiser, diffusion, x_T, timesteps, model_kwargs, clip, dynamic_p, seeds, generator, progress,
+            callback, cuda_graph, backend, device, dtype, eta=0.0):
+    model_kwargs = dict(model_kwargs or {})
+    if isinstance(x_T, torch.Tensor):
+        if x_T.dim() < 2:
+            raise ValueError(f"x_T must be (B, C, ...), got shape {tuple(x_T.shape)}")
+        device, dtype = x_T.device, x_T.dtype
+        shape = tuple(x_T.shape)
+    else:
+        shape = tuple(int(s) for s in x_T)
+        if len(shape) < 2 or min(shape) < 1:
+            raise ValueError(f"x_T must be a tensor or a shape (B, C, ...) of positive sizes, got {x_T!r}")
+        device = torch.device(device or "cpu")
+    noise = NoiseSource(shape[0], shape[1:], device, dtype, seeds, generator)
+    x = x_T if isinstance(x_T, torch.Tensor) else noise.draw()
+    plan = make_plan(kind, diffusion, timesteps, shape[0], device, eta)
+    step = make_step(plan, denoiser, diffusion, model_kwargs, noise, clip, dynamic_p, backend)
+    if cuda_graph:
+        from dalle2_fast.diffusion.graphs import run_graphed
+
+        key = (id(denoiser), id(diffusion), clip, dynamic_p, backend, eta > 0)
+        return run_graphed(step, plan, x, model_kwargs, noise, key, draw_x=not isinstance(x_T, torch.Tensor))
+    prev = None
+    for k in tqdm(range(plan.num_steps), disable=not progress, desc=kind):
+        x, prev = step(k, x, prev)
+        _check_finite(x, k, plan.model_t[k])
+        if callback is not None:
+            callback(k, x, prev)
+    return x
+
+
+__all__ = ["ddpm_sample", "ddim_sample", "dpmpp_2m_sample", "ddim_invert", "SamplingNaNError", "make_plan",
+           "make_step"]

@@ -1,0 +1,246 @@
+"""Triton flash attention, forward and backward (Dao 2023, FlashAttention-2, Alg. 1 and 2).
+
+Forward: each program owns BLOCK_M query rows of one (batch, head), walks the keys in BLOCK_N
+tiles with an online softmax in the exp2 domain (scores pre-multiplied by scale * log2 e) and
+saves the natural-log log-sum-exp per row. Backward: a pre-pass computes delta = rowsum(dO * O);
+one kernel per key tile accumulates dK and dV over the query tiles, a second per query tile
+accumulates dQ over the key tiles (no atomics, deterministic). Both recompute P from the lse.
+
+Conventions match csrc/include/dalle2_fast/attention.h: bottom-right causal alignment, a
+hidden key scores -inf, a row that sees no key outputs 0 with lse = +inf (so P = 0 there).
+Head dims that are not a power of two (40, 80, 96) are padded inside the kernel: BLOCK_D is the
+next power of two and the extra columns are masked loads (zeros), never stored.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _scores(q, k, offs_m, offs_n, pad_ptr, SQ, SK, qk_scale,
+            HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) scores q k^T in the log2 domain, -inf where the key is hidden."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)
+    s = s * qk_scale
+    valid = offs_n[None, :] < SK
+    if HAS_PAD:
+        pad = tl.load(pad_ptr + offs_n, mask=offs_n < SK, other=1)
+        valid = valid & (pad == 0)[None, :]
+    if CAUSAL:
+        valid = valid & (offs_n[None, :] <= offs_m[:, None] + (SK - SQ))
+    return tl.where(valid, s, float("-inf"))
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, PAD, O, LSE,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, spb,
+    H, SQ, SK, D, qk_scale,
+    HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=(offs_m[:, None] < SQ) & dmask[None, :], other=0.0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    hi = SK
+    if CAUSAL:  # keys past the last row's causal end are hidden from the whole tile
+        hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M + SK - SQ)
+    for n0 in range(0, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n[:, None] < SK) & dmask[None, :]
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
+        s = _scores(q, k, offs_m, offs_n, PAD + b * spb, SQ, SK, qk_scale, HAS_PAD, CAUSAL, PREC)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row hidden so far: no NaN
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    seen = l_i > 0.0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]  # rows that saw no key: acc = 0 -> 0
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, out.to(O.dtype.element_ty),
+             mask=(offs_m[:, None] < SQ) & dmask[None, :])
+    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("inf"))
+    tl.store(LSE + pid_bh * SQ + offs_m, lse, mask=offs_m < SQ)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, PAD, DO, LSE, DELTA, DK, DV,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, spb,
+    H, SQ, SK, D, qk_scale, scale,
+    HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    kv_mask = (offs_n[:, None] < SK) & dmask[None, :]
+    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
+    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    lo = 0
+    if CAUSAL:  # query rows below the tile's first key's causal start never see it
+        lo = tl.maximum(0, pid_n * BLOCK_N - (SK - SQ))
+        lo = (lo // BLOCK_M) * BLOCK_M
+    for m0 in range(lo, SQ, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        qmask = (offs_m[:, None] < SQ) & dmask[None, :]
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=qmask, other=0.0)
+        do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, mask=qmask, other=0.0)
+        lse = tl.load(LSE + pid_bh * SQ + offs_m, mask=offs_m < SQ, other=float("inf")) * 1.4426950408889634
+        delta = tl.load(DELTA + pid_bh * SQ + offs_m, mask=offs_m < SQ, other=0.0)
+        s = _scores(q, k, offs_m, offs_n, PAD + b * spb, SQ, SK, qk_scale, HAS_PAD, CAUSAL, PREC)
+        p = tl.math.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N); 0 if hidden or the row is empty
+        p = tl.where(lse[:, None] == float("inf"), 0.0, p)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+    base = pid_bh * SK * D  # dk, dv are freshly allocated contiguous (B, H, SK, D)
+    omask = (offs_n[:, None] < SK) & dmask[None, :]
+    tl.store(DK + base + offs_n[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=omask)
+    tl.store(DV + base + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, PAD, DO, LSE, DELTA, DQ,
+    sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod, spb,
+    H, SQ, SK, D, qk_scale, scale,
+    HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    qmask = (offs_m[:, None] < SQ) & dmask[None, :]
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=qmask, other=0.0)
+    do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, mask=qmask, other=0.0)
+    lse = tl.load(LSE + pid_bh * SQ + offs_m, mask=offs_m < SQ, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(DELTA + pid_bh * SQ + offs_m, mask=offs_m < SQ, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    hi = SK
+    if CAUSAL:
+        hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M + SK - SQ)
+    for n0 in range(0, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        kv_mask = (offs_n[:, None] < SK) & dmask[None, :]
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+        s = _scores(q, k, offs_m, offs_n, PAD + b * spb, SQ, SK, qk_scale, HAS_PAD, CAUSAL, PREC)
+        p = tl.math.exp2(s - lse[:, None])
+        p = tl.where(lse[:, None] == float("inf"), 0.0, p)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    tl.store(DQ + pid_bh * SQ * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=qmask)
+
+
+def _config(q: torch.Tensor, D: int) -> dict:
+    block_d = max(16, triton.next_power_of_2(D))
+    if q.device.type == "cpu":  # interpreter: small tiles (tl.dot needs >= 16)
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=1)
+    # TODO(perf): autotune on an H100 (no GPU was available when this was written).
+    if block_d <= 64:
+        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
+    if block_d <= 128:
+        return dict(BLOCK_M=128, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=1)
+
+
+def _precision(q: torch.Tensor) -> str:
+    """tl.dot input precision: exact in the interpreter, 3xTF32 (about fp32 accuracy) for
+    float32 on a GPU, native tensor-core math for half types."""
+    if q.device.type == "cpu":
+        return "ieee"
+    return "tf32x3" if q.dtype == torch.float32 else "tf32"
+
+
+def _pad_arg(mask: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
+    if mask is None:
+        return q.new_zeros((1,), dtype=torch.int8), 0, False
+    pad = mask.to(torch.int8).contiguous()  # (B, Sk), 1 = hidden
+    return pad, pad.stride(0), True
+
+
+def _strides(t: torch.Tensor) -> list[int]:
+    return [t.stride(0), t.stride(1), t.stride(2), t.stride(3)]
+
+
+@triton_op("dalle2_fast::attention_fwd_triton", mutates_args=())
+def attention_fwd_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+    causal: bool, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, SQ, D = q.shape
+    SK = k.shape[2]
+    out = torch.zeros_like(q, memory_format=torch.contiguous_format)
+    lse = torch.full((B, H, SQ), float("inf"), dtype=torch.float32, device=q.device)
+    if B * H * SQ == 0 or SK == 0:
+        return out, lse
+    pad, spb, has_pad = _pad_arg(key_padding_mask, q)
+    cfg = _config(q, D)
+    grid = (triton.cdiv(SQ, cfg["BLOCK_M"]), B * H)
+    wrap_triton(_fwd_kernel)[grid](
+        q, k, v, pad, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out), spb,
+        H, SQ, SK, D, scale * LOG2E,
+        HAS_PAD=has_pad, CAUSAL=causal, PREC=_precision(q), **cfg,
+    )
+    return out, lse
+
+
+@triton_op("dalle2_fast::attention_bwd_triton", mutates_args=())
+def attention_bwd_triton(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+    lse: torch.Tensor, key_padding_mask: torch.Tensor | None, causal: bool, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, H, SQ, D = q.shape
+    SK = k.shape[2]
+    dq = torch.zeros((B, H, SQ, D), dtype=q.dtype, device=q.device)
+    dk = torch.zeros((B, H, SK, D), dtype=k.dtype, device=q.device)
+    dv = torch.zeros((B, H, SK, D), dtype=v.dtype, device=q.device)
+    if B * H * SQ == 0 or SK == 0:
+        return dq, dk, dv
+    delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # (B, H, SQ)
+    pad, spb, has_pad = _pad_arg(key_padding_mask, q)
+    cfg = _config(q, D)
+    common = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), spb, H, SQ, SK, D, scale * LOG2E, scale)
+    flags = dict(HAS_PAD=has_pad, CAUSAL=causal, PREC=_precision(q), **cfg)
+    wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(SK, cfg["BLOCK_N"]), B * H)](
+        q, k, v, pad, grad_out, lse, delta, dk, dv, *common, **flags)
+    wrap_triton(_bwd_dq_kernel)[(triton.cdiv(SQ, cfg["BLOCK_M"]), B * H)](
+        q, k, v, pad, grad_out, lse, delta, dq, *common, **flags)
+    return dq, dk, dv
+
+
+__all__ = ["attention_fwd_triton", "attention_bwd_triton"]
