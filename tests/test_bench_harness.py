@@ -8,7 +8,7 @@ import pytest
 from dalle2_fast.bench import cli
 from dalle2_fast.ops._backends import FAMILIES
 
-OP_FAMILY = {"codebook": "nearest_code"}
+OP_FAMILY = {"codebook": "nearest_code", "adagn": "adagn", "attention": "attention"}
 
 
 def _run(tmp_path, ops):

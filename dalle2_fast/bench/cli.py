@@ -23,6 +23,7 @@ FAMILIES = {
     "attention": "dalle2_fast.bench.attention",
     "unet": "dalle2_fast.bench.unet",
     "sampling": "dalle2_fast.bench.sampling",
+    "adagn": "dalle2_fast.bench.adagn",
     "unclip": "dalle2_fast.bench.unclip",
 }
 

@@ -1,7 +1,6 @@
 """Layers built on the kernel ops."""
+from dalle2_fast.nn.adagn import AdaGN
+from dalle2_fast.nn.attention import Attention
 from dalle2_fast.nn.vq import VectorQuantizer, VQOutput
 
-__all__ = ["VectorQuantizer", "VQOutput"]
-from dalle2_fast.nn.attention import Attention  # noqa: E402
-
-__all__ += ["Attention"]
+__all__ = ["AdaGN", "Attention", "VectorQuantizer", "VQOutput"]

@@ -1,9 +1,8 @@
 """The two kernel calls the U-Net family makes, in ONE place each.
 
 Every group norm / AdaGN of the U-Net, the noisy classifier and the unCLIP decoder goes
-through :func:`_adagn`; every attention goes through :func:`_attention`. Today both are plain
-PyTorch; when ``dalle2_fast.ops.adagn`` and ``dalle2_fast.ops.attention`` land, swapping these
-two bodies moves every model onto the fused kernels. Notes for the swap:
+through :func:`_adagn` (``ops.adagn``, the fused kernel); every attention goes through
+:func:`_attention` (``ops.attention``). Notes:
 - under autocast x arrives in bf16/fp16 while the GroupNorm affine stays float32 and
   scale/shift come from a Linear (autocast dtype): cast them to what ``ops.adagn`` accepts;
 - the ResBlock without scale-shift norm calls ``_adagn(h + emb, ...)`` (the add is not fusable);
@@ -14,9 +13,8 @@ two bodies moves every model onto the fused kernels. Notes for the swap:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from dalle2_fast.ops import attention
+from dalle2_fast.ops import adagn, attention
 
 
 def _adagn(
@@ -30,23 +28,17 @@ def _adagn(
     act: str | None = None,
 ) -> torch.Tensor:
     """``act(GroupNorm(x) * (1 + scale) + shift)`` (the ADM form of AdaGN, Dhariwal & Nichol
-    2021, Sec. 3.2), computed in float32 and returned in ``x.dtype``.
+    2021, Sec. 3.2), statistics in float32, returned in ``x.dtype`` (``ops.adagn``).
 
     x: (B, C, *spatial); weight, bias: (C,) GroupNorm affine; scale, shift: (B, C) or None;
     act: None or 'silu'. The seed form ``y_s * GN(x) + y_b`` is ``scale = y_s - 1``.
     """
-    h = F.group_norm(x.float(), num_groups, weight, bias, eps)  # upcast as GroupNorm32 does
-    if scale is not None or shift is not None:
-        view = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
-        if scale is not None:
-            h = h * (1 + scale.float().view(view))
-        if shift is not None:
-            h = h + shift.float().view(view)
-    if act == "silu":
-        h = F.silu(h)
-    elif act is not None:
-        raise ValueError(f"_adagn: act must be None or 'silu', got {act!r}")
-    return h.to(x.dtype)
+    # ops.adagn takes parameters in x's dtype or float32 (statistics are float32 either way);
+    # anything else (e.g. a bf16 scale from an autocast Linear with float32 x) goes to float32.
+    def fit(t):
+        return t if t is None or t.dtype in (x.dtype, torch.float32) else t.float()
+
+    return adagn(x, num_groups, fit(weight), fit(bias), fit(scale), fit(shift), eps, act)
 
 
 def _attention(
