@@ -23,6 +23,7 @@ class ClipTrainConfig:
     warmup: int = 50
     grad_clip: float = 1.0
     seed: int = 0
+    max_minutes: float | None = None  # stop early after this long
 
 
 def train_clip(clip: ClipAdapter, batches: Iterable[tuple[torch.Tensor, Sequence[str]]],
@@ -50,6 +51,9 @@ def train_clip(clip: ClipAdapter, batches: Iterable[tuple[torch.Tensor, Sequence
         prog = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
 
+    import time
+
+    t0 = time.time()
     clip.train()
     losses: list[float] = []
     it = iter(batches)
@@ -68,6 +72,8 @@ def train_clip(clip: ClipAdapter, batches: Iterable[tuple[torch.Tensor, Sequence
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step, losses[-1])
+        if cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes:
+            break
     clip.eval()
     return losses
 

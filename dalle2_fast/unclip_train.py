@@ -159,7 +159,8 @@ def _train_clip_stage(r: UnCLIPRecipe, x_base, captions, log) -> ClipAdapter:
             i = _batch_idx(gc, n, r.clip.batch_size)
             yield x_base[i], [captions[j] for j in i.tolist()]
 
-    train_clip(clip, clip_batches(), ClipTrainConfig(steps=r.clip.steps, lr=r.clip.lr, warmup=50, seed=r.seed),
+    train_clip(clip, clip_batches(), ClipTrainConfig(steps=r.clip.steps, lr=r.clip.lr, warmup=50, seed=r.seed,
+                                                     max_minutes=r.clip.max_minutes),
                on_step=lambda s, v: log("clip", s, v))
     return clip.eval().requires_grad_(False)
 

@@ -179,3 +179,18 @@ def test_training_lowers_loss_and_learns_zero_shot(tok, tmp_path):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
     after = zero_shot_accuracy(clip, x, labels, PROMPTS)
     assert after >= 0.4 and after > before + 0.2, (before, after)  # 8 prompts: chance is 0.125
+
+
+def test_training_time_limit(tok):
+    """max_minutes stops the loop (the recipe's wall-clock budget): here after the first step."""
+    torch.manual_seed(0)
+    clip = ClipAdapter.create(TINY_SHAPES_MODEL, tokenizer=tok)
+    g = torch.Generator().manual_seed(0)
+
+    def batches():
+        while True:
+            x, caps, _ = toy_batch(8, g)
+            yield x, caps
+
+    losses = train_clip(clip, batches(), ClipTrainConfig(steps=1000, max_minutes=0.0))
+    assert len(losses) == 1
