@@ -80,13 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="kernel benchmarks (arguments go to the harness)")
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
     b.set_defaults(func=_bench)
+
+    u = sub.add_parser("unclip", help="unCLIP: `unclip train --out DIR`, `unclip sample PROMPT... --pipeline DIR`")
+    u.add_argument("unclip_args", nargs=argparse.REMAINDER)
+    u.set_defaults(func=_unclip)
     return p
+
+
+def _unclip(args: argparse.Namespace) -> int:
+    from dalle2_fast import unclip_cli
+
+    return unclip_cli.main(args.unclip_args) or 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # everything after 'bench' belongs to the harness, options included
         return _bench(argparse.Namespace(bench_args=argv[1:])) or 0
+    if argv[:1] == ["unclip"]:  # likewise for the unCLIP commands
+        return _unclip(argparse.Namespace(unclip_args=argv[1:]))
     args = build_parser().parse_args(argv)
     rc = args.func(args)
     return rc if isinstance(rc, int) else 0

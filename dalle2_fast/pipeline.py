@@ -96,8 +96,8 @@ class UnCLIPPipeline:
             path = shipped_weights_dir()
             if path is None:
                 raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: this install ships no weights ({SHIPPED_DIR} "
-                                        "is missing); train them with `dalle2-fast train unclip` and pass the "
-                                        "pipeline directory")
+                                        "is missing); train them with `dalle2-fast unclip train --out DIR` and pass "
+                                        "--pipeline DIR")
         path = Path(path)
         manifest = path / "unclip.json"
         if not manifest.is_file():

@@ -1,11 +1,8 @@
-"""Command-line glue for unCLIP, until ``dalle2-fast`` wires it in:
+"""The unCLIP commands, reached as ``dalle2-fast unclip ...`` (or ``python -m dalle2_fast.unclip_cli``):
 
-    python -m dalle2_fast.unclip_cli train --out runs/unclip --seed 0 [--scale 1.0] [--max-minutes 30]
-    python -m dalle2_fast.unclip_cli train-clip --out runs/clip --seed 0
-    python -m dalle2_fast.unclip_cli sample "a red circle above a blue square" -n 16 -o samples.png [--pipeline DIR]
-
-``dalle2-fast train unclip|clip`` and ``dalle2-fast sample "<prompt>"`` should call
-:func:`run` with the same arguments.
+    dalle2-fast unclip train --out runs/unclip --seed 0 [--scale 1.0] [--max-minutes 30]
+    dalle2-fast unclip train-clip --out runs/clip --seed 0
+    dalle2-fast unclip sample "a red circle above a blue square" -n 16 -o samples.png [--pipeline DIR]
 """
 from __future__ import annotations
 
