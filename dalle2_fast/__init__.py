@@ -5,3 +5,11 @@ Layers (imports point down): cli -> pipeline -> models -> diffusion -> nn -> ops
 __version__ = "0.1.0"
 
 from dalle2_fast import ops  # noqa: F401  (registers the custom ops)
+
+
+def __getattr__(name):  # lazy: the pipeline pulls in open_clip
+    if name == "UnCLIPPipeline":
+        from dalle2_fast.pipeline import UnCLIPPipeline
+
+        return UnCLIPPipeline
+    raise AttributeError(f"module 'dalle2_fast' has no attribute {name!r}")

@@ -7,10 +7,18 @@ import sys
 
 def _train(args):
     from dalle2_fast.train.loop import train
+    from dalle2_fast.train.validate import check_train_args
+    check_train_args(args)
     train(args)
 
 
 def _sample(args):
+    from dalle2_fast.train.validate import check_sample_args
+    check_sample_args(args)
+    if args.images_dir:  # one PNG per image, seeds sharded over torchrun ranks
+        from dalle2_fast.train.sample_images import sample_images
+        sample_images(args)
+        return
     from dalle2_fast.train.sample import sample
     sample(args)
 
@@ -74,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classifier", default=None, help="--guidance classifier: a noisy classifier checkpoint")
     s.add_argument("--metrics", default=None, help="diffusion models: write the detector's recognition rate "
                                                    "of the samples (of their labels) to this JSON file")
+    s.add_argument("--images-dir", default=None, help="write one PNG per image here instead of a grid "
+                   "(under torchrun: batches sharded over ranks, each image written once)")
+    s.add_argument("--batch-size", type=int, default=64, help="with --images-dir: images per batch")
     s.set_defaults(func=_sample)
 
     i = sub.add_parser("info", help="backends, extension and devices")
@@ -82,17 +93,41 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="kernel benchmarks (arguments go to the harness)")
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
     b.set_defaults(func=_bench)
+
+    u = sub.add_parser("unclip", help="unCLIP: `unclip train --out DIR`, `unclip sample PROMPT... --pipeline DIR`")
+    u.add_argument("unclip_args", nargs=argparse.REMAINDER)
+    u.set_defaults(func=_unclip)
     return p
+
+
+def _unclip(args: argparse.Namespace) -> int:
+    from dalle2_fast import unclip_cli
+
+    return unclip_cli.main(args.unclip_args) or 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # everything after 'bench' belongs to the harness, options included
         return _bench(argparse.Namespace(bench_args=argv[1:])) or 0
+    if argv[:1] == ["unclip"]:  # likewise for the unCLIP commands
+        return _unclip(argparse.Namespace(unclip_args=argv[1:]))
     args = build_parser().parse_args(argv)
     rc = args.func(args)
     return rc if isinstance(rc, int) else 0
 
 
+def console(argv: list[str] | None = None) -> int:
+    """The `dalle2-fast` command: `main`, with bad input reported as one line (exit 2) instead of
+    a traceback. Library callers and tests use `main`, which raises."""
+    from dalle2_fast.checkpoint import CheckpointError
+
+    try:
+        return main(argv)
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as e:
+        print(f"dalle2-fast: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -90,9 +90,15 @@ def _check_budget(backend, dtype, shape, groups, layout, act, g, offset=0.0):
     assert layout != "strided" or not x.is_contiguous()
     if layout == "cl" and backend != "torch":
         assert ours[0].stride() == x.stride(), "channels-last in must give channels-last out"
+    # dx carries 1/sqrt(var + eps) of each group: float32 rounding of the normalised values is
+    # amplified by it (large for near-constant groups, e.g. one element per group).
+    xg = x.double().reshape(shape[0], groups, -1)
+    amp = (xg.var(-1, unbiased=False) + 1e-5).rsqrt().max().item()
     for name, o, r, t in zip(NAMES, ours, ref, low):
         assert o.shape == r.shape, name
         scale = r.abs().max().item() + 1.0
+        if name == "dx":
+            scale += amp * dy.abs().max().item()
         err = (o.double() - r).abs().max().item()
         torch_err = (t.double() - r).abs().max().item()
         budget = 3 * torch_err + 8 * EPS[dtype] * scale

@@ -25,6 +25,7 @@ FAMILIES = {
     "sampling": "dalle2_fast.bench.sampling",
     "adagn": "dalle2_fast.bench.adagn",
     "vqvae2": "dalle2_fast.bench.vqvae2",
+    "unclip": "dalle2_fast.bench.unclip",
 }
 
 

@@ -1,4 +1,5 @@
-"""Datasets: the embedded captioned shapes (default) and image folders (real data)."""
+"""Datasets (the embedded captioned shapes, the default; image folders for real data) and the
+upsamplers' degradation transforms (``dalle2_fast.data.degradations``)."""
 from dalle2_fast.data.folder import ImageFolderDataset
 from dalle2_fast.data.shapes import COLOURS, NUM_CLASSES, SHAPES, Obj, ShapesDataset, caption_for, tokenize
 

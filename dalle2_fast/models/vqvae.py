@@ -52,6 +52,12 @@ def init_codebook(vq: VectorQuantizer, z: torch.Tensor) -> None:
     if not vq.training or bool(vq.initialised):
         return
     flat = z.detach().movedim(1, -1).reshape(-1, vq.dim).float()  # (N, D)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # data-parallel: pick from the global batch (ranks' shards in rank order), with the same
+        # RNG draws on every rank -> the codebook one process gets from the whole batch
+        parts = [torch.empty_like(flat) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(parts, flat.contiguous())
+        flat = torch.cat(parts)
     pick = torch.randint(0, flat.shape[0], (vq.num_codes,), device=flat.device)
     new = flat[pick] + 1e-3 * torch.randn(vq.num_codes, vq.dim, device=flat.device)
     vq.embedding.data.copy_(new.to(vq.embedding.dtype))

@@ -41,24 +41,37 @@ def adagn_ref(
     upcast: bool = False,
 ) -> torch.Tensor:
     """Plain-PyTorch AdaGN (test oracle, ``torch`` backend, benchmark baseline):
-    ``F.group_norm`` -> ``* (1 + scale) + shift`` -> ``silu``.
+    group norm -> ``* (1 + scale) + shift`` -> ``silu``.
 
-    x: (B, C, *S); weight/bias: (C,); scale/shift: (B, C). With ``upcast`` everything is
-    computed and returned in float64; otherwise in x's dtype (parameters cast to it).
+    x: (B, C, *S); weight/bias: (C,); scale/shift: (B, C). Statistics are two-pass (mean, then
+    the mean square of x - mean: no cancellation on inputs with a large mean) in float32, or
+    float64 with ``upcast`` / float64 inputs. With ``upcast`` the result is float64, otherwise
+    x's dtype, in x's memory format. (Written out rather than ``F.group_norm``, which refuses
+    one-element groups and loses precision on large-mean channels-last input.)
     """
-    dt = torch.float64 if upcast else x.dtype
-
-    def cast(t):
-        return None if t is None else t.to(dt)
-
-    h = F.group_norm(x.to(dt), num_groups, cast(weight), cast(bias), eps)
-    bshape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)  # (B, C, 1, ...)
+    acc = torch.float64 if (upcast or x.dtype == torch.float64) else torch.float32
+    B, C = x.shape[0], x.shape[1]
+    xg = x.to(acc).reshape(B, num_groups, x[0:1].numel() // num_groups)  # (B, G, C/G * prod(S))
+    mean = xg.mean(-1, keepdim=True)
+    centred = xg - mean
+    var = centred.square().mean(-1, keepdim=True)
+    h = (centred * torch.rsqrt(var + eps)).reshape(x.shape)
+    cshape = (1, C) + (1,) * (x.dim() - 2)  # (1, C, 1, ...)
+    bshape = (B, C) + (1,) * (x.dim() - 2)  # (B, C, 1, ...)
+    if weight is not None:
+        h = h * weight.to(acc).reshape(cshape)
+    if bias is not None:
+        h = h + bias.to(acc).reshape(cshape)
     if scale is not None:
-        h = h * (1 + scale.to(dt).reshape(bshape))
+        h = h * (1 + scale.to(acc).reshape(bshape))
     if shift is not None:
-        h = h + shift.to(dt).reshape(bshape)
+        h = h + shift.to(acc).reshape(bshape)
     if act == "silu":
         h = F.silu(h)
+    h = h if upcast else h.to(x.dtype)
+    for fmt, dims in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if x.dim() == dims and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+            h = h.contiguous(memory_format=fmt)
     return h
 
 

@@ -34,7 +34,7 @@ MAX_HEAD_DIM = 256
 
 # Measured on the 2-core AVX-512 development VM (shared, so absolute rates vary with load),
 # (B, H, S, D) = (4, 8, 1024, 64) float32 forward, SDPA timed in the same run:
-#   `python -m dalle2_fast.bench --ops attention` (benchmarks/results/attention-cpu.md):
+#   `python -m dalle2_fast.bench --ops attention` (benchmarks/results/cpu-xeon-2core/attention-cpu.md):
 #   SDPA 40.5 GFLOP/s, our C++ flash kernel 13.4 GFLOP/s (0.33x); forward + backward 0.54x;
 #   an earlier standalone timing on the same VM under less load: SDPA 0.21 TFLOP/s, C++ 0.02-0.06.
 # SDPA wins everywhere measured, so the `cpu` backend runs SDPA.

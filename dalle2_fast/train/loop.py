@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from tqdm import tqdm
 
 from dalle2_fast.checkpoint import atomic_write_text, latest_training_state, load_training_state, save_training_state
 from dalle2_fast.data import ImageFolderDataset, ShapesDataset
+from dalle2_fast.train import distributed as D
 from dalle2_fast.train.plots import plot_losses, save_grid
+from dalle2_fast.train.signals import StopRequest
 from dalle2_fast.train.tasks import TASKS
 
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out images come from a different seed than training
@@ -43,12 +46,15 @@ def train(args: argparse.Namespace) -> Path:
     if args.model not in TASKS:
         raise ValueError(f"train: unknown model {args.model!r}; choose from {sorted(TASKS)}")
     task = TASKS[args.model]
+    info = D.setup()
+    D.local_batch_size(info, args.batch_size)
     torch.manual_seed(args.seed)
     out = Path(args.out or f"runs/{args.model}")
     out.mkdir(parents=True, exist_ok=True)
     data, held_ds = make_datasets(args.data, args.resolution, args.seed, args.eval_size)
     model = task.build(args)
     lr = args.lr if args.lr is not None else task.default_lr
+    step_model = D.wrap_model(model, info, args.model)  # DDP under torchrun, else the model itself
     opts = task.optimizers(model, lr)
     start = 0
     if args.resume:
@@ -61,11 +67,12 @@ def train(args: argparse.Namespace) -> Path:
             raise ValueError(f"--resume: checkpoint was written with batch size "
                              f"{state['data_position'] // max(start, 1)}, not {args.batch_size}")
     cfg = {k: v for k, v in vars(args).items() if k != "func"}
-    atomic_write_text(out / "train_config.json", json.dumps(dict(cfg, lr=lr), indent=2, default=str))
+    if info.is_main:
+        atomic_write_text(out / "train_config.json", json.dumps(dict(cfg, lr=lr), indent=2, default=str))
 
     csv_path = out / "loss.csv"
     fields, rows = _read_rows(csv_path, start) if args.resume else ([], [])
-    f = open(csv_path, "w", newline="")
+    f = open(csv_path if info.is_main else os.devnull, "w", newline="")
     writer = None
     if fields:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -74,9 +81,10 @@ def train(args: argparse.Namespace) -> Path:
     t0 = time.time()
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.model, disable=args.quiet)
     step = start - 1
+    stop = StopRequest().__enter__()
     for step in bar:
-        batch = data.batch(step * args.batch_size, args.batch_size)
-        logs = task.step(model, batch, opts)
+        batch = D.shard_batch(data, info, step, args.batch_size) if info.enabled else data.batch(step * args.batch_size, args.batch_size)
+        logs = D.reduce_logs(task.step(step_model, batch, opts), info)
         if writer is None:
             writer = csv.DictWriter(f, fieldnames=["step", *logs])
             writer.writeheader()
@@ -84,12 +92,24 @@ def train(args: argparse.Namespace) -> Path:
         if (step + 1) % 10 == 0:
             f.flush()
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
-        out_of_time = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or out_of_time:
+        out_of_time = D.any_rank(args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
+                                 or stop.signum is not None, info)
+        if ((step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or out_of_time) and info.is_main:
+            f.flush()  # the loss rows up to a checkpoint survive a SIGKILL after it
             save_training_state(out, step + 1, model, opts, (step + 1) * args.batch_size, keep_last=args.keep_last)
-        if out_of_time:  # stop here; --resume continues towards --steps
+        if out_of_time:  # stop here (time limit or SIGTERM/SIGINT); --resume continues towards --steps
             break
+    stop.__exit__()
     f.close()
+    D.barrier(info)
+    if stop.signum is not None or not info.is_main:
+        D.teardown(info)
+        if stop.signum is not None:
+            print(f"train: signal {stop.signum} received; checkpoint written at step {step + 1}, exiting", flush=True)
+            raise SystemExit(stop.exit_code)
+        return out
+    model = model.cpu() if info.enabled else model
+    D.teardown(info)
     train_s = time.time() - t0
 
     model.save_pretrained(out / "final")

@@ -1,0 +1,345 @@
+"""CLIP for unCLIP: an adapter over open_clip, local weights only.
+
+unCLIP (Ramesh et al. 2022, Sec. 2) works in the latent space of a frozen CLIP: the priors map a
+caption to a CLIP image embedding ``z_i`` and the decoder inverts it. This module gives every
+later stage the three things it reads from CLIP, for any open_clip architecture:
+
+- ``TextEncoding.tokens``: the text transformer's final-layer token features (after
+  ``ln_final``, before the projection), ``(B, L, W)``, with ``mask`` ``(B, L)`` for real tokens
+  (the prior's "encoded text" and the decoder's cross-attention context);
+- ``TextEncoding.embed``: the pooled, projected text embedding ``z_t``, L2-normalised, ``(B, D)``;
+- ``encode_image``: the image embedding ``z_i``, L2-normalised, ``(B, D)``.
+
+Embeddings are unit-norm as in the paper (CLIP's cosine space); the diffusion prior rescales them
+to unit variance itself.
+
+Weights come only from local files: a directory written by :meth:`ClipAdapter.save` (open_clip's
+own ``local-dir:`` layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``), or a
+weights file together with an open_clip model name. Nothing is ever downloaded; a missing file is
+a ``FileNotFoundError`` naming the path.
+
+The embedded default is ``dalle2fast-shapes-tiny`` (``configs/open_clip/``, registered with
+``open_clip.add_model_config``): a ViT (32 px, patch 4, 3 layers, width 128) and a 3-layer
+text transformer over a word-level vocabulary fitted to the shapes captions (:class:`WordTokenizer`);
+about 1.2 M parameters (5 MB in float32). Train it with :func:`dalle2_fast.clip_train.train_clip`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TINY_SHAPES_MODEL = "dalle2fast-shapes-tiny"
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+_CONFIG_DIR = Path(__file__).parent / "configs" / "open_clip"
+_registered = False
+
+
+def register_configs() -> None:
+    """Make the package's open_clip configs (``dalle2fast-*``) known to ``open_clip``."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(_CONFIG_DIR)
+        _registered = True
+
+
+@contextmanager
+def _offline():
+    """Forbid Hugging Face hub access while open_clip builds a model (no downloads, ever)."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class WordTokenizer:
+    """A word-level tokenizer for small closed vocabularies (the shapes captions).
+
+    ids: 0 = pad, 1 = start, 2 = unknown word, 3.. = words, ``vocab_size - 1`` = end. The end id is
+    the largest, so open_clip's ``argmax`` pooling picks the end-of-text token, as with its BPE.
+    Callable like open_clip's tokenizers: ``tok(texts) -> LongTensor (B, context_length)``.
+    """
+
+    PAD, SOT, UNK = 0, 1, 2
+    _split = re.compile(r"[a-z0-9]+")
+
+    def __init__(self, words: Sequence[str], vocab_size: int, context_length: int):
+        words = list(words)
+        if len(set(words)) != len(words):
+            raise ValueError("WordTokenizer: words must be unique")
+        if len(words) + 4 > vocab_size:
+            raise ValueError(
+                f"WordTokenizer: {len(words)} words need vocab_size >= {len(words) + 4}, got {vocab_size}")
+        if context_length < 3:
+            raise ValueError(f"WordTokenizer: context_length must be >= 3, got {context_length}")
+        self.words = words
+        self.vocab_size = vocab_size
+        self.context_length = context_length
+        self.eot_token_id = vocab_size - 1
+        self.sot_token_id = self.SOT
+        self.pad_token_id = self.PAD
+        self._ids = {w: i + 3 for i, w in enumerate(words)}
+
+    @classmethod
+    def fit(cls, captions: Sequence[str], vocab_size: int, context_length: int) -> "WordTokenizer":
+        """The sorted set of words in ``captions``."""
+        words = sorted({w for c in captions for w in cls._split.findall(c.lower())})
+        return cls(words, vocab_size, context_length)
+
+    def split(self, text: str) -> list[str]:
+        return self._split.findall(text.lower())
+
+    def unknown_words(self, text: str) -> list[str]:
+        return [w for w in self.split(text) if w not in self._ids]
+
+    def encode(self, text: str) -> list[int]:
+        return [self._ids.get(w, self.UNK) for w in self.split(text)]
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        n = context_length or self.context_length
+        out = torch.zeros(len(texts), n, dtype=torch.long)
+        for i, t in enumerate(texts):
+            ids = [self.SOT] + self.encode(t)[: n - 2] + [self.eot_token_id]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"type": "word", "words": self.words, "vocab_size": self.vocab_size,
+                "context_length": self.context_length}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WordTokenizer":
+        if d.get("type") != "word":
+            raise ValueError(f"WordTokenizer.from_dict: expected type 'word', got {d.get('type')!r}")
+        return cls(d["words"], d["vocab_size"], d["context_length"])
+
+
+@dataclass
+class TextEncoding:
+    """CLIP's view of a batch of captions.
+
+    tokens: (B, L, W) final-layer token features; mask: (B, L) bool, True on real tokens
+    (start .. end); embed: (B, D) pooled projected embedding z_t, L2-normalised.
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    embed: torch.Tensor
+
+
+class ClipAdapter(nn.Module):
+    """A frozen-or-trainable open_clip model plus its tokenizer, with unCLIP's encoders.
+
+    Images are ``(B, 3, H, W)`` floats in ``[-1, 1]`` (the diffusion convention); they are resized
+    to the model's input size and normalised with the model's mean/std here.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, model_cfg: dict, model_name: str = ""):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_cfg = model_cfg
+        self.model_name = model_name
+        pp = getattr(model.visual, "preprocess_cfg", None) or {}
+        size = pp.get("size", model_cfg["vision_cfg"].get("image_size", 224))
+        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        mean = pp.get("mean", (0.48145466, 0.4578275, 0.40821073))
+        std = pp.get("std", (0.26862954, 0.26130258, 0.27577711))
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._custom_text = hasattr(model, "text")
+        if self._custom_text:
+            model.text.output_tokens = True
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, model_name: str = TINY_SHAPES_MODEL, tokenizer=None) -> "ClipAdapter":
+        """A randomly initialised open_clip architecture (for training), e.g. the tiny shapes one.
+
+        ``tokenizer``: defaults to open_clip's tokenizer for the architecture; the tiny config needs
+        a :class:`WordTokenizer` whose ``vocab_size`` and ``context_length`` match the config.
+        """
+        import open_clip
+
+        register_configs()
+        cfg = open_clip.get_model_config(model_name)
+        if cfg is None:
+            raise ValueError(f"ClipAdapter.create: unknown open_clip model {model_name!r}")
+        _check_tokenizer(tokenizer, cfg, model_name)
+        with _offline():
+            model = open_clip.create_model(model_name, pretrained=None, load_weights=False,
+                                           pretrained_text=False, pretrained_image=False)
+            if tokenizer is None:
+                tokenizer = open_clip.get_tokenizer(model_name)
+        return cls(model, tokenizer, cfg, model_name)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model_name: str | None = None,
+             device: str | torch.device = "cpu") -> "ClipAdapter":
+        """Load CLIP from local files only.
+
+        path: a directory holding ``open_clip_config.json`` and weights (what :meth:`save` writes, or
+        any open_clip ``local-dir``), or a weights file (``.safetensors``/``.pt``/``.bin``) with
+        ``model_name`` naming its open_clip architecture (e.g. ``"ViT-B-32"``).
+        """
+        import open_clip
+
+        register_configs()
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"ClipAdapter.load: no CLIP weights at {path} (weights are never downloaded; "
+                                    "pass a local file or directory)")
+        if path.is_dir():
+            cfg_path = path / CONFIG_FILE
+            if not cfg_path.is_file():
+                raise FileNotFoundError(f"ClipAdapter.load: {path} is missing {CONFIG_FILE}")
+            if not any(any(path.glob(p)) for p in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
+                raise FileNotFoundError(f"ClipAdapter.load: {path} has a config but no weights file "
+                                        f"(expected {WEIGHTS_FILE})")
+            full = json.loads(cfg_path.read_text())
+            extra = full.get("dalle2_fast", {})
+            with _offline():
+                model = open_clip.create_model(f"local-dir:{path}", device=device)
+                tok_cfg = extra.get("tokenizer")
+                tokenizer = (WordTokenizer.from_dict(tok_cfg) if tok_cfg
+                             else open_clip.get_tokenizer(f"local-dir:{path}"))
+            return cls(model, tokenizer, full["model_cfg"], extra.get("model_name", str(path))).to(device)
+        if model_name is None:
+            raise ValueError(f"ClipAdapter.load: {path} is a weights file; pass model_name (its open_clip "
+                             f"architecture, one of open_clip.list_models())")
+        cfg = open_clip.get_model_config(model_name)
+        if cfg is None:
+            raise ValueError(f"ClipAdapter.load: unknown open_clip model {model_name!r}")
+        with _offline():
+            model = open_clip.create_model(model_name, pretrained=str(path), device=device,
+                                           pretrained_text=False, pretrained_image=False)
+            tokenizer = open_clip.get_tokenizer(model_name)
+        return cls(model, tokenizer, cfg, model_name).to(device)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write an open_clip ``local-dir`` (loadable by ``open_clip.create_model('local-dir:...')``)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        extra = {"model_name": self.model_name}
+        if isinstance(self.tokenizer, WordTokenizer):
+            extra["tokenizer"] = self.tokenizer.to_dict()
+        pp = {k: (list(v) if isinstance(v, tuple) else v)
+              for k, v in getattr(self.model.visual, "preprocess_cfg", {}).items()}
+        cfg = {"model_cfg": self.model_cfg, "preprocess_cfg": pp, "dalle2_fast": extra}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        tmp_w, tmp_c = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
+        save_file(state, str(tmp_w))
+        tmp_c.write_text(json.dumps(cfg, indent=2))
+        os.replace(tmp_w, path / WEIGHTS_FILE)
+        os.replace(tmp_c, path / CONFIG_FILE)
+        return path
+
+    # ---- properties ---------------------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model_cfg["embed_dim"])
+
+    @property
+    def text_width(self) -> int:
+        """W, the width of :attr:`TextEncoding.tokens`."""
+        if self._custom_text:
+            t = self.model.text
+            return int(getattr(t, "width", None) or t.transformer.width)
+        return int(self.model.transformer.width)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.context_length if not self._custom_text else self.model.text.context_length)
+
+    # ---- encoders -----------------------------------------------------------------------------
+    def tokenize(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """Token ids, (B, context_length) int64, on this module's device."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not all(isinstance(p, str) for p in prompts):
+            raise TypeError("ClipAdapter.tokenize: prompts must be a string or a list of strings")
+        return self.tokenizer(list(prompts), context_length=self.context_length).to(self.mean.device)
+
+    def _pad_id(self) -> int:
+        if self._custom_text:
+            return int(getattr(self.model.text, "pad_id", 0) or 0)
+        return 0
+
+    def encode_text(self, text: str | Sequence[str] | torch.Tensor) -> TextEncoding:
+        """Token features, mask and normalised pooled embedding for prompts or token ids (B, L)."""
+        ids = text if isinstance(text, torch.Tensor) else self.tokenize(text)
+        if ids.dim() != 2 or ids.dtype != torch.long:
+            raise ValueError(f"ClipAdapter.encode_text: token ids must be (B, L) int64, got "
+                             f"{tuple(ids.shape)} {ids.dtype}")
+        if self._custom_text:
+            pooled, tokens = self.model.text(ids)
+        else:
+            m = self.model
+            cast = m.transformer.get_cast_dtype()
+            x = m.token_embedding(ids).to(cast) + m.positional_embedding.to(cast)  # (B, L, W)
+            x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))
+            tokens = x
+            pooled = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]  # end token
+            if m.text_pool_type != "argmax":
+                from open_clip.transformer import text_global_pool
+
+                pooled = text_global_pool(x, ids, m.text_pool_type, getattr(m, "text_eos_id", None))
+            if m.text_projection is not None:
+                pooled = (m.text_projection(pooled) if isinstance(m.text_projection, nn.Linear)
+                          else pooled @ m.text_projection)
+        mask = ids != self._pad_id()
+        mask[:, 0] = True
+        return TextEncoding(tokens=tokens.float(), mask=mask, embed=F.normalize(pooled.float(), dim=-1))
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> the model's input: resized, mean/std normalised."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"ClipAdapter: images must be (B, 3, H, W), got {tuple(images.shape)}")
+        x = (images.float() + 1) / 2
+        if tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
+        return (x - self.mean) / self.std
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """z_i: (B, D), L2-normalised, for images (B, 3, H, W) in [-1, 1]."""
+        return F.normalize(self.model.encode_image(self.preprocess(images)).float(), dim=-1)
+
+    def forward(self, images: torch.Tensor, text_ids: torch.Tensor):
+        """(image_features, text_features, logit_scale): what open_clip's ``ClipLoss`` takes."""
+        return (self.encode_image(images), self.encode_text(text_ids).embed, self.model.logit_scale.exp())
+
+
+def _check_tokenizer(tokenizer, cfg: dict, name: str) -> None:
+    tc = cfg["text_cfg"]
+    if tokenizer is None:
+        if name.startswith("dalle2fast-"):
+            raise ValueError(f"ClipAdapter.create: {name} needs a WordTokenizer (fit one on the training captions "
+                             f"with WordTokenizer.fit(captions, vocab_size={tc.get('vocab_size')}, "
+                             f"context_length={tc.get('context_length')}))")
+        return
+    vs = getattr(tokenizer, "vocab_size", None)
+    if vs is not None and vs != tc.get("vocab_size", vs):
+        raise ValueError(f"ClipAdapter.create: tokenizer vocab_size {vs} != model text_cfg.vocab_size "
+                         f"{tc.get('vocab_size')}")

@@ -1,0 +1,366 @@
+"""The ``dalle2-fast train unclip`` recipe: CLIP, prior, decoder and upsamplers on the shapes data.
+
+Stages, in order, each from the one seed (``UnCLIPRecipe.seed``):
+
+1. the tiny open_clip (``dalle2fast-shapes-tiny``, word tokenizer over the shapes vocabulary),
+   contrastive (open_clip's ``ClipLoss``), on base-resolution images and their captions;
+2. the diffusion prior on (caption -> CLIP image embedding) pairs from the frozen CLIP;
+3. the decoder on (image, z_i, caption tokens);
+4. the upsamplers, each on (high-res, its degraded low-res) pairs.
+
+Training images are rendered once (``n_train`` items of ``ShapesDataset(seed)``, at every
+resolution of the cascade). With fixed step counts the result is a function of the seed
+(``max_minutes`` per stage trades that for a wall-clock bound). The output directory holds the
+``UnCLIPPipeline`` (``pipeline/``, loadable with ``UnCLIPPipeline.from_pretrained``) and
+``log.csv`` (stage, step, loss).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dalle2_fast.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer
+from dalle2_fast.clip_train import ClipTrainConfig, train_clip
+
+
+@dataclass
+class Stage:
+    steps: int
+    batch_size: int = 64
+    lr: float = 1e-3
+    max_minutes: float | None = None  # stop early after this long (breaks seed-exactness)
+
+
+@dataclass
+class UnCLIPRecipe:
+    seed: int = 0
+    n_train: int = 20000
+    base_res: int = 32
+    upsample_res: tuple[int, ...] = (64, 128)   # the two upsamplers (the paper: 64 -> 256 -> 1024)
+    max_objects: int = 2
+    clip: Stage = field(default_factory=lambda: Stage(1500, 128, 1e-3))
+    prior: Stage = field(default_factory=lambda: Stage(3000, 128, 3e-4))
+    decoder: Stage = field(default_factory=lambda: Stage(4000, 32, 3e-4))
+    upsampler: Stage = field(default_factory=lambda: Stage(1000, 16, 3e-4))
+    prior_kind: str = "diffusion"               # 'diffusion' | 'ar' (autoregressive prior)
+    prior_width: int = 128
+    prior_layers: int = 4
+    decoder_channels: int = 48
+    decoder_res_blocks: int = 1
+    upsampler_channels: int = 32
+
+
+def build_clip(r: UnCLIPRecipe) -> ClipAdapter:
+    from dalle2_fast.data.shapes import VOCAB
+
+    tok = WordTokenizer([w for w in VOCAB if w != "<pad>"], vocab_size=128, context_length=24)
+    return ClipAdapter.create(TINY_SHAPES_MODEL, tokenizer=tok)
+
+
+def build_prior(r: UnCLIPRecipe, clip: ClipAdapter):
+    from dalle2_fast.models.prior import ARPriorConfig, AutoregressivePrior, DiffusionPrior, DiffusionPriorConfig
+
+    if r.prior_kind == "ar":
+        return AutoregressivePrior(ARPriorConfig(clip_dim=clip.embed_dim, text_width=clip.text_width,
+                                                 text_len=clip.context_length, n_components=32, n_buckets=64,
+                                                 n_dot_buckets=8, width=r.prior_width, layers=r.prior_layers,
+                                                 heads=max(1, r.prior_width // 64)))
+    if r.prior_kind != "diffusion":
+        raise ValueError(f"UnCLIPRecipe.prior_kind must be 'diffusion' or 'ar', got {r.prior_kind!r}")
+    return DiffusionPrior(DiffusionPriorConfig(clip_dim=clip.embed_dim, text_width=clip.text_width,
+                                               text_len=clip.context_length, width=r.prior_width,
+                                               layers=r.prior_layers, heads=max(1, r.prior_width // 64)))
+
+
+def build_decoder(r: UnCLIPRecipe, clip: ClipAdapter):
+    from dalle2_fast.models.decoder import DecoderConfig, UnCLIPDecoder
+    from dalle2_fast.models.unet import UNetConfig
+
+    mc = r.decoder_channels
+    unet = UNetConfig(image_size=r.base_res, in_channels=3, model_channels=mc, channel_mult=(1, 2, 2),
+                      num_res_blocks=r.decoder_res_blocks, attention_resolutions=(r.base_res // 2, r.base_res // 4),
+                      num_head_channels=min(32, mc), learn_sigma=True, use_scale_shift_norm=True,
+                      resblock_updown=True, cond_dim=clip.embed_dim, context_dim=mc * 2, cond_tokens=4,
+                      num_groups=min(32, mc // 2))
+    return UnCLIPDecoder(DecoderConfig(unet=unet, clip_dim=clip.embed_dim, text_width=clip.text_width,
+                                       text_len=clip.context_length))
+
+
+def build_upsampler(r: UnCLIPRecipe, low: int, high: int, k: int):
+    from dalle2_fast.models.unet import UNetConfig
+    from dalle2_fast.models.upsampler import UnCLIPUpsampler, UpsamplerConfig
+
+    uc = r.upsampler_channels
+    ucfg = UNetConfig(image_size=high, in_channels=3, low_res_channels=3, model_channels=uc, channel_mult=(1, 2, 2),
+                      num_res_blocks=1, attention_resolutions=(), use_scale_shift_norm=True,
+                      num_groups=min(32, uc // 2))
+    crop = high // 2 if high >= 64 else 0
+    return UnCLIPUpsampler(UpsamplerConfig(unet=ucfg, low_res=low, high_res=high,
+                                           augment="blur" if k == 0 else "bsr", train_crop=crop))
+
+
+PIPELINE_DEFAULTS = dict(prior_steps=32, decoder_steps=25, upsampler_steps=8, prior_guidance=1.0,
+                         decoder_guidance=3.0)
+
+
+def _render(seed: int, n: int, res: int, max_objects: int) -> tuple[torch.Tensor, list[str]]:
+    from dalle2_fast.data.shapes import ShapesDataset
+
+    ds = ShapesDataset(resolution=res, seed=seed, size=n, min_objects=1, max_objects=max_objects)
+    b = ds.batch(0, n)
+    return b["image"], b["caption"]
+
+
+def _adam(params, lr):
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def _loop(name: str, stage: Stage, step_fn: Callable[[int, torch.Generator], torch.Tensor], params, seed: int,
+          log: Callable[[str, int, float], None]) -> None:
+    """AdamW with a short warmup and cosine decay; ``step_fn(step, generator) -> loss``."""
+    opt = _adam(params, stage.lr)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    warm = max(1, min(100, stage.steps // 20))
+    for step in range(stage.steps):
+        lr = stage.lr * min(1.0, (step + 1) / warm) * (0.55 + 0.45 * math.cos(math.pi * step / stage.steps))
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        loss = step_fn(step, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        log(name, step, float(loss.detach()))
+        if stage.max_minutes is not None and time.time() - t0 > 60 * stage.max_minutes:
+            log(name, step, float("nan"))  # marks a time-limited stop
+            break
+
+
+def _batch_idx(g: torch.Generator, n: int, b: int) -> torch.Tensor:
+    return torch.randint(0, n, (b,), generator=g)
+
+
+def _train_clip_stage(r: UnCLIPRecipe, x_base, captions, log) -> ClipAdapter:
+    clip = build_clip(r)
+    gc = torch.Generator().manual_seed(r.seed + 1)
+    n = len(captions)
+
+    def clip_batches():
+        while True:
+            i = _batch_idx(gc, n, r.clip.batch_size)
+            yield x_base[i], [captions[j] for j in i.tolist()]
+
+    train_clip(clip, clip_batches(), ClipTrainConfig(steps=r.clip.steps, lr=r.clip.lr, warmup=50, seed=r.seed,
+                                                     max_minutes=r.clip.max_minutes),
+               on_step=lambda s, v: log("clip", s, v))
+    return clip.eval().requires_grad_(False)
+
+
+def train_clip_only(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = True) -> ClipAdapter:
+    """``dalle2-fast train clip``: stage 1 alone; writes ``clip/`` (open_clip local-dir) and
+    ``metrics.json`` (zero-shot accuracy on held-out images)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.seed)
+    x_base, captions = _render(recipe.seed, recipe.n_train, recipe.base_res, recipe.max_objects)
+    t0 = time.time()
+
+    def log(stage, step, loss):
+        if progress and step % 100 == 0:
+            print(f"[{time.time() - t0:7.1f}s] {stage} step {step} loss {loss:.4f}", flush=True)
+
+    clip = _train_clip_stage(recipe, x_base, captions, log)
+    clip.save(out / "clip")
+    metrics = {"clip_zero_shot": clip_zero_shot(clip, recipe.seed + 1000, recipe.base_res)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if progress:
+        print("CLIP zero-shot on held-out images:", metrics["clip_zero_shot"], flush=True)
+    return clip
+
+
+def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = True):
+    """Train every stage; returns the :class:`~dalle2_fast.pipeline.UnCLIPPipeline` (also saved)."""
+    from dalle2_fast.clip import TextEncoding
+    from dalle2_fast.pipeline import UnCLIPPipeline
+
+    r = recipe
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(r), indent=2))
+    logf = open(out / "log.csv", "w", newline="")
+    writer = csv.writer(logf)
+    writer.writerow(["stage", "step", "loss", "seconds"])
+    t_start = time.time()
+
+    def log(stage, step, loss):
+        writer.writerow([stage, step, f"{loss:.6g}", f"{time.time() - t_start:.1f}"])
+        if progress and (step % 100 == 0):
+            print(f"[{time.time() - t_start:7.1f}s] {stage} step {step} loss {loss:.4f}", flush=True)
+
+    torch.manual_seed(r.seed)
+    x_base, captions = _render(r.seed, r.n_train, r.base_res, r.max_objects)
+    n = len(captions)
+
+    # 1. CLIP ---------------------------------------------------------------------------------
+    clip = _train_clip_stage(r, x_base, captions, log)
+    metrics = {"clip_zero_shot": clip_zero_shot(clip, r.seed + 1000, r.base_res)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if progress:
+        print("CLIP zero-shot on held-out images:", metrics["clip_zero_shot"], flush=True)
+
+    with torch.no_grad():  # frozen CLIP: encode the training set once
+        zi = torch.cat([clip.encode_image(x_base[i:i + 512]) for i in range(0, n, 512)])
+        te = [clip.encode_text(captions[i:i + 512]) for i in range(0, n, 512)]
+        t_tok, t_mask, t_emb = (torch.cat([getattr(e, k) for e in te]) for k in ("tokens", "mask", "embed"))
+
+    # 2. prior --------------------------------------------------------------------------------
+    torch.manual_seed(r.seed + 2)
+    prior = build_prior(r, clip)
+    if r.prior_kind == "ar":
+        prior.fit_quantizers(zi, t_emb)
+    else:
+        prior.fit_embed_scale(zi)
+
+    def prior_step(step, g):
+        i = _batch_idx(g, n, r.prior.batch_size)
+        return prior.loss(zi[i], t_tok[i], t_mask[i], t_emb[i], generator=g)
+
+    _loop("prior", r.prior, prior_step, list(prior.parameters()), r.seed + 2, log)
+    prior.eval()
+
+    # 3. decoder ------------------------------------------------------------------------------
+    torch.manual_seed(r.seed + 3)
+    decoder = build_decoder(r, clip)
+
+    def dec_step(step, g):
+        i = _batch_idx(g, n, r.decoder.batch_size)
+        return decoder.loss(x_base[i], zi[i], TextEncoding(t_tok[i], t_mask[i], t_emb[i]), generator=g)
+
+    _loop("decoder", r.decoder, dec_step, list(decoder.parameters()), r.seed + 3, log)
+    decoder.eval()
+
+    # 4. upsamplers ---------------------------------------------------------------------------
+    ups, low = [], r.base_res
+    for k, high in enumerate(r.upsample_res):
+        torch.manual_seed(r.seed + 4 + k)
+        x_hi, _ = _render(r.seed, r.n_train, high, r.max_objects)
+        up = build_upsampler(r, low, high, k)
+
+        def up_step(step, g, up=up, x_hi=x_hi):
+            return up.loss(x_hi[_batch_idx(g, n, r.upsampler.batch_size)], generator=g)
+
+        _loop(f"upsampler{k + 1}", r.upsampler, up_step, list(up.parameters()), r.seed + 4 + k, log)
+        ups.append(up.eval())
+        low = high
+        del x_hi
+
+    pipe = UnCLIPPipeline(clip, prior, decoder, ups, defaults=PIPELINE_DEFAULTS)
+    pipe.save_pretrained(out / "pipeline")
+    logf.close()
+    return pipe
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
+@torch.no_grad()
+def clip_zero_shot(clip: ClipAdapter, seed: int, res: int, n: int = 300) -> dict:
+    """Zero-shot accuracy of CLIP on ``n`` held-out single-object images (a dataset seed the
+    training never used) against the 30 prompts 'a <colour> <shape>' (never training sentences):
+    colour and shape right, and each alone."""
+    from dalle2_fast.clip_train import zero_shot_predict
+    from dalle2_fast.data.shapes import COLOUR_NAMES, SHAPES, ShapesDataset
+
+    b = ShapesDataset(resolution=res, seed=seed, size=n, min_objects=1, max_objects=1).batch(0, n)
+    pairs = [(s, c) for s in SHAPES for c in COLOUR_NAMES]
+    pred = zero_shot_predict(clip, b["image"], [f"a {c} {s}" for s, c in pairs]).tolist()
+    objs = [o[0] for o in b["objects"]]
+    ok_s = [pairs[p][0] == o.shape for p, o in zip(pred, objs)]
+    ok_c = [pairs[p][1] == o.colour for p, o in zip(pred, objs)]
+    return {"colour_and_shape": sum(a and b for a, b in zip(ok_s, ok_c)) / n, "colour": sum(ok_c) / n,
+            "shape": sum(ok_s) / n, "n": n}
+
+
+def eval_prompts(two_objects: bool = False) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Prompts in words the training captions use but never as whole sentences (no size or
+    position words): ('a red circle', [('circle', 'red')]) or 'a red circle above a blue square'."""
+    from dalle2_fast.data.shapes import COLOUR_NAMES, SHAPES
+
+    if not two_objects:
+        return [(f"a {c} {s}", [(s, c)]) for s in SHAPES for c in COLOUR_NAMES]
+    out = []
+    for i, (s1, c1) in enumerate((s, c) for s in SHAPES for c in COLOUR_NAMES):
+        s2, c2 = SHAPES[(i * 2 + 1) % len(SHAPES)], COLOUR_NAMES[(i * 5 + 2) % len(COLOUR_NAMES)]
+        if c2 == c1:
+            c2 = COLOUR_NAMES[(COLOUR_NAMES.index(c1) + 1) % len(COLOUR_NAMES)]
+        out.append((f"a {c1} {s1} above a {c2} {s2}", [(s1, c1), (s2, c2)]))
+    return out
+
+
+@torch.no_grad()
+def caption_match_rate(pipe, prompts, n_per_prompt: int = 2, seed: int = 0, base_only: bool = True,
+                       **sample_kw) -> dict:
+    """Fraction of samples the shape/colour detector finds to match their caption.
+
+    base_only: judge the decoder's base-resolution images (upsamplers skipped), which is what the
+    caption content depends on. Returns {'rate', 'colour_rate', 'shape_rate', 'n'}."""
+    from dalle2_fast.eval.detector import detect, recognised
+
+    ups = pipe.upsamplers
+    if base_only:
+        pipe.upsamplers = []
+    try:
+        texts = [p for p, _ in prompts]
+        imgs = pipe(texts, num_images_per_prompt=n_per_prompt, seed=seed, **sample_kw)
+    finally:
+        pipe.upsamplers = ups
+    hit = col = shp = 0
+    for k, img in enumerate(imgs):
+        want = prompts[k // n_per_prompt][1]
+        x = img * 2 - 1
+        hit += recognised(x, want)
+        dets = [d for d in detect(x) if d.score >= 0.5]
+        col += all(any(d.colour == c for d in dets) for _, c in want)
+        shp += all(any(d.shape == s for d in dets) for s, _ in want)
+    m = len(imgs)
+    return {"rate": hit / m, "colour_rate": col / m, "shape_rate": shp / m, "n": m}
+
+
+# ---- command-line entry points (wired into ``dalle2-fast train unclip`` / ``sample``) ----------
+def recipe_from_args(seed: int = 0, scale: float = 1.0, max_minutes: float | None = None,
+                     upsample_res: tuple[int, ...] | None = None) -> UnCLIPRecipe:
+    """The default recipe with every stage's steps multiplied by ``scale`` and, given
+    ``max_minutes``, that total wall-clock budget split over the stages (CLIP 10%, prior 10%,
+    decoder 60%, upsamplers 20%)."""
+    r = UnCLIPRecipe(seed=seed)
+    if upsample_res is not None:
+        r.upsample_res = tuple(upsample_res)
+    shares = {"clip": 0.1, "prior": 0.1, "decoder": 0.6, "upsampler": 0.2 / max(1, len(r.upsample_res))}
+    for name, share in shares.items():
+        st = getattr(r, name)
+        st.steps = max(1, int(round(st.steps * scale)))
+        if max_minutes is not None:
+            st.max_minutes = max_minutes * share
+    return r
+
+
+def sample_to_file(prompts: list[str], n: int = 16, out: str | Path = "samples.png", seed: int = 0,
+                   pipeline: str | Path | None = None, progress: bool = True, **kw) -> Path:
+    """``dalle2-fast sample "a red circle" -n 16 -o samples.png``: a grid of ``n`` images per
+    prompt (one row block per prompt) from the shipped pipeline or ``pipeline``."""
+    from dalle2_fast.pipeline import UnCLIPPipeline, make_grid, to_pil
+
+    pipe = UnCLIPPipeline.from_pretrained(pipeline)
+    imgs = pipe(prompts, num_images_per_prompt=n, seed=seed, progress=progress, **kw)
+    grid = make_grid(imgs, nrow=max(1, math.ceil(math.sqrt(n))) if len(prompts) == 1 else n)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(grid[None])[0].save(out)
+    return out

@@ -1,0 +1,196 @@
+"""dalle2_fast.clip: the open_clip adapter, the tiny shapes config, the word tokenizer, training."""
+import json
+
+import open_clip
+import pytest
+import torch
+
+from dalle2_fast.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer, register_configs
+from dalle2_fast.clip_train import ClipTrainConfig, train_clip, zero_shot_accuracy
+from tests._toy_captions import PROMPTS, toy_batch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: extra threads only add overhead on a shared 2-core machine (5-20x here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return WordTokenizer.fit(PROMPTS, vocab_size=128, context_length=24)
+
+
+@pytest.fixture(scope="module")
+def clip(tok):
+    torch.manual_seed(0)
+    return ClipAdapter.create(TINY_SHAPES_MODEL, tokenizer=tok).eval()
+
+
+# ---- tokenizer ------------------------------------------------------------------------------------
+def test_word_tokenizer_layout(tok):
+    ids = tok(["A red square on the LEFT", "a purple square"])
+    assert ids.shape == (2, 24) and ids.dtype == torch.long
+    assert ids[0, 0] == tok.SOT and ids[0, 7] == tok.eot_token_id and (ids[0, 8:] == 0).all()
+    assert ids[0].argmax() == 7  # end id is the largest: open_clip's argmax pooling finds it
+    assert ids[1, 2] == tok.UNK  # "purple" was never seen
+    assert tok.unknown_words("a purple square") == ["purple"]
+
+
+def test_word_tokenizer_truncates_and_keeps_end(tok):
+    ids = tok(" ".join(["red"] * 50))
+    assert ids[0, -1] == tok.eot_token_id and (ids[0] != 0).all()
+
+
+def test_word_tokenizer_errors():
+    with pytest.raises(ValueError, match="vocab_size"):
+        WordTokenizer(["w%d" % i for i in range(10)], vocab_size=12, context_length=8)
+    with pytest.raises(ValueError, match="unique"):
+        WordTokenizer(["a", "a"], vocab_size=12, context_length=8)
+    with pytest.raises(ValueError, match="type 'word'"):
+        WordTokenizer.from_dict({"type": "bpe"})
+
+
+# ---- the tiny config ----------------------------------------------------------------------------
+def test_tiny_config_is_an_open_clip_config():
+    register_configs()
+    assert TINY_SHAPES_MODEL in open_clip.list_models()
+    m = open_clip.create_model(TINY_SHAPES_MODEL, load_weights=False)
+    n = sum(p.numel() for p in m.parameters())
+    assert n < 3_000_000, n  # a few MB
+
+
+def test_encodings_shapes_and_normalisation(clip):
+    enc = clip.encode_text(["a red square on the left", "a blue square"])
+    assert enc.tokens.shape == (2, 24, clip.text_width) == (2, 24, 128)
+    assert enc.mask.shape == (2, 24) and enc.mask[0].sum() == 8 and enc.mask[1].sum() == 5
+    assert enc.embed.shape == (2, clip.embed_dim)
+    torch.testing.assert_close(enc.embed.norm(dim=-1), torch.ones(2))
+    x, _, _ = toy_batch(3, torch.Generator().manual_seed(0))
+    z = clip.encode_image(x)
+    assert z.shape == (3, 64)
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(3))
+    # another resolution is resized to the tower's 32 px, not rejected
+    z64 = clip.encode_image(torch.nn.functional.interpolate(x, size=64, mode="nearest"))
+    assert z64.shape == (3, 64) and (z64 * z).sum(-1).min() > 0.9
+
+
+def test_pooled_embedding_is_open_clips(clip):
+    """Our token path must give exactly open_clip's own encode_text after normalisation."""
+    ids = clip.tokenize(["a green square on the right", "a red square"])
+    ref = clip.model.encode_text(ids, normalize=True)
+    torch.testing.assert_close(clip.encode_text(ids).embed, ref)
+    x, _, _ = toy_batch(2, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(clip.encode_image(x), clip.model.encode_image(clip.preprocess(x), normalize=True))
+
+
+def test_bad_inputs(clip):
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        clip.encode_image(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="int64"):
+        clip.encode_text(torch.zeros(2, 24))
+    with pytest.raises(TypeError, match="strings"):
+        clip.tokenize([1, 2])
+
+
+def test_create_needs_matching_tokenizer():
+    with pytest.raises(ValueError, match="WordTokenizer"):
+        ClipAdapter.create(TINY_SHAPES_MODEL)
+    with pytest.raises(ValueError, match="vocab_size"):
+        ClipAdapter.create(TINY_SHAPES_MODEL, tokenizer=WordTokenizer(["a"], 64, 24))
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        ClipAdapter.create("no-such-model")
+
+
+# ---- local weights only ----------------------------------------------------------------------------
+def test_save_load_roundtrip_is_open_clip_local_dir(clip, tmp_path):
+    clip.save(tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "open_clip_config.json").read_text())
+    assert cfg["dalle2_fast"]["tokenizer"]["type"] == "word"
+    back = ClipAdapter.load(tmp_path / "c").eval()
+    x, caps, _ = toy_batch(4, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(back.encode_image(x), clip.encode_image(x), rtol=0, atol=0)
+    e1, e2 = back.encode_text(caps), clip.encode_text(caps)
+    torch.testing.assert_close(e1.tokens, e2.tokens, rtol=0, atol=0)
+    # open_clip itself reads the directory
+    oc = open_clip.create_model(f"local-dir:{tmp_path / 'c'}").eval()
+    torch.testing.assert_close(oc.encode_image(clip.preprocess(x), normalize=True), clip.encode_image(x))
+
+
+def test_missing_weights_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        ClipAdapter.load(tmp_path / "nope")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+        ClipAdapter.load(tmp_path / "d")
+    (tmp_path / "d" / "open_clip_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        ClipAdapter.load(tmp_path / "d")
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"")
+    with pytest.raises(ValueError, match="model_name"):
+        ClipAdapter.load(f)
+
+
+@pytest.mark.parametrize("custom_text", [False, True])  # CLIP and CustomTextCLIP text paths
+def test_any_architecture_from_a_weights_file(tmp_path, custom_text):
+    """A standard-BPE architecture (registered here, tiny) loads from a bare weights file."""
+    from safetensors.torch import save_file
+
+    name = f"test-tiny-bpe-{int(custom_text)}"
+    cfg = {"embed_dim": 32, "custom_text": custom_text,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / f"{name}.json")
+    src = open_clip.create_model(name, load_weights=False)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    ad = ClipAdapter.load(tmp_path / "w.safetensors", model_name=name).eval()
+    enc = ad.encode_text(["a red circle", "two blue stars above"])
+    assert enc.tokens.shape == (2, 16, 32) and enc.mask[0].sum() == 5
+    torch.testing.assert_close(enc.embed, src.eval().encode_text(ad.tokenize(["a red circle", "two blue stars above"]),
+                                                                  normalize=True))
+    assert ad.encode_image(torch.rand(2, 3, 32, 32) * 2 - 1).shape == (2, 32)
+
+
+# ---- training ---------------------------------------------------------------------------------------
+def test_training_lowers_loss_and_learns_zero_shot(tok, tmp_path):
+    """A micro config of the same family (for test time) learns the toy captions in 40 steps."""
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32,
+                                           "patch_size": 8},
+           "text_cfg": {"context_length": 24, "vocab_size": 128, "width": 64, "heads": 2, "layers": 1}}
+    (tmp_path / "test-micro-words.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "test-micro-words.json")
+    torch.manual_seed(0)
+    clip = ClipAdapter.create("test-micro-words", tokenizer=tok)
+    g = torch.Generator().manual_seed(0)
+
+    def batches():
+        while True:
+            x, caps, _ = toy_batch(32, g)
+            yield x, caps
+
+    x, _, labels = toy_batch(64, torch.Generator().manual_seed(123))
+    before = zero_shot_accuracy(clip.eval(), x, labels, PROMPTS)
+    losses = train_clip(clip, batches(), ClipTrainConfig(steps=40, lr=3e-3, warmup=5, seed=0))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    after = zero_shot_accuracy(clip, x, labels, PROMPTS)
+    assert after >= 0.4 and after > before + 0.2, (before, after)  # 8 prompts: chance is 0.125
+
+
+def test_training_time_limit(tok):
+    """max_minutes stops the loop (the recipe's wall-clock budget): here after the first step."""
+    torch.manual_seed(0)
+    clip = ClipAdapter.create(TINY_SHAPES_MODEL, tokenizer=tok)
+    g = torch.Generator().manual_seed(0)
+
+    def batches():
+        while True:
+            x, caps, _ = toy_batch(8, g)
+            yield x, caps
+
+    losses = train_clip(clip, batches(), ClipTrainConfig(steps=1000, max_minutes=0.0))
+    assert len(losses) == 1

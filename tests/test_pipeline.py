@@ -1,0 +1,140 @@
+"""UnCLIPPipeline mechanics with a real tiny CLIP and prior and stand-in decoder / upsampler stages:
+seeding per image, batching, CLIP-latent manipulations, persistence of the prior."""
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle2_fast.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer
+from dalle2_fast.models.io import load_module, save_module
+from dalle2_fast.models.prior import DiffusionPrior, DiffusionPriorConfig
+from dalle2_fast.pipeline import UnCLIPPipeline, make_grid, slerp, stage_seeds, to_pil
+from dalle2_fast.seeding import per_sample_randn
+from tests._toy_captions import PROMPTS, toy_batch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class StubDecoder(nn.Module):
+    """z_i -> a 8x8 image (linear map + per-seed noise); records the text it was given."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.lin = nn.Linear(dim, 3 * 8 * 8)
+        self.texts = []
+
+    def sample(self, image_embed, text, seeds, steps, guidance, progress=False):
+        self.texts.append(text)
+        noise = per_sample_randn(seeds, (3, 8, 8))
+        return torch.tanh(self.lin(image_embed).view(-1, 3, 8, 8) + 0.1 * noise)
+
+
+class StubUpsampler(nn.Module):
+    def sample(self, low_res, seeds, steps, progress=False):
+        up = F.interpolate(low_res, scale_factor=2, mode="nearest")
+        return (up + 0.05 * per_sample_randn(seeds, up.shape[1:])).clamp(-1, 1)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    tok = WordTokenizer.fit(PROMPTS, 128, 24)
+    clip = ClipAdapter.create(TINY_SHAPES_MODEL, tokenizer=tok).eval()
+    prior = DiffusionPrior(DiffusionPriorConfig(clip_dim=clip.embed_dim, text_width=clip.text_width,
+                                                text_len=clip.context_length, width=32, layers=1, heads=2)).eval()
+    return UnCLIPPipeline(clip, prior, StubDecoder(clip.embed_dim), [StubUpsampler()],
+                          defaults=dict(prior_steps=4, decoder_steps=2, upsampler_steps=2))
+
+
+def test_text_to_image_shapes_order_and_batch_independence(pipe):
+    prompts = ["a red square on the left", "a blue square on the right", "a green square"]
+    out = pipe(prompts, num_images_per_prompt=2, seed=11, batch_size=16)
+    assert out.shape == (6, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
+    # batch size 1 and 4 give the same images (per-image seeds, per-stage derived seeds)
+    for bs in (1, 4):
+        torch.testing.assert_close(pipe(prompts, num_images_per_prompt=2, seed=11, batch_size=bs), out,
+                                   atol=1e-5, rtol=0)
+    # image k of a call depends on seed + k only: the 2nd prompt's images alone, from seed 13
+    torch.testing.assert_close(pipe(prompts[1], num_images_per_prompt=2, seed=13), out[2:4], atol=1e-5, rtol=0)
+    assert not torch.allclose(out[0], out[1])  # two images of one prompt differ
+    assert not torch.allclose(pipe(prompts, num_images_per_prompt=2, seed=12), out)
+
+
+def test_stage_seeds_are_distinct():
+    s = stage_seeds(range(4), 1) + stage_seeds(range(4), 2)
+    assert len(set(s)) == 8
+
+
+def test_bad_arguments(pipe):
+    with pytest.raises(ValueError, match="prompts"):
+        pipe([])
+    with pytest.raises(ValueError, match="batch_size"):
+        pipe("a red square", batch_size=0)
+    with pytest.raises(ValueError, match="unknown default"):
+        UnCLIPPipeline(pipe.clip, pipe.prior, pipe.decoder, defaults={"decoder_stepz": 3})
+
+
+def test_slerp():
+    g = torch.Generator().manual_seed(0)
+    a, b = F.normalize(torch.randn(2, 8, generator=g), dim=-1)
+    torch.testing.assert_close(slerp(a, b, 0.0), a)
+    torch.testing.assert_close(slerp(a, b, 1.0), b)
+    m = slerp(a, b, 0.5)
+    torch.testing.assert_close((m * a).sum(), (m * b).sum())  # halfway in angle
+    ts = torch.linspace(0, 1, 5)[:, None]
+    path = slerp(a[None], b[None], ts)
+    torch.testing.assert_close(path.norm(dim=-1), torch.ones(5))
+    ang = torch.arccos((path[1:] * path[:-1]).sum(-1).clamp(-1, 1))
+    torch.testing.assert_close(ang, ang.mean().expand(4), atol=1e-5, rtol=0)  # constant speed
+    torch.testing.assert_close(slerp(a, a, 0.3), a)  # parallel: no NaN
+
+
+def test_variations_interpolation_text_diff(pipe):
+    x, _, _ = toy_batch(2, torch.Generator().manual_seed(0))
+    v = pipe.variations(x[0], n=3, seed=5)
+    assert v.shape == (3, 3, 16, 16) and not torch.allclose(v[0], v[1])
+    assert pipe.decoder.texts[-1] is None  # variations decode without a caption
+    it = pipe.interpolate(x[0], x[1], n=4, seed=2)
+    assert it.shape == (4, 3, 16, 16)
+    za = pipe.clip.encode_image(x[:1])
+    ends = pipe.decode_embeddings(torch.cat([za, za]), None, [2, 2])
+    torch.testing.assert_close(it[0], ((ends[0] + 1) / 2).clamp(0, 1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="n must be"):
+        pipe.interpolate(x[0], x[1], n=1)
+    td = pipe.text_diff(x[0], "a red square on the left", "a blue square on the left", n=3)
+    assert td.shape == (3, 3, 16, 16)
+    assert pipe.decoder.texts[-1].embed.shape == (3, pipe.clip.embed_dim)
+
+
+def test_prior_checkpoint_roundtrip(pipe, tmp_path):
+    p = save_module(pipe.prior, tmp_path / "prior.safetensors")
+    back = load_module(p)
+    assert back.config == pipe.prior.config and isinstance(back, DiffusionPrior)
+    t = pipe.clip.encode_text(["a red square"])
+    torch.testing.assert_close(back.sample(t.tokens, t.mask, t.embed, [3], steps=4),
+                               pipe.prior.sample(t.tokens, t.mask, t.embed, [3], steps=4))
+    with pytest.raises(FileNotFoundError):
+        load_module(tmp_path / "missing.safetensors")
+    (tmp_path / "trunc.safetensors").write_bytes(p.read_bytes()[:100])
+    with pytest.raises(ValueError, match="readable"):
+        load_module(tmp_path / "trunc.safetensors")
+    with pytest.raises(FileNotFoundError, match="unclip.json"):
+        UnCLIPPipeline.from_pretrained(tmp_path)
+
+
+def test_grid_and_pil():
+    imgs = torch.rand(5, 3, 4, 6)
+    g = make_grid(imgs, nrow=3)
+    assert g.shape == (3, 8, 18)
+    torch.testing.assert_close(g[:, 4:8, 0:6], imgs[3])
+    pils = to_pil(imgs)
+    assert len(pils) == 5 and pils[0].size == (6, 4)
