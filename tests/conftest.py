@@ -57,3 +57,14 @@ def device_backends(fam):
     if HAS_GPU:
         pairs += [("cuda", b) for b in ("torch", "cuda", "triton") if b in fam.impls]
     return pairs
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``): a
+    second OpenMP thread only adds overhead there (5-20x on a shared 2-core machine). Restored
+    afterwards so other modules keep their setting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

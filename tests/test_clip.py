@@ -10,13 +10,7 @@ from dalle2_fast.clip_train import ClipTrainConfig, train_clip, zero_shot_accura
 from tests._toy_captions import PROMPTS, toy_batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: extra threads only add overhead on a shared 2-core machine (5-20x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

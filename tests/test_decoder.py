@@ -16,12 +16,7 @@ from dalle2_fast.models.upsampler import UnCLIPUpsampler, UpsamplerConfig  # noq
 D, L, W = 16, 6, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_decoder(**kw):

@@ -16,12 +16,7 @@ from dalle2_fast.seeding import per_sample_randn
 from tests._toy_captions import PROMPTS, toy_batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class StubDecoder(nn.Module):

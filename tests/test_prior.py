@@ -12,13 +12,7 @@ from dalle2_fast.models.prior.transformer import attention_sdpa
 from dalle2_fast.models.prior.schedule import CosineSchedule, cosine_alphas_cumprod
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: extra threads only add overhead on a shared 2-core machine (5-20x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 D, L, W, K = 16, 6, 8, 8  # toy CLIP dim, text length, text width, number of caption classes

@@ -7,12 +7,7 @@ from dalle2_fast.pipeline import UnCLIPPipeline, shipped_weights_dir
 pytestmark = pytest.mark.skipif(shipped_weights_dir() is None, reason="this build ships no unCLIP weights")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

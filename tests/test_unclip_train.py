@@ -11,12 +11,7 @@ from dalle2_fast.pipeline import UnCLIPPipeline  # noqa: E402
 from dalle2_fast.unclip_train import Stage, UnCLIPRecipe, caption_match_rate, eval_prompts, train_unclip  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def micro(seed=0):

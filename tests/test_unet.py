@@ -13,14 +13,7 @@ from dalle2_fast.models.unet_configs import CLASSIFIER_PRESETS, UNET_PRESETS, cl
 from dalle2_fast.nn.unet_blocks import timestep_embedding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These small convs run slower on two OpenMP threads than on one (and far slower on a
-    shared 2-core machine); restored afterwards so other files keep their setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # A small ADM-style config with every feature on; width 32 keeps each test well under a second.
 SMALL = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,

@@ -14,14 +14,7 @@ from dalle2_fast.models.unet import UNet, UNetConfig  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # guided_diffusion's cuda.amp decorators
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These small convs run slower on two OpenMP threads than on one (and far slower on a
-    shared 2-core machine); restored afterwards so other files keep their setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize(model, seed):
