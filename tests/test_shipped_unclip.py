@@ -4,10 +4,10 @@ import torch
 
 from dalle2_fast.pipeline import UnCLIPPipeline, shipped_weights_dir
 
-pytestmark = pytest.mark.skipif(shipped_weights_dir() is None, reason="this build ships no unCLIP weights")
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.skipif(shipped_weights_dir() is None, reason="this build ships no unCLIP weights"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 @pytest.fixture(scope="module")
