@@ -11,10 +11,10 @@ gd = pytest.importorskip("guided_diffusion.script_util")
 from dalle2_fast.models.classifier import NoisyClassifier  # noqa: E402
 from dalle2_fast.models.unet import UNet, UNetConfig  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # guided_diffusion's cuda.amp decorators
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::FutureWarning"),  # guided_diffusion's cuda.amp decorators
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def _randomize(model, seed):
