@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "dalle2_fast/sampling.h"
+#include "dalle2_fast/sampling_host.h"
 
 namespace {
 
@@ -117,29 +118,11 @@ std::tuple<at::Tensor, at::Tensor> sampling_step_cpu(
     int64_t pred, bool learned_var, bool want_x0) {
   TORCH_CHECK(x_in.dim() >= 1 && x_in.size(0) > 0, "sampling_step: x must be (B, ...) with B >= 1");
   TORCH_CHECK(kind >= 0 && kind <= 3 && pred >= 0 && pred <= 2, "sampling_step: bad kind/pred");
-  const at::Tensor x = x_in.contiguous(), m = m_in.contiguous();
-  const int64_t B = x.size(0), N = x.numel() / B;
-  const int64_t rows = guidance.has_value() ? 2 * B : B;
-  TORCH_CHECK(m.dim() >= 1 && m.size(0) == rows && m.dtype() == x.dtype(),
-              "sampling_step: model_out must have ", rows, " rows and x's dtype");
-  const int64_t n_out = m.numel() / rows;
-  TORCH_CHECK(n_out == N || n_out == 2 * N, "sampling_step: model_out per-sample size must be N or 2N");
-  TORCH_CHECK(!learned_var || n_out == 2 * N, "sampling_step: learned_var needs 2C output channels");
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor coefs = coefs_in.to(acc_type).contiguous();
-  TORCH_CHECK(coefs.numel() == B * kNumCoefs, "sampling_step: coefs must be (B, 10)");
-  auto acc_opt = [&](const std::optional<at::Tensor>& t) {
-    return t.has_value() ? std::optional<at::Tensor>(t->to(acc_type).contiguous()) : std::nullopt;
-  };
-  auto like_x = [&](const std::optional<at::Tensor>& t) {
-    if (!t.has_value()) return std::optional<at::Tensor>();
-    TORCH_CHECK(t->numel() == B * N, "sampling_step: noise / prev_x0 must have x's shape");
-    return std::optional<at::Tensor>(t->to(x.scalar_type()).contiguous());
-  };
-  const auto g = acc_opt(guidance), th = acc_opt(thresh);
-  const auto z = like_x(noise), p = like_x(prev_x0);
-  at::Tensor out = at::empty_like(x);
-  at::Tensor x0 = (want_x0 && kind != kX0) ? at::empty_like(x) : at::empty({0}, x.options());
+  StepArgs a = prepare_step(x_in, m_in, coefs_in, guidance, thresh, noise, prev_x0, kind, learned_var, want_x0);
+  const at::Tensor &x = a.x, &m = a.m, &coefs = a.coefs;
+  const auto &g = a.g, &th = a.th, &z = a.z, &p = a.p;
+  at::Tensor &out = a.out, &x0 = a.x0;
+  const int64_t B = a.B, N = a.N, n_out = a.n_out;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sampling_step_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
