@@ -1,6 +1,6 @@
 """The unCLIP commands, reached as ``dalle2-fast unclip ...`` (or ``python -m dalle2_fast.unclip_cli``):
 
-    dalle2-fast unclip train --out runs/unclip --seed 0 [--scale 1.0] [--max-minutes 30]
+    dalle2-fast unclip train --out runs/unclip --seed 0 [--scale 1.0] [--max-minutes 30] [--stages ...]
     dalle2-fast unclip train-clip --out runs/clip --seed 0
     dalle2-fast unclip sample "a red circle above a blue square" -n 16 -o samples.png [--pipeline DIR]
 """
@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--max-minutes", type=float, default=None, help="total wall-clock budget")
         t.add_argument("--upsample-res", type=int, nargs="*", default=None, help="e.g. 64 128")
         t.add_argument("--quiet", action="store_true")
+        if name == "train":
+            t.add_argument("--stages", nargs="+", default=None,
+                           help="train only these stages (clip prior decoder upsampler1 upsampler2); finished "
+                                "stages in --out are reused, so parallel processes can split the recipe")
     s = sub.add_parser("sample", help="images for prompts")
     s.add_argument("prompts", nargs="+")
     s.add_argument("-n", type=int, default=16, help="images per prompt")
@@ -42,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command in ("train", "train-clip"):
         r = recipe_from_args(args.seed, args.scale, args.max_minutes,
                              tuple(args.upsample_res) if args.upsample_res is not None else None)
-        (train_unclip if args.command == "train" else train_clip_only)(r, args.out, progress=not args.quiet)
+        if args.command == "train-clip":
+            train_clip_only(r, args.out, progress=not args.quiet)
+        else:
+            pipe = train_unclip(r, args.out, progress=not args.quiet, stages=args.stages)
+            print(f"{args.out}/pipeline" if pipe is not None else
+                  f"stages {args.stages} done; rerun without --stages to assemble the pipeline")
         return 0
     kw = {k: getattr(args, k) for k in ("prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance",
                                          "decoder_guidance") if getattr(args, k) is not None}

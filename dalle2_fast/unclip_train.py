@@ -20,10 +20,11 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -37,23 +38,25 @@ class Stage:
     batch_size: int = 64
     lr: float = 1e-3
     max_minutes: float | None = None  # stop early after this long (breaks seed-exactness)
+    ema: float = 0.0                  # keep an exponential moving average of the weights (0: off)
 
 
 @dataclass
 class UnCLIPRecipe:
     seed: int = 0
     n_train: int = 20000
+    n_train_upsampler: int = 3000               # images rendered at each upsampler's resolution
     base_res: int = 32
     upsample_res: tuple[int, ...] = (64, 128)   # the two upsamplers (the paper: 64 -> 256 -> 1024)
     max_objects: int = 2
     clip: Stage = field(default_factory=lambda: Stage(1500, 128, 1e-3))
-    prior: Stage = field(default_factory=lambda: Stage(3000, 128, 3e-4))
-    decoder: Stage = field(default_factory=lambda: Stage(4000, 32, 3e-4))
-    upsampler: Stage = field(default_factory=lambda: Stage(1000, 16, 3e-4))
+    prior: Stage = field(default_factory=lambda: Stage(3000, 128, 3e-4, ema=0.999))
+    decoder: Stage = field(default_factory=lambda: Stage(5000, 32, 8e-4, ema=0.999))
+    upsampler: Stage = field(default_factory=lambda: Stage(1500, 16, 5e-4, ema=0.995))
     prior_kind: str = "diffusion"               # 'diffusion' | 'ar' (autoregressive prior)
     prior_width: int = 128
     prior_layers: int = 4
-    decoder_channels: int = 48
+    decoder_channels: int = 32
     decoder_res_blocks: int = 1
     upsampler_channels: int = 32
 
@@ -123,26 +126,40 @@ def _adam(params, lr):
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
-def _loop(name: str, stage: Stage, step_fn: Callable[[int, torch.Generator], torch.Tensor], params, seed: int,
-          log: Callable[[str, int, float], None]) -> None:
-    """AdamW with a short warmup and cosine decay; ``step_fn(step, generator) -> loss``."""
+def _loop(name: str, stage: Stage, step_fn: Callable[[int, torch.Generator], torch.Tensor], module: torch.nn.Module,
+          seed: int, log: Callable[[str, int, float], None]) -> None:
+    """AdamW with a short warmup and cosine decay; ``step_fn(step, generator) -> loss``. With
+    ``stage.ema`` the module ends holding the exponential moving average of its weights
+    (``torch.optim.swa_utils``), which is what gets saved and sampled."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    params = [p for p in module.parameters() if p.requires_grad]
     opt = _adam(params, stage.lr)
+    ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(stage.ema), use_buffers=True) if stage.ema else None
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
     warm = max(1, min(100, stage.steps // 20))
+    module.train()
     for step in range(stage.steps):
         lr = stage.lr * min(1.0, (step + 1) / warm) * (0.55 + 0.45 * math.cos(math.pi * step / stage.steps))
         for grp in opt.param_groups:
             grp["lr"] = lr
         loss = step_fn(step, g)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"unclip recipe: {name} loss is {float(loss)} at step {step} (lower {name}.lr)")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if ema is not None:
+            ema.update_parameters(module)
         log(name, step, float(loss.detach()))
         if stage.max_minutes is not None and time.time() - t0 > 60 * stage.max_minutes:
             log(name, step, float("nan"))  # marks a time-limited stop
             break
+    if ema is not None:
+        module.load_state_dict(ema.module.state_dict())
+    module.eval()
 
 
 def _batch_idx(g: torch.Generator, n: int, b: int) -> torch.Tensor:
@@ -187,85 +204,187 @@ def train_clip_only(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = 
     return clip
 
 
-def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = True):
-    """Train every stage; returns the :class:`~dalle2_fast.pipeline.UnCLIPPipeline` (also saved)."""
+STAGES = ("clip", "prior", "decoder", "upsampler1", "upsampler2")
+
+
+def stage_names(r: UnCLIPRecipe) -> list[str]:
+    return ["clip", "prior", "decoder"] + [f"upsampler{k + 1}" for k in range(len(r.upsample_res))]
+
+
+def stage_key(r: UnCLIPRecipe, name: str) -> dict:
+    """The recipe fields a stage's result depends on (its own and its inputs')."""
+    d = dataclasses.asdict(r)
+    if name.startswith("upsampler"):
+        k = int(name[len("upsampler"):])
+        return {"seed": r.seed, "n_train_upsampler": r.n_train_upsampler, "max_objects": r.max_objects,
+                "res": [r.base_res, *r.upsample_res[:k]], "upsampler": d["upsampler"],
+                "upsampler_channels": r.upsampler_channels}
+    key = {f: d[f] for f in ("seed", "n_train", "base_res", "max_objects", "clip")}
+    own = {"prior": ("prior", "prior_kind", "prior_width", "prior_layers"),
+           "decoder": ("decoder", "decoder_channels", "decoder_res_blocks"), "clip": ()}[name]
+    key.update({f: d[f] for f in own})
+    return key
+
+
+class _StageStore:
+    """``<out>/stages/``: each finished stage's weights plus ``<name>.json`` (its recipe key),
+    written last, so a stage counts as done only once its weights are complete."""
+
+    def __init__(self, out: Path, r: UnCLIPRecipe):
+        self.dir, self.r = out / "stages", r
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.dir / ("clip" if name == "clip" else f"{name}.safetensors")
+
+    def done(self, name: str) -> bool:
+        meta = self.dir / f"{name}.json"
+        if not meta.is_file():
+            return False
+        got, want = json.loads(meta.read_text()), json.loads(json.dumps(stage_key(self.r, name)))
+        if got != want:
+            diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+            raise ValueError(f"unclip recipe: stage {name!r} in {self.dir} was trained with a different recipe "
+                             f"(fields {diff} differ); delete {self.path(name)} and {meta} to retrain it, or "
+                             "train with the recipe it was made with")
+        return True
+
+    def load(self, name: str):
+        from dalle2_fast.models.io import load_module
+
+        return ClipAdapter.load(self.path(name)) if name == "clip" else load_module(self.path(name))
+
+    def save(self, name: str, module) -> None:
+        from dalle2_fast.models.io import save_module
+
+        module.save(self.path(name)) if name == "clip" else save_module(module, self.path(name))
+        tmp = self.dir / f"{name}.json.tmp"
+        tmp.write_text(json.dumps(stage_key(self.r, name), indent=2))
+        os.replace(tmp, self.dir / f"{name}.json")
+
+
+def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = True,
+                 stages: Sequence[str] | None = None):
+    """Train the recipe's stages into ``out_dir``; returns the assembled
+    :class:`~dalle2_fast.pipeline.UnCLIPPipeline` (saved to ``out_dir/pipeline``) once every stage
+    is done, else None.
+
+    Each finished stage is kept in ``out_dir/stages`` and never retrained: a rerun after an
+    interruption continues with the first unfinished stage. ``stages`` restricts what this call
+    trains (default: all), so independent stages can run in parallel processes — the upsamplers
+    need nothing, the prior and the decoder need only the CLIP stage::
+
+        dalle2-fast unclip train --out R --stages clip prior upsampler1 upsampler2 &
+        (wait for clip) dalle2-fast unclip train --out R --stages decoder
+    """
     from dalle2_fast.clip import TextEncoding
     from dalle2_fast.pipeline import UnCLIPPipeline
 
     r = recipe
+    names = stage_names(r)
+    want = names if stages is None else list(stages)
+    bad = [s for s in want if s not in names]
+    if bad:
+        raise ValueError(f"train_unclip: unknown stages {bad}; this recipe has {names}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    store = _StageStore(out, r)
     (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(r), indent=2))
-    logf = open(out / "log.csv", "w", newline="")
+    log_path = out / ("log.csv" if stages is None else f"log-{'-'.join(want)}.csv")
+    new_log = not log_path.exists()
+    logf = open(log_path, "a", newline="")
     writer = csv.writer(logf)
-    writer.writerow(["stage", "step", "loss", "seconds"])
+    if new_log:
+        writer.writerow(["stage", "step", "loss", "seconds"])
     t_start = time.time()
 
     def log(stage, step, loss):
         writer.writerow([stage, step, f"{loss:.6g}", f"{time.time() - t_start:.1f}"])
         if progress and (step % 100 == 0):
             print(f"[{time.time() - t_start:7.1f}s] {stage} step {step} loss {loss:.4f}", flush=True)
+            logf.flush()
 
-    torch.manual_seed(r.seed)
-    x_base, captions = _render(r.seed, r.n_train, r.base_res, r.max_objects)
-    n = len(captions)
+    need_base = any(s in want and not store.done(s) for s in ("clip", "prior", "decoder"))
+    if need_base:
+        torch.manual_seed(r.seed)
+        x_base, captions = _render(r.seed, r.n_train, r.base_res, r.max_objects)
+        n = len(captions)
 
     # 1. CLIP ---------------------------------------------------------------------------------
-    clip = _train_clip_stage(r, x_base, captions, log)
-    metrics = {"clip_zero_shot": clip_zero_shot(clip, r.seed + 1000, r.base_res)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if progress:
-        print("CLIP zero-shot on held-out images:", metrics["clip_zero_shot"], flush=True)
+    clip = None
+    if store.done("clip"):
+        clip = store.load("clip").eval().requires_grad_(False)
+    elif "clip" in want:
+        clip = _train_clip_stage(r, x_base, captions, log)
+        metrics = {"clip_zero_shot": clip_zero_shot(clip, r.seed + 1000, r.base_res)}
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if progress:
+            print("CLIP zero-shot on held-out images:", metrics["clip_zero_shot"], flush=True)
+        store.save("clip", clip)
 
-    with torch.no_grad():  # frozen CLIP: encode the training set once
-        zi = torch.cat([clip.encode_image(x_base[i:i + 512]) for i in range(0, n, 512)])
-        te = [clip.encode_text(captions[i:i + 512]) for i in range(0, n, 512)]
-        t_tok, t_mask, t_emb = (torch.cat([getattr(e, k) for e in te]) for k in ("tokens", "mask", "embed"))
+    todo = [s for s in ("prior", "decoder") if s in want and not store.done(s)]
+    if todo and clip is None:
+        raise RuntimeError(f"train_unclip: stages {todo} need the CLIP stage, which is not trained in "
+                           f"{store.dir}; train 'clip' first (or in the same call)")
+    if todo:
+        with torch.no_grad():  # frozen CLIP: encode the training set once
+            zi = torch.cat([clip.encode_image(x_base[i:i + 512]) for i in range(0, n, 512)])
+            te = [clip.encode_text(captions[i:i + 512]) for i in range(0, n, 512)]
+            t_tok, t_mask, t_emb = (torch.cat([getattr(e, k) for e in te]) for k in ("tokens", "mask", "embed"))
 
     # 2. prior --------------------------------------------------------------------------------
-    torch.manual_seed(r.seed + 2)
-    prior = build_prior(r, clip)
-    if r.prior_kind == "ar":
-        prior.fit_quantizers(zi, t_emb)
-    else:
-        prior.fit_embed_scale(zi)
+    if "prior" in todo:
+        torch.manual_seed(r.seed + 2)
+        prior = build_prior(r, clip)
+        if r.prior_kind == "ar":
+            prior.fit_quantizers(zi, t_emb)
+        else:
+            prior.fit_embed_scale(zi)
 
-    def prior_step(step, g):
-        i = _batch_idx(g, n, r.prior.batch_size)
-        return prior.loss(zi[i], t_tok[i], t_mask[i], t_emb[i], generator=g)
+        def prior_step(step, g):
+            i = _batch_idx(g, n, r.prior.batch_size)
+            return prior.loss(zi[i], t_tok[i], t_mask[i], t_emb[i], generator=g)
 
-    _loop("prior", r.prior, prior_step, list(prior.parameters()), r.seed + 2, log)
-    prior.eval()
+        _loop("prior", r.prior, prior_step, prior, r.seed + 2, log)
+        store.save("prior", prior)
 
     # 3. decoder ------------------------------------------------------------------------------
-    torch.manual_seed(r.seed + 3)
-    decoder = build_decoder(r, clip)
+    if "decoder" in todo:
+        torch.manual_seed(r.seed + 3)
+        decoder = build_decoder(r, clip)
 
-    def dec_step(step, g):
-        i = _batch_idx(g, n, r.decoder.batch_size)
-        return decoder.loss(x_base[i], zi[i], TextEncoding(t_tok[i], t_mask[i], t_emb[i]), generator=g)
+        def dec_step(step, g):
+            i = _batch_idx(g, n, r.decoder.batch_size)
+            return decoder.loss(x_base[i], zi[i], TextEncoding(t_tok[i], t_mask[i], t_emb[i]), generator=g)
 
-    _loop("decoder", r.decoder, dec_step, list(decoder.parameters()), r.seed + 3, log)
-    decoder.eval()
+        _loop("decoder", r.decoder, dec_step, decoder, r.seed + 3, log)
+        store.save("decoder", decoder)
 
     # 4. upsamplers ---------------------------------------------------------------------------
-    ups, low = [], r.base_res
+    low = r.base_res
     for k, high in enumerate(r.upsample_res):
-        torch.manual_seed(r.seed + 4 + k)
-        x_hi, _ = _render(r.seed, r.n_train, high, r.max_objects)
-        up = build_upsampler(r, low, high, k)
+        name = f"upsampler{k + 1}"
+        if name in want and not store.done(name):
+            torch.manual_seed(r.seed + 4 + k)
+            x_hi, _ = _render(r.seed, r.n_train_upsampler, high, r.max_objects)
+            up = build_upsampler(r, low, high, k)
+            m = x_hi.shape[0]
 
-        def up_step(step, g, up=up, x_hi=x_hi):
-            return up.loss(x_hi[_batch_idx(g, n, r.upsampler.batch_size)], generator=g)
+            def up_step(step, g, up=up, x_hi=x_hi):
+                return up.loss(x_hi[_batch_idx(g, m, r.upsampler.batch_size)], generator=g)
 
-        _loop(f"upsampler{k + 1}", r.upsampler, up_step, list(up.parameters()), r.seed + 4 + k, log)
-        ups.append(up.eval())
+            _loop(name, r.upsampler, up_step, up, r.seed + 4 + k, log)
+            store.save(name, up)
+            del x_hi
         low = high
-        del x_hi
-
-    pipe = UnCLIPPipeline(clip, prior, decoder, ups, defaults=PIPELINE_DEFAULTS)
-    pipe.save_pretrained(out / "pipeline")
     logf.close()
+
+    if not all(store.done(s) for s in names):
+        return None
+    pipe = UnCLIPPipeline(store.load("clip"), store.load("prior"), store.load("decoder"),
+                          [store.load(f"upsampler{k + 1}") for k in range(len(r.upsample_res))],
+                          defaults=PIPELINE_DEFAULTS)
+    pipe.save_pretrained(out / "pipeline")
     return pipe
 
 

@@ -63,10 +63,44 @@ def test_ar_prior_recipe_and_sample_to_file(tmp_path):
                          pipeline=tmp_path / "ar" / "pipeline", progress=False, decoder_steps=2, upsampler_steps=2)
     assert Image.open(png).size == (2 * 32, 2 * 32)
     rr = recipe_from_args(seed=3, scale=0.5, max_minutes=10)
-    assert rr.seed == 3 and rr.decoder.steps == 2000 and rr.decoder.max_minutes == pytest.approx(6.0)
+    assert rr.seed == 3 and rr.decoder.steps == 2500 and rr.decoder.max_minutes == pytest.approx(6.0)
     with pytest.raises(ValueError, match="prior_kind"):
         r.prior_kind = "gan"
         train_unclip(r, tmp_path / "bad", progress=False)
+
+
+def test_stages_split_across_calls_equal_one_run(tmp_path):
+    full = train_unclip(micro(), tmp_path / "full", progress=False)
+    out = tmp_path / "split"
+    assert train_unclip(micro(), out, progress=False, stages=["upsampler1"]) is None  # needs nothing else
+    with pytest.raises(RuntimeError, match="need the CLIP stage"):
+        train_unclip(micro(), out, progress=False, stages=["decoder"])
+    assert train_unclip(micro(), out, progress=False, stages=["clip", "prior"]) is None
+    pipe = train_unclip(micro(), out, progress=False, stages=["decoder"])  # last stage: assembles the pipeline
+    assert pipe is not None and (out / "pipeline" / "unclip.json").is_file()
+    for part in ("prior", "decoder"):
+        for a, b in zip(getattr(full, part).state_dict().values(), getattr(pipe, part).state_dict().values()):
+            assert torch.equal(a, b)
+    for a, b in zip(full.upsamplers[0].state_dict().values(), pipe.upsamplers[0].state_dict().values()):
+        assert torch.equal(a, b)
+    # a rerun trains nothing; a changed recipe is refused for the stages it affects
+    assert train_unclip(micro(), out, progress=False) is not None
+    r = micro()
+    r.clip = Stage(4, 16)
+    with pytest.raises(ValueError, match=r"stage 'clip'.*different recipe.*\['clip'\]"):
+        train_unclip(r, out, progress=False)
+    with pytest.raises(ValueError, match="unknown stages"):
+        train_unclip(micro(), out, progress=False, stages=["vae"])
+
+
+def test_stage_ema_keeps_the_average(tmp_path):
+    r = micro()
+    r.decoder = Stage(3, 4, ema=0.5)
+    with_ema = train_unclip(r, tmp_path / "e", progress=False)
+    r.decoder = Stage(3, 4)
+    plain = train_unclip(r, tmp_path / "p", progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(with_ema.decoder.state_dict().values(),
+                                                      plain.decoder.state_dict().values()))
 
 
 def test_train_clip_only(tmp_path):
