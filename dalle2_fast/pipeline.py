@@ -90,7 +90,7 @@ class UnCLIPPipeline:
                         device: str | torch.device = "cpu") -> "UnCLIPPipeline":
         """Load ``clip/``, ``prior``, ``decoder`` and ``upsampler{1,2}`` from a pipeline directory
         (written by :meth:`save_pretrained`); ``None`` or ``"shapes"``: the weights shipped in the package."""
-        from dalle2_fast.models.io import load_module
+        from dalle2_fast.checkpoint import load_pretrained
 
         if path is None or str(path) == "shapes":
             path = shipped_weights_dir()
@@ -105,28 +105,26 @@ class UnCLIPPipeline:
                                     "holds unclip.json, clip/, prior, decoder and upsampler files)")
         meta = json.loads(manifest.read_text())
         clip = ClipAdapter.load(path / meta["clip"], device=device)
-        prior = load_module(path / meta["prior"], device=device)
-        decoder = load_module(path / meta["decoder"], device=device)
-        ups = [load_module(path / u, device=device) for u in meta.get("upsamplers", [])]
+        prior = load_pretrained(path / meta["prior"], map_location=device).eval()
+        decoder = load_pretrained(path / meta["decoder"], map_location=device).eval()
+        ups = [load_pretrained(path / u, map_location=device).eval() for u in meta.get("upsamplers", [])]
         return cls(clip, prior, decoder, ups, meta.get("defaults"))
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        from dalle2_fast.models.io import save_module
+        from dalle2_fast.checkpoint import atomic_write_text, save_pretrained
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.clip.save(path / "clip")
-        save_module(self.prior, path / "prior.safetensors")
-        save_module(self.decoder, path / "decoder.safetensors")
+        save_pretrained(self.prior, path / "prior.safetensors")
+        save_pretrained(self.decoder, path / "decoder.safetensors")
         names = []
         for i, u in enumerate(self.upsamplers):
             names.append(f"upsampler{i + 1}.safetensors")
-            save_module(u, path / names[-1])
+            save_pretrained(u, path / names[-1])
         meta = {"clip": "clip", "prior": "prior.safetensors", "decoder": "decoder.safetensors",
                 "upsamplers": names, "defaults": self.defaults}
-        tmp = path / "unclip.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, path / "unclip.json")
+        atomic_write_text(path / "unclip.json", json.dumps(meta, indent=2))
         return path
 
     def to(self, device: str | torch.device) -> "UnCLIPPipeline":

@@ -20,7 +20,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,17 +249,15 @@ class _StageStore:
         return True
 
     def load(self, name: str):
-        from dalle2_fast.models.io import load_module
+        from dalle2_fast.checkpoint import load_pretrained
 
-        return ClipAdapter.load(self.path(name)) if name == "clip" else load_module(self.path(name))
+        return ClipAdapter.load(self.path(name)) if name == "clip" else load_pretrained(self.path(name)).eval()
 
     def save(self, name: str, module) -> None:
-        from dalle2_fast.models.io import save_module
+        from dalle2_fast.checkpoint import atomic_write_text, save_pretrained
 
-        module.save(self.path(name)) if name == "clip" else save_module(module, self.path(name))
-        tmp = self.dir / f"{name}.json.tmp"
-        tmp.write_text(json.dumps(stage_key(self.r, name), indent=2))
-        os.replace(tmp, self.dir / f"{name}.json")
+        module.save(self.path(name)) if name == "clip" else save_pretrained(module, self.path(name))
+        atomic_write_text(self.dir / f"{name}.json", json.dumps(stage_key(self.r, name), indent=2))
 
 
 def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = True,

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer
-from dalle2_fast.models.io import load_module, save_module
+from dalle2_fast.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from dalle2_fast.models.decoder import UnCLIPDecoder
 from dalle2_fast.models.prior import DiffusionPrior, DiffusionPriorConfig
 from dalle2_fast.pipeline import UnCLIPPipeline, make_grid, slerp, stage_seeds, to_pil
 from dalle2_fast.seeding import per_sample_randn
@@ -111,17 +112,19 @@ def test_variations_interpolation_text_diff(pipe):
 
 
 def test_prior_checkpoint_roundtrip(pipe, tmp_path):
-    p = save_module(pipe.prior, tmp_path / "prior.safetensors")
-    back = load_module(p)
+    p = save_pretrained(pipe.prior, tmp_path / "prior.safetensors")
+    back = load_pretrained(p)
     assert back.config == pipe.prior.config and isinstance(back, DiffusionPrior)
     t = pipe.clip.encode_text(["a red square"])
     torch.testing.assert_close(back.sample(t.tokens, t.mask, t.embed, [3], steps=4),
                                pipe.prior.sample(t.tokens, t.mask, t.embed, [3], steps=4))
-    with pytest.raises(FileNotFoundError):
-        load_module(tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_pretrained(tmp_path / "missing.safetensors")
     (tmp_path / "trunc.safetensors").write_bytes(p.read_bytes()[:100])
-    with pytest.raises(ValueError, match="readable"):
-        load_module(tmp_path / "trunc.safetensors")
+    with pytest.raises(CheckpointError):
+        load_pretrained(tmp_path / "trunc.safetensors")
+    with pytest.raises(CheckpointError, match="not a UnCLIPDecoder"):  # a prior file where a decoder belongs
+        UnCLIPDecoder.from_pretrained(p)
     with pytest.raises(FileNotFoundError, match="unclip.json"):
         UnCLIPPipeline.from_pretrained(tmp_path)
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.models.prior.schedule import CosineSchedule
 from dalle2_fast.models.prior.transformer import CausalTransformer, TextConditioning, timestep_embedding
 from dalle2_fast.seeding import check_seeds, per_sample_randn
@@ -37,8 +38,11 @@ class DiffusionPriorConfig:
     embed_scale: float = 0.0    # 0: sqrt(clip_dim), unit variance for unit-norm embeddings
 
 
-class DiffusionPrior(nn.Module):
+@register_model("unclip_diffusion_prior")
+class DiffusionPrior(Pretrained, nn.Module):
     """Network and cosine diffusion process of the prior; see the module docstring."""
+
+    config_class = DiffusionPriorConfig
 
     def __init__(self, config: DiffusionPriorConfig):
         super().__init__()
