@@ -467,6 +467,32 @@ def recipe_from_args(seed: int = 0, scale: float = 1.0, max_minutes: float | Non
     return r
 
 
+def evaluate_pipeline(pipe, out_dir: str | Path, n_single: int = 4, n_two: int = 2, seed: int = 0,
+                      progress: bool = True, **sample_kw) -> dict:
+    """The issue's quality report: caption match of single-object prompts (30 prompts x
+    ``n_single``) and two-object prompts (30 x ``n_two``), all sentences the training never
+    contained, judged by the shapes detector at base resolution; plus CLIP zero-shot accuracy
+    on held-out images and a picture. Writes ``caption_match.json`` and ``prompts.png``."""
+    from dalle2_fast.pipeline import make_grid, to_pil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = {"settings": {"seed": seed, **{k: pipe.defaults[k] for k in pipe.defaults}, **sample_kw}}
+    for name, two, n in (("single", False, n_single), ("two", True, n_two)):
+        t0 = time.time()
+        res[name] = caption_match_rate(pipe, eval_prompts(two), n_per_prompt=n, seed=seed, **sample_kw)
+        res[name]["seconds"] = round(time.time() - t0, 1)
+        if progress:
+            print(name, res[name], flush=True)
+    res["clip_zero_shot"] = clip_zero_shot(pipe.clip, 1000 + seed, pipe.decoder.config.unet.image_size)
+    (out / "caption_match.json").write_text(json.dumps(res, indent=2))
+    prompts = ["a red circle above a blue square", "a green triangle", "a yellow star", "a purple diamond",
+               "a blue circle", "a orange square"]
+    imgs = pipe(prompts, num_images_per_prompt=6, seed=seed, **sample_kw)
+    to_pil(make_grid(imgs, nrow=6)[None])[0].save(out / "prompts.png")
+    return res
+
+
 def sample_to_file(prompts: list[str], n: int = 16, out: str | Path = "samples.png", seed: int = 0,
                    pipeline: str | Path | None = None, progress: bool = True, **kw) -> Path:
     """``dalle2-fast sample "a red circle" -n 16 -o samples.png``: a grid of ``n`` images per

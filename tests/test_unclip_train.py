@@ -146,3 +146,16 @@ def test_top_level_cli_prompts_and_train_alias(tmp_path):
         main(["sample", "a red circle", " ", "--pipeline", pipe_dir, "-o", str(tmp_path / "h.png")])
     with pytest.raises(ValueError, match="checkpoint: no such file"):  # a path-like argument stays a checkpoint
         main(["sample", str(tmp_path / "missing")])
+
+
+def test_evaluate_pipeline_writes_report(tmp_path):
+    import json
+
+    from dalle2_fast.unclip_train import evaluate_pipeline
+
+    pipe = train_unclip(micro(), tmp_path / "m", progress=False)
+    res = evaluate_pipeline(pipe, tmp_path / "eval", n_single=1, n_two=1, progress=False, prior_steps=2,
+                            decoder_steps=2, upsampler_steps=1)
+    back = json.loads((tmp_path / "eval" / "caption_match.json").read_text())
+    assert back["single"]["n"] == 30 and back["two"]["n"] == 30 and res["single"] == back["single"]
+    assert (tmp_path / "eval" / "prompts.png").is_file() and set(back["clip_zero_shot"]) >= {"colour", "shape"}
