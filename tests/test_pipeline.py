@@ -77,6 +77,28 @@ def test_bad_arguments(pipe):
         pipe("a red square", batch_size=0)
     with pytest.raises(ValueError, match="unknown default"):
         UnCLIPPipeline(pipe.clip, pipe.prior, pipe.decoder, defaults={"decoder_stepz": 3})
+    # every option is checked before any work, naming the argument
+    for kw, what in (({"decoder_steps": 0}, "decoder_steps must be an int >= 1"),
+                     ({"prior_steps": 2.5}, "prior_steps must be an int"),
+                     ({"decoder_guidance": float("nan")}, "decoder_guidance must be a finite number"),
+                     ({"prior_guidance": -1.0}, "prior_guidance must be a finite number in"),
+                     ({"num_images_per_prompt": 0}, "num_images_per_prompt must be an int >= 1"),
+                     ({"seed": -3}, "seed must be an int >= 0")):
+        with pytest.raises(ValueError, match=what):
+            pipe("a red square", **kw)
+    with pytest.raises(ValueError, match="prompts"):
+        pipe(["a red square", "  "])
+    x = torch.rand(3, 16, 16) * 2 - 1
+    for bad, what in ((x[None, :2], r"image must be \(3, H, W\)"), (x.int(), "floating-point"),
+                      (x * float("nan"), "finite"), (x * 5, r"in \[-1, 1\]")):
+        with pytest.raises(ValueError, match=what):
+            pipe.variations(bad, n=1)
+    with pytest.raises(ValueError, match="image_b must be"):
+        pipe.interpolate(x, x[:2], n=2)
+    with pytest.raises(ValueError, match="to_text must be a non-empty string"):
+        pipe.text_diff(x, "a red square", "", n=2)
+    with pytest.raises(ValueError, match="max_angle"):
+        pipe.text_diff(x, "a red square", "a blue square", n=2, max_angle=3.0)
 
 
 def test_slerp():
