@@ -51,13 +51,15 @@ class UnCLIPRecipe:
     clip: Stage = field(default_factory=lambda: Stage(1500, 128, 1e-3))
     prior: Stage = field(default_factory=lambda: Stage(3000, 128, 3e-4, ema=0.999))
     decoder: Stage = field(default_factory=lambda: Stage(5000, 32, 8e-4, ema=0.999))
-    upsampler: Stage = field(default_factory=lambda: Stage(1500, 16, 5e-4, ema=0.995))
+    upsampler: Stage = field(default_factory=lambda: Stage(1200, 16, 5e-4, ema=0.995))
     prior_kind: str = "diffusion"               # 'diffusion' | 'ar' (autoregressive prior)
     prior_width: int = 128
     prior_layers: int = 4
     decoder_channels: int = 32
     decoder_res_blocks: int = 1
     upsampler_channels: int = 32
+    upsampler_residual: bool = True             # diffuse hr - bicubic(low) (SRDiff-style) ...
+    upsampler_pred: str = "x0"                  # ... predicting x0: an under-trained model stays near bicubic
 
 
 def build_clip(r: UnCLIPRecipe) -> ClipAdapter:
@@ -105,8 +107,10 @@ def build_upsampler(r: UnCLIPRecipe, low: int, high: int, k: int):
                       num_res_blocks=1, attention_resolutions=(), use_scale_shift_norm=True,
                       num_groups=min(32, uc // 2))
     crop = high // 2 if high >= 64 else 0
-    return UnCLIPUpsampler(UpsamplerConfig(unet=ucfg, low_res=low, high_res=high,
-                                           augment="blur" if k == 0 else "bsr", train_crop=crop))
+    diff = dataclasses.replace(UpsamplerConfig().diffusion, mean_type=r.upsampler_pred)
+    return UnCLIPUpsampler(UpsamplerConfig(unet=ucfg, diffusion=diff, low_res=low, high_res=high,
+                                           augment="blur" if k == 0 else "bsr", train_crop=crop,
+                                           residual=r.upsampler_residual))
 
 
 PIPELINE_DEFAULTS = dict(prior_steps=32, decoder_steps=25, upsampler_steps=8, prior_guidance=1.0,
@@ -217,7 +221,8 @@ def stage_key(r: UnCLIPRecipe, name: str) -> dict:
         k = int(name[len("upsampler"):])
         return {"seed": r.seed, "n_train_upsampler": r.n_train_upsampler, "max_objects": r.max_objects,
                 "res": [r.base_res, *r.upsample_res[:k]], "upsampler": d["upsampler"],
-                "upsampler_channels": r.upsampler_channels}
+                "upsampler_channels": r.upsampler_channels, "upsampler_residual": r.upsampler_residual,
+                "upsampler_pred": r.upsampler_pred}
     key = {f: d[f] for f in ("seed", "n_train", "base_res", "max_objects", "clip")}
     own = {"prior": ("prior", "prior_kind", "prior_width", "prior_layers"),
            "decoder": ("decoder", "decoder_channels", "decoder_res_blocks"), "clip": ()}[name]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
@@ -41,6 +42,7 @@ class UpsamplerConfig:
     augment: str = "blur"                     # 'blur' (first upsampler) | 'bsr' (second) | 'none'
     blur_sigma: tuple[float, float] = (0.4, 0.6)
     train_crop: int = 0                       # high-res crop side for training (0 = whole image)
+    residual: bool = False                    # diffuse hr - bicubic(low_res) instead of hr (SRDiff-style)
 
     def __post_init__(self):
         object.__setattr__(self, "blur_sigma", tuple(float(v) for v in self.blur_sigma))
@@ -98,9 +100,16 @@ class UnCLIPUpsampler(Pretrained, nn.Module):
             xs = torch.randint(0, hr.shape[-1] - crop + 1, (b,), generator=g).tolist()
             hr = torch.stack([hr[i, :, y:y + crop, x:x + crop] for i, (y, x) in enumerate(zip(ys, xs))])
         lr = self.degrade(hr, g)
+        target = hr - self.base(lr, hr.shape[-2:]) if self.config.residual else hr
         t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=g).to(dev)
         noise = torch.randn(hr.shape, generator=g).to(dev, hr.dtype)
-        return self.diffusion.training_losses(self, hr, t, noise=noise, model_kwargs={"low_res": lr})["loss"].mean()
+        return self.diffusion.training_losses(self, target, t, noise=noise,
+                                              model_kwargs={"low_res": lr})["loss"].mean()
+
+    @staticmethod
+    def base(low_res: torch.Tensor, size) -> torch.Tensor:
+        """The interpolated low-res image a residual upsampler adds its sample to (bicubic, clamped)."""
+        return F.interpolate(low_res, size=tuple(size), mode="bicubic", align_corners=False).clamp(-1, 1)
 
     @torch.no_grad()
     def sample(self, low_res: torch.Tensor, seeds: Sequence[int], steps: int = 10,
@@ -108,5 +117,8 @@ class UnCLIPUpsampler(Pretrained, nn.Module):
         """(B, 3, h, w) in [-1, 1] -> (B, 3, h*f, w*f); DDIM over ``steps`` respaced steps."""
         b, _, h, w = low_res.shape
         shape = (b, 3, h * self.factor, w * self.factor)
-        return ddim_sample(self, respace(self.diffusion, str(steps)), shape, model_kwargs={"low_res": low_res},
-                           seeds=list(seeds), clip="static", progress=progress, device=low_res.device)
+        x = ddim_sample(self, respace(self.diffusion, str(steps)), shape, model_kwargs={"low_res": low_res},
+                        seeds=list(seeds), clip="static", progress=progress, device=low_res.device)
+        if self.config.residual:  # the model drew the detail on top of the interpolated image
+            x = (x + self.base(low_res, shape[-2:])).clamp(-1, 1)
+        return x
