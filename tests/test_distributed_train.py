@@ -142,6 +142,14 @@ def test_item_seeds_do_not_depend_on_the_slice():
     assert len(set(whole("t") + whole("noise") + ItemSeeds(4, 8, 4)("t"))) == 12  # purposes, runs differ
 
 
+def test_vae_two_ranks_match_one_process(tmp_path):
+    # the reparameterisation noise of image i comes from its own seed, not from a rank's RNG
+    argv = ["train", "vae", "--steps", "3", "--ckpt-every", "3", *TINY, "--set", "channels=8"]
+    main([*argv, "--out", str(tmp_path / "one")])
+    _torchrun([*argv, "--out", str(tmp_path / "two")])
+    _same_run(tmp_path / "one", tmp_path / "two")
+
+
 @pytest.mark.parametrize("d_norm", ["batch", "spectral"])
 def test_gan_two_ranks_match_one_process(d_norm, tmp_path):
     """Two DDP networks, three discriminator forwards per step (real and detached fake feed one
