@@ -27,6 +27,7 @@ from dalle2_fast.models.diffusion_model import (DiffusionModel, DiffusionModelCo
                                                 labels_from_batch, num_labels, recognition_rate_of)
 from dalle2_fast.models.unet_configs import classifier_preset, unet_preset
 from dalle2_fast.seeding import per_sample_rand, per_sample_randint, per_sample_randn
+from dalle2_fast.train.distributed import item_dropout
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 GUIDANCES = ("none", "classifier", "cfg")
@@ -101,9 +102,9 @@ class DiffusionTask:
         return self._diff
 
     def step(self, model, batch, opts) -> dict:
-        """One step on ``diffusion.training_losses``. Item i's timestep, noise and label dropout
-        come from its own seeds (``batch['seeds']``), so ranks on slices of the global batch draw
-        what one process draws for the whole batch."""
+        """One step on ``diffusion.training_losses``. Item i's timestep, noise, label dropout and
+        U-Net dropout masks come from its own seeds (``batch['seeds']``), so ranks on slices of
+        the global batch draw what one process draws for the whole batch."""
         model.train()
         d = self._diffusion(model)
         x0, seeds = batch["image"], batch["seeds"]
@@ -113,10 +114,11 @@ class DiffusionTask:
             y = torch.where(drop, torch.full_like(y, model.null_label), y)
         t = per_sample_randint(seeds("t"), d.num_timesteps, x0.device)
         noise = per_sample_randn(seeds("noise"), x0.shape[1:], x0.device, x0.dtype)
-        terms = d.training_losses(model.unet, x0, t, noise=noise, model_kwargs={"y": y} if y is not None else None)
-        loss = terms["loss"].mean()
-        opts["model"].zero_grad(set_to_none=True)
-        loss.backward()
+        with item_dropout(model, seeds):  # the U-Net's dropout masks too (forward and recompute)
+            terms = d.training_losses(model.unet, x0, t, noise=noise, model_kwargs={"y": y} if y is not None else None)
+            loss = terms["loss"].mean()
+            opts["model"].zero_grad(set_to_none=True)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opts["model"].step()
         logs = {"loss": loss.item(), "mse": terms["mse"].mean().item()}
@@ -183,10 +185,11 @@ class ClassifierTask:
         x0, seeds = batch["image"], batch["seeds"]
         y = labels_from_batch(kind_for_num_classes(model.config.num_classes), batch["label"])
         t = per_sample_randint(seeds("t"), self.diff.num_timesteps, x0.device)  # item i's own t and noise
-        logits = self._logits(model, x0, t, per_sample_randn(seeds("noise"), x0.shape[1:], x0.device, x0.dtype))
-        loss = F.cross_entropy(logits, y)
-        opts["model"].zero_grad(set_to_none=True)
-        loss.backward()
+        with item_dropout(model, seeds):
+            logits = self._logits(model, x0, t, per_sample_randn(seeds("noise"), x0.shape[1:], x0.device, x0.dtype))
+            loss = F.cross_entropy(logits, y)
+            opts["model"].zero_grad(set_to_none=True)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opts["model"].step()
         return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}

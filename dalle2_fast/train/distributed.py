@@ -243,3 +243,40 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+class ItemDropout(torch.nn.Dropout):
+    """``nn.Dropout`` whose mask for item i of the batch comes from its own generator (seeded
+    ``seeds[i]`` while :func:`item_dropout` is active), so it does not depend on which rank or
+    batch slice computes the item; a plain ``nn.Dropout`` otherwise. Each layer's mask is a
+    function of (item seed, layer) only, so an activation-checkpointing recompute in the backward
+    pass redraws the same mask."""
+
+    seeds: list[int] | None = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0 or self.seeds is None:
+            return super().forward(x)
+        if len(self.seeds) != x.shape[0]:
+            raise ValueError(f"ItemDropout: {len(self.seeds)} item seeds for a batch of {x.shape[0]}")
+        u = torch.stack([torch.rand(x.shape[1:], device=x.device,
+                                    generator=torch.Generator(device=x.device).manual_seed(s)) for s in self.seeds])
+        return x * (u >= self.p).to(x.dtype) / (1 - self.p)
+
+
+@contextlib.contextmanager
+def item_dropout(model, seeds: ItemSeeds):
+    """Within the block (forward and backward), every dropout layer of ``model`` draws item i's
+    mask from ``seeds``: layer j of the model uses ``seeds(f"dropout/{j}")``. Plain
+    ``nn.Dropout`` layers become :class:`ItemDropout` (no parameters or buffers: checkpoints are
+    unchanged)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    for j, m in enumerate(layers):
+        if type(m) is torch.nn.Dropout:
+            m.__class__ = ItemDropout
+        m.seeds = seeds(f"dropout/{j}")
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.seeds = None
