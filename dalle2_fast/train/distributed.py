@@ -259,9 +259,10 @@ class ItemDropout(torch.nn.Dropout):
             return super().forward(x)
         if len(self.seeds) != x.shape[0]:
             raise ValueError(f"ItemDropout: {len(self.seeds)} item seeds for a batch of {x.shape[0]}")
-        u = torch.stack([torch.rand(x.shape[1:], device=x.device,
-                                    generator=torch.Generator(device=x.device).manual_seed(s)) for s in self.seeds])
-        return x * (u >= self.p).to(x.dtype) / (1 - self.p)
+        u = torch.empty(x.shape, device=x.device)  # float32 uniforms: row i from item i's generator
+        for row, s in zip(u, self.seeds):
+            row.uniform_(generator=torch.Generator(device=x.device).manual_seed(s))
+        return x * u.ge_(self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))  # keep with prob 1-p, rescale
 
 
 @contextlib.contextmanager
