@@ -50,13 +50,26 @@ def ema_decay(args: argparse.Namespace, task) -> float:
     return decay
 
 
+def ema_update(decay: float):
+    """The ``multi_avg_fn`` of the weight EMA: torch's ``get_ema_multi_avg_fn`` with the decay
+    warmed up by the number of updates so far, ``min(decay, (1 + n) / (10 + n))`` (the schedule of
+    TensorFlow's ``ExponentialMovingAverage(num_updates=...)``). Without the warm-up a 0.999 EMA
+    of a 200-step CPU run would still be 80% the weights after step 1; with it the EMA averages
+    over roughly the last tenth of the run until ``decay`` caps it (after ~9/(1-decay) steps)."""
+    def update(ema_params, params, n):
+        n = float(n)  # updates so far (>= 1: the first update copies the weights)
+        get_ema_multi_avg_fn(min(decay, (1.0 + n) / (10.0 + n)))(ema_params, params, n)
+    return update
+
+
 def train(args: argparse.Namespace) -> Path:
     """Train ``args.model``; returns the output directory. ``args``: the ``train`` subcommand's
     namespace (model, steps, batch_size, resolution, lr, seed, out, resume, ckpt_every,
     keep_last, max_minutes, data, eval_size, sample_n, set, vqvae, quiet, ema).
 
     With an EMA decay > 0 (``--ema``; default: the task's ``default_ema``) rank 0 keeps
-    ``AveragedModel(model)`` updated after every optimizer step; it is saved in every training
+    ``AveragedModel(model)`` updated after every optimizer step (decay warmed up by
+    :func:`ema_update`); it is saved in every training
     checkpoint (``ema.safetensors``), written as ``final/`` and used for the end-of-training
     samples and metrics, while ``final_raw/`` holds the raw weights."""
     if args.model not in TASKS:
@@ -74,8 +87,7 @@ def train(args: argparse.Namespace) -> Path:
     opts = task.optimizers(model, lr)
     decay = ema_decay(args, task)
     # the EMA is updated from weights that are identical on every rank: rank 0's copy is the only one
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-           if decay > 0 and info.is_main else None)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(decay), use_buffers=True) if decay > 0 and info.is_main else None
     start = 0
     if args.resume:
         ck = latest_training_state(out)
