@@ -58,7 +58,8 @@ def test_ema_is_the_final_model(tmp_path):
     out = tmp_path / "ema"
     _train("dae", out, 3, "--set", "channels=8", "--ckpt-every", "1", "--keep-last", "3", "--ema", "0.5")
     w = [load_file(str(out / "checkpoints" / f"step_{k:08d}" / "model.safetensors")) for k in (1, 2, 3)]
-    final, raw = load_file(str(out / "final" / "model.safetensors")), load_file(str(out / "final_raw" / "model.safetensors"))
+    final = load_file(str(out / "final" / "model.safetensors"))
+    raw = load_file(str(out / "final_raw" / "model.safetensors"))
     assert final.keys() == w[0].keys()
     for k in final:
         torch.testing.assert_close(raw[k], w[2][k], rtol=0, atol=0)

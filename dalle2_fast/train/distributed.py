@@ -216,7 +216,8 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, model_name: str):
 def no_sync(module):
     """``module.no_sync()`` for a DDP module (its gradients from the enclosed forward/backward are
     kept local, not all-reduced), a no-op context otherwise."""
-    return module.no_sync() if isinstance(module, torch.nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
+    ddp = isinstance(module, torch.nn.parallel.DistributedDataParallel)
+    return module.no_sync() if ddp else contextlib.nullcontext()
 
 
 def reduce_logs(logs: dict, info: DistInfo) -> dict:
