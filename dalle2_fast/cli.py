@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 def _train(args):
@@ -12,8 +14,50 @@ def _train(args):
     train(args)
 
 
+def _prompts_or_checkpoint(args) -> list[str] | None:
+    """``sample`` takes a checkpoint (an existing path, or anything that looks like one) or
+    text prompts for the unCLIP pipeline; returns the prompts, or None (``args.checkpoint`` set)."""
+    items = args.checkpoint
+    first = items[0]
+    if len(items) == 1 and (Path(first).exists() or "/" in first or os.sep in first
+                            or first.endswith((".safetensors", ".pt", ".pth", ".json"))):
+        args.checkpoint = first
+        return None
+    return items
+
+
+def _sample_unclip(args, prompts: list[str]) -> None:
+    from dalle2_fast.train.validate import check_writable_file
+    from dalle2_fast.unclip_train import sample_to_file
+
+    if any(not p.strip() for p in prompts):
+        raise ValueError(f"prompts: expected non-empty text, got {prompts!r}")
+    for opt, v, default in (("--label", args.label, None), ("--guidance", args.guidance, "none"),
+                            ("--classifier", args.classifier, None), ("--images-dir", args.images_dir, None),
+                            ("--metrics", args.metrics, None)):
+        if v != default:
+            raise ValueError(f"{opt}: applies to a trained checkpoint, not to text prompts (unCLIP); got {v!r}")
+    n = 16 if args.n is None else args.n
+    if n < 1 or args.batch_size < 1:
+        raise ValueError(f"-n and --batch-size: expected >= 1, got {n} and {args.batch_size}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps: expected >= 1, got {args.steps}")
+    check_writable_file("--out", args.out)
+    kw = {} if args.steps is None else {"decoder_steps": args.steps}
+    if args.scale is not None:
+        kw["decoder_guidance"] = args.scale
+    print(sample_to_file(prompts, n=n, out=args.out, seed=args.seed, pipeline=args.pipeline,
+                         batch_size=min(args.batch_size, 64), progress=True, **kw))
+
+
 def _sample(args):
     from dalle2_fast.train.validate import check_sample_args
+    prompts = _prompts_or_checkpoint(args)
+    if prompts is not None:
+        return _sample_unclip(args, prompts)
+    args.n = 64 if args.n is None else args.n
+    args.steps = 50 if args.steps is None else args.steps
+    args.scale = 1.0 if args.scale is None else args.scale
     check_sample_args(args)
     if args.images_dir:  # one PNG per image, seeds sharded over torchrun ranks
         from dalle2_fast.train.sample_images import sample_images
@@ -73,18 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
 
-    s = sub.add_parser("sample", help="sample a grid from a checkpoint")
-    s.add_argument("checkpoint")
-    s.add_argument("-n", type=int, default=64)
-    s.add_argument("--out", default="samples.png")
+    s = sub.add_parser("sample", help="sample a grid from a checkpoint, or text-to-image from the unCLIP pipeline",
+                       description="dalle2-fast sample CHECKPOINT [options] | dalle2-fast sample PROMPT... [-n 16] "
+                                   "[-o samples.png] [--pipeline DIR] (default: the shipped weights)")
+    s.add_argument("checkpoint", nargs="+", metavar="CHECKPOINT_OR_PROMPT",
+                   help="a trained run/checkpoint path, or one or more text prompts (unCLIP)")
+    s.add_argument("-n", type=int, default=None, help="images (per prompt); default 64, or 16 per prompt")
+    s.add_argument("-o", "--out", default="samples.png")
+    s.add_argument("--pipeline", default=None, help="prompts: an unCLIP pipeline directory (default: shipped)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label", default=None, help="conditional models: class id or '<colour> <shape>'")
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpmpp"], help="diffusion models")
-    s.add_argument("--steps", type=int, default=50, help="diffusion models: sampling steps (respaced)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="diffusion models: sampling steps (respaced; default 50); prompts: decoder steps")
     s.add_argument("--eta", type=float, default=0.0, help="--sampler ddim: 0 deterministic, 1 DDPM-like")
     s.add_argument("--guidance", default="none", choices=["none", "classifier", "cfg"])
-    s.add_argument("--scale", type=float, default=1.0, help="guidance scale")
+    s.add_argument("--scale", type=float, default=None,
+                   help="guidance scale (default 1; prompts: the decoder's classifier-free guidance)")
     s.add_argument("--classifier", default=None, help="--guidance classifier: a noisy classifier checkpoint")
     s.add_argument("--metrics", default=None, help="diffusion models: write the detector's recognition rate "
                                                    "of the samples (of their labels) to this JSON file")
@@ -118,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(argparse.Namespace(bench_args=argv[1:])) or 0
     if argv[:1] == ["unclip"]:  # likewise for the unCLIP commands
         return _unclip(argparse.Namespace(unclip_args=argv[1:]))
+    if argv[:2] in (["train", "unclip"], ["train", "clip"]):  # the unCLIP recipe / its CLIP stage alone
+        return _unclip(argparse.Namespace(unclip_args=["train" if argv[1] == "unclip" else "train-clip", *argv[2:]]))
     args = build_parser().parse_args(argv)
     rc = args.func(args)
     return rc if isinstance(rc, int) else 0

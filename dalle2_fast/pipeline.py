@@ -90,7 +90,7 @@ class UnCLIPPipeline:
                         device: str | torch.device = "cpu") -> "UnCLIPPipeline":
         """Load ``clip/``, ``prior``, ``decoder`` and ``upsampler{1,2}`` from a pipeline directory
         (written by :meth:`save_pretrained`); ``None`` or ``"shapes"``: the weights shipped in the package."""
-        from dalle2_fast.models.io import load_module
+        from dalle2_fast.checkpoint import load_pretrained
 
         if path is None or str(path) == "shapes":
             path = shipped_weights_dir()
@@ -105,28 +105,26 @@ class UnCLIPPipeline:
                                     "holds unclip.json, clip/, prior, decoder and upsampler files)")
         meta = json.loads(manifest.read_text())
         clip = ClipAdapter.load(path / meta["clip"], device=device)
-        prior = load_module(path / meta["prior"], device=device)
-        decoder = load_module(path / meta["decoder"], device=device)
-        ups = [load_module(path / u, device=device) for u in meta.get("upsamplers", [])]
+        prior = load_pretrained(path / meta["prior"], map_location=device).eval()
+        decoder = load_pretrained(path / meta["decoder"], map_location=device).eval()
+        ups = [load_pretrained(path / u, map_location=device).eval() for u in meta.get("upsamplers", [])]
         return cls(clip, prior, decoder, ups, meta.get("defaults"))
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        from dalle2_fast.models.io import save_module
+        from dalle2_fast.checkpoint import atomic_write_text, save_pretrained
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.clip.save(path / "clip")
-        save_module(self.prior, path / "prior.safetensors")
-        save_module(self.decoder, path / "decoder.safetensors")
+        save_pretrained(self.prior, path / "prior.safetensors")
+        save_pretrained(self.decoder, path / "decoder.safetensors")
         names = []
         for i, u in enumerate(self.upsamplers):
             names.append(f"upsampler{i + 1}.safetensors")
-            save_module(u, path / names[-1])
+            save_pretrained(u, path / names[-1])
         meta = {"clip": "clip", "prior": "prior.safetensors", "decoder": "decoder.safetensors",
                 "upsamplers": names, "defaults": self.defaults}
-        tmp = path / "unclip.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, path / "unclip.json")
+        atomic_write_text(path / "unclip.json", json.dumps(meta, indent=2))
         return path
 
     def to(self, device: str | torch.device) -> "UnCLIPPipeline":
@@ -136,7 +134,38 @@ class UnCLIPPipeline:
 
     # ---- the chain ----------------------------------------------------------------------------
     def _opt(self, name, value):
-        return self.defaults[name] if value is None else value
+        v = self.defaults[name] if value is None else value
+        if name.endswith("_steps"):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"UnCLIPPipeline: {name} must be an int >= 1, got {v!r}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 100:
+            raise ValueError(f"UnCLIPPipeline: {name} must be a finite number in [0, 100] (1 = no guidance), "
+                             f"got {v!r}")
+        return v
+
+    def _check_image(self, name: str, image) -> torch.Tensor:
+        """A (3, H, W) or (1, 3, H, W) image in [-1, 1], finite."""
+        if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+            raise ValueError(f"UnCLIPPipeline: {name} must be a floating-point tensor (3, H, W) in [-1, 1], got "
+                             f"{type(image).__name__ if not isinstance(image, torch.Tensor) else image.dtype}")
+        if not (image.dim() == 3 and image.shape[0] == 3) and not (image.dim() == 4 and image.shape[:2] == (1, 3)):
+            raise ValueError(f"UnCLIPPipeline: {name} must be (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}")
+        if image.numel() == 0 or not torch.isfinite(image).all():
+            raise ValueError(f"UnCLIPPipeline: {name} must be non-empty and finite (no NaN/Inf)")
+        if image.min() < -1.01 or image.max() > 1.01:
+            raise ValueError(f"UnCLIPPipeline: {name} must be in [-1, 1] (got values in [{float(image.min()):.3g}, "
+                             f"{float(image.max()):.3g}]; map [0, 1] images with x * 2 - 1)")
+        return image
+
+    @staticmethod
+    def _check_count(name: str, v, low: int = 1) -> None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"UnCLIPPipeline: {name} must be an int >= {low}, got {v!r}")
+
+    @staticmethod
+    def _check_text(name: str, v) -> None:
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"UnCLIPPipeline: {name} must be a non-empty string, got {v!r}")
 
     @torch.no_grad()
     def decode_embeddings(self, image_embed: torch.Tensor, text: TextEncoding | None, seeds: Sequence[int],
@@ -161,11 +190,16 @@ class UnCLIPPipeline:
                  batch_size: int = 16, progress: bool = False) -> torch.Tensor:
         """Images for ``prompts``: (len(prompts) * num_images_per_prompt, 3, H, W) in [0, 1], prompts-major."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("UnCLIPPipeline: prompts must be a non-empty string or list of strings")
-        if num_images_per_prompt < 1 or batch_size < 1:
-            raise ValueError(f"UnCLIPPipeline: num_images_per_prompt and batch_size must be >= 1, got "
-                             f"{num_images_per_prompt} and {batch_size}")
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError(f"UnCLIPPipeline: prompts must be a non-empty string or list of non-empty strings, "
+                             f"got {prompts!r}")
+        self._check_count("num_images_per_prompt", num_images_per_prompt)
+        self._check_count("batch_size", batch_size)
+        self._check_count("seed", seed, 0)
+        for name, v in (("prior_steps", prior_steps), ("decoder_steps", decoder_steps),
+                        ("upsampler_steps", upsampler_steps), ("prior_guidance", prior_guidance),
+                        ("decoder_guidance", decoder_guidance)):
+            self._opt(name, v)  # checks every option before any work
         items = [p for p in prompts for _ in range(num_images_per_prompt)]
         seeds = [seed + k for k in range(len(items))]
         out = []
@@ -193,6 +227,8 @@ class UnCLIPPipeline:
     @torch.no_grad()
     def variations(self, image: torch.Tensor, n: int = 4, seed: int = 0, **kw) -> torch.Tensor:
         """``n`` images that keep the CLIP content of ``image`` (3, H, W) in [-1, 1], decoded with new noise."""
+        self._check_image("image", image)
+        self._check_count("n", n)
         z = self._image_embed(image).expand(n, -1)
         return to_unit_range(self.decode_embeddings(z, None, [seed + k for k in range(n)], **kw))
 
@@ -200,8 +236,10 @@ class UnCLIPPipeline:
     def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 5, seed: int = 0,
                     **kw) -> torch.Tensor:
         """``n`` images along slerp(z_a, z_b, t), t = 0 .. 1, with the same decoder noise for all frames."""
-        if n < 2:
-            raise ValueError(f"interpolate: n must be >= 2, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"interpolate: n must be an int >= 2, got {n!r}")
+        self._check_image("image_a", image_a)
+        self._check_image("image_b", image_b)
         za, zb = self._image_embed(image_a), self._image_embed(image_b)
         z = slerp(za, zb, torch.linspace(0, 1, n, device=za.device)[:, None])
         return to_unit_range(self.decode_embeddings(z, None, [seed] * n, **kw))
@@ -212,6 +250,12 @@ class UnCLIPPipeline:
         """Edit ``image`` toward ``to_text``: z_d = normalise(z_t(to) - z_t(from)); frames slerp(z_i, z_d, t),
         t = 0 .. max_angle (the paper uses 0.25-0.5), decoded with the same latent and the new caption.
         ``invert``: that latent is the DDIM inversion of ``image`` (as in the paper), else seeded noise."""
+        self._check_image("image", image)
+        self._check_text("from_text", from_text)
+        self._check_text("to_text", to_text)
+        self._check_count("n", n)
+        if not isinstance(max_angle, (int, float)) or not 0 < max_angle <= 1:
+            raise ValueError(f"text_diff: max_angle must be in (0, 1], got {max_angle!r}")
         x = image[None] if image.dim() == 3 else image
         zi = self._image_embed(x)
         te = self.clip.encode_text([from_text, to_text])

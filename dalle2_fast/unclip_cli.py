@@ -3,6 +3,7 @@
     dalle2-fast unclip train --out runs/unclip --seed 0 [--scale 1.0] [--max-minutes 30] [--stages ...]
     dalle2-fast unclip train-clip --out runs/clip --seed 0
     dalle2-fast unclip sample "a red circle above a blue square" -n 16 -o samples.png [--pipeline DIR]
+    dalle2-fast unclip eval --out DIR [--pipeline DIR]      (caption match of new prompts, zero-shot)
 """
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--stages", nargs="+", default=None,
                            help="train only these stages (clip prior decoder upsampler1 upsampler2); finished "
                                 "stages in --out are reused, so parallel processes can split the recipe")
+    e = sub.add_parser("eval", help="caption match of new prompts (shapes detector), CLIP zero-shot, a picture")
+    e.add_argument("--pipeline", default=None, help="pipeline directory (default: the shipped weights)")
+    e.add_argument("--out", required=True, help="writes caption_match.json and prompts.png here")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--n-single", type=int, default=4, help="images per single-object prompt (30 prompts)")
+    e.add_argument("--n-two", type=int, default=2, help="images per two-object prompt (30 prompts)")
     s = sub.add_parser("sample", help="images for prompts")
     s.add_argument("prompts", nargs="+")
     s.add_argument("-n", type=int, default=16, help="images per prompt")
@@ -52,6 +59,13 @@ def run(args: argparse.Namespace) -> int:
             pipe = train_unclip(r, args.out, progress=not args.quiet, stages=args.stages)
             print(f"{args.out}/pipeline" if pipe is not None else
                   f"stages {args.stages} done; rerun without --stages to assemble the pipeline")
+        return 0
+    if args.command == "eval":
+        from dalle2_fast.pipeline import UnCLIPPipeline
+        from dalle2_fast.unclip_train import evaluate_pipeline
+
+        evaluate_pipeline(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, args.n_single, args.n_two,
+                          args.seed)
         return 0
     kw = {k: getattr(args, k) for k in ("prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance",
                                          "decoder_guidance") if getattr(args, k) is not None}

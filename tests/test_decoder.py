@@ -9,7 +9,7 @@ pytest.importorskip("dalle2_fast.diffusion")
 
 from dalle2_fast.clip import TextEncoding  # noqa: E402
 from dalle2_fast.models.decoder import DecoderConfig, UnCLIPDecoder  # noqa: E402
-from dalle2_fast.models.io import load_module, save_module  # noqa: E402
+from dalle2_fast.checkpoint import load_pretrained, save_pretrained  # noqa: E402
 from dalle2_fast.models.unet import UNetConfig  # noqa: E402
 from dalle2_fast.models.upsampler import UnCLIPUpsampler, UpsamplerConfig  # noqa: E402
 
@@ -150,8 +150,10 @@ def test_upsampler_config_checks():
 def test_checkpoints_round_trip(tmp_path):
     dec, up = tiny_decoder().eval(), tiny_upsampler("bsr").eval()
     for m, name in ((dec, "d"), (up, "u")):
-        back = load_module(save_module(m, tmp_path / f"{name}.safetensors"))
+        back = load_pretrained(save_pretrained(m, tmp_path / f"{name}.safetensors"))
         assert back.config == m.config and type(back) is type(m)
+        again = type(m).from_pretrained(m.save_pretrained(tmp_path / f"{name}_dir"))  # directory form
+        assert again.config == m.config
         for a, b in zip(m.state_dict().values(), back.state_dict().values()):
             assert torch.equal(a, b)
 

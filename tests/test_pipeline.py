@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer
-from dalle2_fast.models.io import load_module, save_module
+from dalle2_fast.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from dalle2_fast.models.decoder import UnCLIPDecoder
 from dalle2_fast.models.prior import DiffusionPrior, DiffusionPriorConfig
 from dalle2_fast.pipeline import UnCLIPPipeline, make_grid, slerp, stage_seeds, to_pil
 from dalle2_fast.seeding import per_sample_randn
@@ -76,6 +77,28 @@ def test_bad_arguments(pipe):
         pipe("a red square", batch_size=0)
     with pytest.raises(ValueError, match="unknown default"):
         UnCLIPPipeline(pipe.clip, pipe.prior, pipe.decoder, defaults={"decoder_stepz": 3})
+    # every option is checked before any work, naming the argument
+    for kw, what in (({"decoder_steps": 0}, "decoder_steps must be an int >= 1"),
+                     ({"prior_steps": 2.5}, "prior_steps must be an int"),
+                     ({"decoder_guidance": float("nan")}, "decoder_guidance must be a finite number"),
+                     ({"prior_guidance": -1.0}, "prior_guidance must be a finite number in"),
+                     ({"num_images_per_prompt": 0}, "num_images_per_prompt must be an int >= 1"),
+                     ({"seed": -3}, "seed must be an int >= 0")):
+        with pytest.raises(ValueError, match=what):
+            pipe("a red square", **kw)
+    with pytest.raises(ValueError, match="prompts"):
+        pipe(["a red square", "  "])
+    x = torch.rand(3, 16, 16) * 2 - 1
+    for bad, what in ((x[None, :2], r"image must be \(3, H, W\)"), (x.int(), "floating-point"),
+                      (x * float("nan"), "finite"), (x * 5, r"in \[-1, 1\]")):
+        with pytest.raises(ValueError, match=what):
+            pipe.variations(bad, n=1)
+    with pytest.raises(ValueError, match="image_b must be"):
+        pipe.interpolate(x, x[:2], n=2)
+    with pytest.raises(ValueError, match="to_text must be a non-empty string"):
+        pipe.text_diff(x, "a red square", "", n=2)
+    with pytest.raises(ValueError, match="max_angle"):
+        pipe.text_diff(x, "a red square", "a blue square", n=2, max_angle=3.0)
 
 
 def test_slerp():
@@ -111,17 +134,19 @@ def test_variations_interpolation_text_diff(pipe):
 
 
 def test_prior_checkpoint_roundtrip(pipe, tmp_path):
-    p = save_module(pipe.prior, tmp_path / "prior.safetensors")
-    back = load_module(p)
+    p = save_pretrained(pipe.prior, tmp_path / "prior.safetensors")
+    back = load_pretrained(p)
     assert back.config == pipe.prior.config and isinstance(back, DiffusionPrior)
     t = pipe.clip.encode_text(["a red square"])
     torch.testing.assert_close(back.sample(t.tokens, t.mask, t.embed, [3], steps=4),
                                pipe.prior.sample(t.tokens, t.mask, t.embed, [3], steps=4))
-    with pytest.raises(FileNotFoundError):
-        load_module(tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_pretrained(tmp_path / "missing.safetensors")
     (tmp_path / "trunc.safetensors").write_bytes(p.read_bytes()[:100])
-    with pytest.raises(ValueError, match="readable"):
-        load_module(tmp_path / "trunc.safetensors")
+    with pytest.raises(CheckpointError):
+        load_pretrained(tmp_path / "trunc.safetensors")
+    with pytest.raises(CheckpointError, match="not a UnCLIPDecoder"):  # a prior file where a decoder belongs
+        UnCLIPDecoder.from_pretrained(p)
     with pytest.raises(FileNotFoundError, match="unclip.json"):
         UnCLIPPipeline.from_pretrained(tmp_path)
 

@@ -79,6 +79,14 @@ def test_cosine_schedule_and_ddim():
     xt = sch.q_sample(x0, torch.full((4,), 700), eps)
     prev = sch.ddim_step(xt, x0, 700, 400, 0.0, None)
     torch.testing.assert_close(prev, sch.q_sample(x0, torch.full((4,), 400), eps))
+    # the last step returns x0; eta > 0 and guidance follow Eq. 12 written out
+    torch.testing.assert_close(sch.ddim_step(xt, x0, 0, -1, 1.0, torch.randn_like(x0)), x0)
+    cond, uncond, z = (torch.randn(4, D, dtype=torch.float64) for _ in range(3))
+    g, eta, ab, abp = 3.0, 0.7, float(sch.alphas_cumprod[700]), float(sch.alphas_cumprod[400])
+    x0g = uncond + g * (cond - uncond)
+    sig = eta * math.sqrt((1 - abp) / (1 - ab) * (1 - ab / abp))
+    want = math.sqrt(abp) * x0g + math.sqrt(1 - abp - sig ** 2) * (xt - math.sqrt(ab) * x0g) / math.sqrt(1 - ab) + sig * z
+    torch.testing.assert_close(sch.ddim_step(xt, torch.cat([cond, uncond]), 700, 400, eta, z, guidance=g), want)
 
 
 # ---- diffusion prior ---------------------------------------------------------------------------
@@ -164,8 +172,11 @@ def test_guidance_combines_conditional_and_unconditional():
     t = torch.full((3,), 400)
     cond = p(x, t, tok, mask, zt)
     unc = p(x, t, tok, mask, zt, torch.ones(3, dtype=torch.bool))
-    torch.testing.assert_close(p._guided(x, 400, tok, mask, zt, 2.5), unc + 2.5 * (cond - unc), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(p._guided(x, 400, tok, mask, zt, 1.0), cond)
+    torch.testing.assert_close(p._x0_rows(x, 400, tok, mask, zt, 2.5), torch.cat([cond, unc]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(p._x0_rows(x, 400, tok, mask, zt, 1.0), cond)
+    # the step kernel combines them: a final step (-> x0) returns uncond + g (cond - uncond)
+    x0 = p.schedule.ddim_step(x, p._x0_rows(x, 400, tok, mask, zt, 2.5), 400, -1, 0.0, None, guidance=2.5)
+    torch.testing.assert_close(x0, unc + 2.5 * (cond - unc), atol=1e-5, rtol=1e-5)
 
 
 def test_fit_embed_scale_gives_unit_variance():

@@ -122,3 +122,40 @@ def test_cli_sample(tmp_path):
     rc = main(["sample", "a red circle", "-n", "2", "-o", str(tmp_path / "g.png"), "--pipeline",
                str(tmp_path / "m" / "pipeline"), "--decoder-steps", "2", "--upsampler-steps", "2"])
     assert rc == 0 and Image.open(tmp_path / "g.png").size == (2 * 32, 32)
+
+
+def test_top_level_cli_prompts_and_train_alias(tmp_path):
+    from PIL import Image
+
+    from dalle2_fast.cli import main
+
+    # `dalle2-fast train unclip` is the recipe (`unclip train`); --stages trains a subset
+    assert main(["train", "unclip", "--out", str(tmp_path / "r"), "--scale", "0.0001", "--quiet",
+                 "--stages", "upsampler1"]) == 0
+    assert (tmp_path / "r" / "stages" / "upsampler1.json").is_file()
+    assert not (tmp_path / "r" / "stages" / "clip.json").exists()
+    train_unclip(micro(), tmp_path / "m", progress=False)
+    pipe_dir = str(tmp_path / "m" / "pipeline")
+    # `dalle2-fast sample PROMPT...`: text to image through the pipeline
+    rc = main(["sample", "a red circle", "a blue star", "-n", "2", "-o", str(tmp_path / "g.png"), "--pipeline",
+               pipe_dir, "--steps", "2"])
+    assert rc == 0 and Image.open(tmp_path / "g.png").size == (2 * 32, 2 * 32)
+    with pytest.raises(ValueError, match="--label: applies to a trained checkpoint"):
+        main(["sample", "a red circle", "--label", "1", "--pipeline", pipe_dir, "-o", str(tmp_path / "h.png")])
+    with pytest.raises(ValueError, match="prompts: expected non-empty"):
+        main(["sample", "a red circle", " ", "--pipeline", pipe_dir, "-o", str(tmp_path / "h.png")])
+    with pytest.raises(ValueError, match="checkpoint: no such file"):  # a path-like argument stays a checkpoint
+        main(["sample", str(tmp_path / "missing")])
+
+
+def test_evaluate_pipeline_writes_report(tmp_path):
+    import json
+
+    from dalle2_fast.unclip_train import evaluate_pipeline
+
+    pipe = train_unclip(micro(), tmp_path / "m", progress=False)
+    res = evaluate_pipeline(pipe, tmp_path / "eval", n_single=1, n_two=1, progress=False, prior_steps=2,
+                            decoder_steps=2, upsampler_steps=1)
+    back = json.loads((tmp_path / "eval" / "caption_match.json").read_text())
+    assert back["single"]["n"] == 30 and back["two"]["n"] == 30 and res["single"] == back["single"]
+    assert (tmp_path / "eval" / "prompts.png").is_file() and set(back["clip_zero_shot"]) >= {"colour", "shape"}

@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.diffusion import (ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, ddim_invert, ddim_sample,
                                    respace)
 from dalle2_fast.models.unet import UNet, UNetConfig
@@ -49,12 +50,15 @@ class DecoderConfig:
     text_drop_prob: float = 0.5
 
 
-class UnCLIPDecoder(nn.Module):
+@register_model("unclip_decoder")
+class UnCLIPDecoder(Pretrained, nn.Module):
     """``decoder(x_t, t, image_embed, text_tokens, text_mask)`` -> U-Net output (B, 2*3 or 3, H, W).
 
     image_embed: (B, D) unit-norm z_i (zeros = dropped); text_tokens: (B, L, W); text_mask: (B, L)
     bool, True on real tokens (all False = no caption).
     """
+
+    config_class = DecoderConfig
 
     def __init__(self, config: DecoderConfig):
         super().__init__()

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.data.degradations import bsr_degrade, downsample, random_gaussian_blur
 from dalle2_fast.diffusion import DiffusionConfig, GaussianDiffusion, ddim_sample, respace
 from dalle2_fast.models.unet import UNet, UNetConfig
@@ -45,8 +46,11 @@ class UpsamplerConfig:
         object.__setattr__(self, "blur_sigma", tuple(float(v) for v in self.blur_sigma))
 
 
-class UnCLIPUpsampler(nn.Module):
+@register_model("unclip_upsampler")
+class UnCLIPUpsampler(Pretrained, nn.Module):
     """``upsampler(x_t, t, low_res)`` -> U-Net output; ``sample(low_res, seeds, steps)`` -> images."""
+
+    config_class = UpsamplerConfig
 
     def __init__(self, config: UpsamplerConfig):
         super().__init__()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.models.prior.diffusion_prior import select_best
 from dalle2_fast.models.prior.quantize import PCAQuantizer, QuantileBuckets
 from dalle2_fast.models.prior.transformer import CausalTransformer, TextConditioning
@@ -37,8 +38,11 @@ class ARPriorConfig:
     cond_drop_prob: float = 0.1
 
 
-class AutoregressivePrior(nn.Module):
+@register_model("unclip_ar_prior")
+class AutoregressivePrior(Pretrained, nn.Module):
     """See the module docstring. Call :meth:`fit_quantizers` on training embeddings first."""
+
+    config_class = ARPriorConfig
 
     def __init__(self, config: ARPriorConfig):
         super().__init__()

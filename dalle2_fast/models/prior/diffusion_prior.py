@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.models.prior.schedule import CosineSchedule
 from dalle2_fast.models.prior.transformer import CausalTransformer, TextConditioning, timestep_embedding
 from dalle2_fast.seeding import check_seeds, per_sample_randn
@@ -37,8 +38,11 @@ class DiffusionPriorConfig:
     embed_scale: float = 0.0    # 0: sqrt(clip_dim), unit variance for unit-norm embeddings
 
 
-class DiffusionPrior(nn.Module):
+@register_model("unclip_diffusion_prior")
+class DiffusionPrior(Pretrained, nn.Module):
     """Network and cosine diffusion process of the prior; see the module docstring."""
+
+    config_class = DiffusionPriorConfig
 
     def __init__(self, config: DiffusionPriorConfig):
         super().__init__()
@@ -92,16 +96,16 @@ class DiffusionPrior(nn.Module):
         pred = self(self.schedule.q_sample(x0, t, noise), t, text_tokens, text_mask, text_embed, drop)
         return F.mse_loss(pred, x0)
 
-    def _guided(self, x, t, tokens, mask, emb, guidance: float) -> torch.Tensor:
+    def _x0_rows(self, x, t, tokens, mask, emb, guidance: float) -> torch.Tensor:
+        """The predicted x0: (B, D), or with guidance != 1 (2B, D), conditional rows then
+        unconditional (text dropped) — combined by the DDIM step kernel."""
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         if guidance == 1.0:
             return self(x, tt, tokens, mask, emb)
         b = x.shape[0]
         drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x.device)
-        both = self(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([tokens, tokens]), torch.cat([mask, mask]),
+        return self(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([tokens, tokens]), torch.cat([mask, mask]),
                     torch.cat([emb, emb]), drop)
-        cond, uncond = both.chunk(2)
-        return uncond + guidance * (cond - uncond)
 
     @torch.no_grad()
     def sample(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_embed: torch.Tensor,
@@ -138,9 +142,10 @@ class DiffusionPrior(nn.Module):
 
             it = tqdm(list(it), desc="prior", leave=False)
         for i, t in it:
-            x0 = self._guided(x, t, tokens, mask, emb, guidance)
+            x0 = self._x0_rows(x, t, tokens, mask, emb, guidance)
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            x = self.schedule.ddim_step(x, x0, t, t_prev, eta, noise[:, i + 1])
+            x = self.schedule.ddim_step(x, x0, t, t_prev, eta, noise[:, i + 1],
+                                        guidance=None if guidance == 1.0 else guidance)
         return F.normalize(x.float(), dim=-1).view(n_candidates, b, d)
 
     def config_dict(self) -> dict:

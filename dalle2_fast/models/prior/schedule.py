@@ -1,23 +1,23 @@
-"""The cosine noise schedule and the x0-parameterised DDIM update used by the diffusion prior.
+"""The diffusion prior's noise schedule and DDIM update, on the diffusion core.
 
-A small self-contained piece so the prior trains and samples on its own; the numbers are the
-Improved-DDPM cosine schedule (Nichol & Dhariwal 2021, Eq. 17, betas capped at 0.999), computed in
-float64, and the DDIM update (Song et al. 2021, Eq. 12) written for a model that predicts x0.
+The numbers are the core's cosine schedule (``diffusion.schedules.cosine_betas``: Improved DDPM
+Eq. 17, betas capped at 0.999, float64) and the step is the fused sampling kernel
+(``ops.ddim_step``, Song et al. 2021 Eq. 12) with the prior's x0 prediction and, for
+classifier-free guidance, its conditional and unconditional rows combined inside the kernel.
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+from dalle2_fast.diffusion.schedules import cosine_betas
+from dalle2_fast.ops.sampling import ddim_coefs, ddim_step
 
 
 def cosine_alphas_cumprod(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
-    """alpha-bar_t for t = 0 .. T-1, float64 (Eq. 17 of Improved DDPM, betas clipped to max_beta)."""
+    """alpha-bar_t for t = 0 .. T-1, float64."""
     if timesteps < 1:
         raise ValueError(f"cosine_alphas_cumprod: timesteps must be >= 1, got {timesteps}")
-    f = lambda u: math.cos((u / timesteps + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
-    betas = torch.tensor([min(1 - f(i + 1) / f(i), max_beta) for i in range(timesteps)], dtype=torch.float64)
-    return torch.cumprod(1 - betas, 0)
+    return torch.cumprod(1 - cosine_betas(timesteps, s, max_beta), 0)
 
 
 class CosineSchedule:
@@ -44,14 +44,16 @@ class CosineSchedule:
         return ts.flip(0).tolist()
 
     def ddim_step(self, x_t: torch.Tensor, x0: torch.Tensor, t: int, t_prev: int, eta: float,
-                  noise: torch.Tensor | None) -> torch.Tensor:
-        """x_{t_prev} from x_t and the predicted x0 (t_prev < 0 means: return x0)."""
-        if t_prev < 0:
-            return x0
-        ab, ab_prev = float(self.alphas_cumprod[t]), float(self.alphas_cumprod[t_prev])
-        eps = (x_t - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
-        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
-        out = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma ** 2, 0.0)) * eps
-        if sigma > 0:
-            out = out + sigma * noise
-        return out
+                  noise: torch.Tensor | None, guidance: float | None = None) -> torch.Tensor:
+        """x_{t_prev} from x_t (B, D) and the predicted x0 (t_prev < 0: return x0).
+
+        With ``guidance``, ``x0`` holds 2B rows (conditional, then unconditional) combined as
+        uncond + guidance * (cond - uncond) in the kernel."""
+        b = x_t.shape[0]
+        ab = self.alphas_cumprod[t].expand(b)
+        ab_prev = self.alphas_cumprod[t_prev].expand(b) if t_prev >= 0 else torch.ones(b, dtype=torch.float64)
+        coefs = ddim_coefs(ab, ab_prev, eta if t_prev >= 0 else 0.0).to(x_t.device)
+        g = None if guidance is None else torch.full((b,), float(guidance), dtype=x_t.dtype, device=x_t.device)
+        use_noise = eta > 0 and t_prev >= 0 and noise is not None
+        x_prev, _ = ddim_step(x_t, x0, coefs, noise if use_noise else None, pred="x0", guidance=g)
+        return x_prev
