@@ -5,8 +5,10 @@ atomically (temp file in the same directory, fsync, rename), so a crash never le
 written checkpoint under the final name.
 
 Training state for exact ``--resume`` lives in ``<run>/checkpoints/step_XXXXXXXX/``: the model,
-``optim.pt`` (optimizer states, torch RNG states) and ``state.json`` (step, data position,
-extras); the last N are kept.
+``optim.pt`` (optimizer states, torch RNG states), ``state.json`` (step, data position,
+extras) and, when training keeps one, ``ema.safetensors`` (the state of a
+``torch.optim.swa_utils.AveragedModel``: the averaged weights and ``n_averaged``); the last N
+are kept.
 """
 from __future__ import annotations
 
@@ -229,15 +231,19 @@ class Pretrained:
 # ----------------------------------------------------------------------------- training state
 def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module,
                         optimizers: dict[str, torch.optim.Optimizer], data_position: int,
-                        extra: dict | None = None, keep_last: int = 3) -> Path:
+                        extra: dict | None = None, keep_last: int = 3, ema: torch.nn.Module | None = None) -> Path:
     """Write ``<run_dir>/checkpoints/step_XXXXXXXX`` atomically (temp dir, then rename) and
-    delete all but the newest ``keep_last``."""
+    delete all but the newest ``keep_last``. ``ema``: an averaged copy of the model
+    (``AveragedModel``), saved whole as ``ema.safetensors``."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_pretrained(model, tmp)
+    if ema is not None:
+        state = _state_for_save(ema)
+        atomic_write(tmp / "ema.safetensors", lambda p: save_file(state, str(p)))
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -260,14 +266,21 @@ def latest_training_state(run_dir: str | Path) -> Path | None:
 
 
 def load_training_state(path: str | Path, model: torch.nn.Module,
-                        optimizers: dict[str, torch.optim.Optimizer]) -> dict:
-    """Restore weights, optimizer states and RNG states; returns {'step', 'data_position', 'extra'}."""
+                        optimizers: dict[str, torch.optim.Optimizer], ema: torch.nn.Module | None = None) -> dict:
+    """Restore weights, optimizer states, RNG states and (``ema`` given) the averaged model;
+    returns {'step', 'data_position', 'extra'}."""
     path = Path(path)
+    if ema is not None and not (path / "ema.safetensors").exists():
+        raise CheckpointError(f"{path}: no EMA weights (ema.safetensors) in this checkpoint: "
+                              f"it was written by a run without an EMA of the weights (--ema 0)")
     for f in ("state.json", "optim.pt", "model.safetensors"):
         if not (path / f).exists():
             raise CheckpointError(f"{path}: incomplete training checkpoint, missing {f}")
     check_safetensors(path / "model.safetensors")
     load_state_strict(model, load_file(str(path / "model.safetensors")), str(path))
+    if ema is not None:
+        check_safetensors(path / "ema.safetensors")
+        load_state_strict(ema, load_file(str(path / "ema.safetensors")), str(path / "ema.safetensors"))
     blob = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
     missing = sorted(set(optimizers) - set(blob["optimizers"]))
     if missing:

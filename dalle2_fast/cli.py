@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "classifier, none for ddpm and iddpm)")
     t.add_argument("--bpd-n", type=int, default=16, help="ddpm/iddpm/adm: held-out images for bits/dim")
     t.add_argument("--sample-steps", type=int, default=50, help="ddpm/iddpm/adm: DDIM steps of the final samples")
+    t.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the weights with this decay (0: off), "
+                        "warmed up as min(DECAY, (1+n)/(10+n)) after n updates; final/ and the "
+                        "end-of-training samples and metrics then use the EMA weights and final_raw/ "
+                        "holds the raw ones. Default: 0.999 for ddpm/iddpm/adm (the papers' 0.9999 "
+                        "averages over ~10k steps, too long for short runs), 0 for the other models")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
 

@@ -50,6 +50,33 @@ def test_resume_continues_exactly(tmp_path):
     assert la == lb  # the CSV continues too, with no duplicated steps
 
 
+def test_ema_is_the_final_model(tmp_path):
+    """--ema 0.5: final/ is the exponential moving average of the weights after each step
+    (e_1 = w_1, e_k = d_k e_(k-1) + (1 - d_k) w_k with the warmed-up decay
+    d_k = min(0.5, k / (9 + k))), recomputed here from the per-step checkpoints; final_raw/ is
+    the last raw weights; mismatched --ema on --resume is refused."""
+    out = tmp_path / "ema"
+    _train("dae", out, 3, "--set", "channels=8", "--ckpt-every", "1", "--keep-last", "3", "--ema", "0.5")
+    w = [load_file(str(out / "checkpoints" / f"step_{k:08d}" / "model.safetensors")) for k in (1, 2, 3)]
+    final = load_file(str(out / "final" / "model.safetensors"))
+    raw = load_file(str(out / "final_raw" / "model.safetensors"))
+    assert final.keys() == w[0].keys()
+    for k in final:
+        torch.testing.assert_close(raw[k], w[2][k], rtol=0, atol=0)
+        if final[k].is_floating_point():
+            want = w[0][k]
+            for j in (1, 2):  # update j + 1; j updates done before it
+                d = min(0.5, (1 + j) / (10 + j))
+                want = d * want + (1 - d) * w[j][k]
+            torch.testing.assert_close(final[k], want, rtol=1e-6, atol=1e-7, msg=k)
+    assert any(not torch.equal(final[k], raw[k]) for k in final)
+    assert json.loads((out / "metrics.json").read_text())["ema"] == 0.5
+    with pytest.raises(ValueError, match="--ema 0.5, not 0.9"):
+        _train("dae", out, 4, "--set", "channels=8", "--resume", "--ema", "0.9")
+    with pytest.raises(ValueError, match=r"--ema: expected a decay in \[0, 1\)"):
+        _train("dae", tmp_path / "bad", 1, "--ema", "1")
+
+
 def test_vqvae2_prior_trains_on_a_vqvae2_and_samples_by_label(tmp_path):
     vq = ["--set", "channels=8", "--set", "num_codes=16", "--set", "code_dim=4"]
     _train("vqvae2", tmp_path / "vq", 2, *vq)

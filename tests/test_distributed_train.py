@@ -1,5 +1,8 @@
 """``torchrun``-style training with 2 gloo processes: DDP on disjoint halves of each global batch
-gives the loss curve and final weights of one process on the whole batch; only rank 0 writes."""
+gives the loss curve and final weights of one process on the whole batch; only rank 0 writes.
+Every task of ``train`` is covered by the DDP plan, and the tasks that draw per-item randomness
+(GAN latents, diffusion timesteps / noise / label dropout, the classifier's noise) draw it from
+the items' own seeds, so the two ranks reproduce the single-process run."""
 import csv
 import os
 import socket
@@ -88,3 +91,134 @@ def test_vqvae2_prior_two_ranks_match_one_process(tmp_path):
             q, _, v = b.chunk(3)
             b = torch.cat([q, v])
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def _noise_driven(w):
+    """{name: mask} of weights whose true gradient is exactly zero, so that their gradient is float
+    noise which Adam turns into steps of about +-lr whatever its size: two runs that differ in
+    rounding only agree on them to a few lr, not to float tolerance. They are a conv bias right
+    before batch norm (the batch mean removes it) with that norm's running mean (which absorbs
+    it), and the key third of a fused qkv bias (softmax is shift invariant; [q|k|v] order)."""
+    out = {}
+    for k, v in w.items():
+        if k.endswith(".running_mean"):
+            prefix, j = k[: -len(".running_mean")].rsplit(".", 1)
+            bias = f"{prefix}.{int(j) - 1}.bias"
+            if bias in w:
+                out[k] = out[bias] = torch.ones_like(v, dtype=torch.bool)
+        if k.endswith("qkv.bias"):
+            out[k] = torch.zeros_like(v, dtype=torch.bool)
+            out[k][len(v) // 3: 2 * len(v) // 3] = True
+    return out
+
+
+def _same_run(one, two, rtol=1e-4, atol=1e-5, final="final", noise_atol=0.0):
+    ra, rb = _rows(one / "loss.csv"), _rows(two / "loss.csv")
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]  # written once (rank 0), not twice
+    for a, b in zip(ra, rb):
+        for k in a:
+            assert float(a[k]) == pytest.approx(float(b[k]), rel=rtol, abs=1e-6), (k, a, b)
+    wa = load_file(str(one / final / "model.safetensors"))
+    wb = load_file(str(two / final / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    noisy = _noise_driven(wa) if noise_atol else {}
+    for k in wa:
+        m = noisy.get(k, torch.zeros_like(wa[k], dtype=torch.bool))
+        torch.testing.assert_close(wa[k][~m], wb[k][~m], rtol=rtol, atol=atol, msg=k)
+        torch.testing.assert_close(wa[k][m], wb[k][m], rtol=0, atol=noise_atol, msg=k)
+
+
+def test_every_task_has_a_ddp_plan():
+    from dalle2_fast.train.distributed import DDP_MODELS
+    from dalle2_fast.train.tasks import TASKS
+    assert sorted(DDP_MODELS) == sorted(TASKS)
+
+
+def test_item_seeds_do_not_depend_on_the_slice():
+    # what makes ranks agree: item i's seeds are a function of (seed, global index, purpose) only
+    from dalle2_fast.seeding import ItemSeeds
+    whole = ItemSeeds(3, 8, 4)
+    assert whole("t")[2:] == ItemSeeds(3, 10, 2)("t")
+    assert len(set(whole("t") + whole("noise") + ItemSeeds(4, 8, 4)("t"))) == 12  # purposes, runs differ
+
+
+def test_vae_two_ranks_match_one_process(tmp_path):
+    # the reparameterisation noise of image i comes from its own seed, not from a rank's RNG
+    argv = ["train", "vae", "--steps", "3", "--ckpt-every", "3", *TINY, "--set", "channels=8"]
+    main([*argv, "--out", str(tmp_path / "one")])
+    _torchrun([*argv, "--out", str(tmp_path / "two")])
+    _same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_gan_two_ranks_match_one_process(tmp_path):
+    """Two DDP networks, three discriminator forwards per step (real and detached fake feed one
+    backward; the generator step's runs under no_sync), batch norm in both networks over the
+    global batch (SyncBatchNorm on gloo), and latents from the items' seeds."""
+    argv = ["train", "gan", "--steps", "3", "--ckpt-every", "3", *TINY, "--set", "g_width=8", "--set", "d_width=8",
+            "--set", "d_norm=batch", "--set", "z_dim=8"]
+    main([*argv, "--out", str(tmp_path / "one")])
+    _torchrun([*argv, "--out", str(tmp_path / "two")])
+    _same_run(tmp_path / "one", tmp_path / "two", noise_atol=2 * 2e-4 * 3)  # 2 lr per step, 3 steps
+
+
+# a tiny U-Net (16 channels, 2 levels, attention at 8x8), 20 diffusion steps, cheap evaluation
+UNET = ["--set", "model_channels=16", "--set", "channel_mult=1,2", "--set", "num_res_blocks=1",
+        "--set", "attention_resolutions=8", "--set", "num_head_channels=16", "--set", "num_groups=8",
+        "--set", "num_timesteps=20", "--set", "dropout=0.3", "--bpd-n", "2", "--sample-steps", "2"]
+
+
+def test_adm_two_ranks_match_one_process(tmp_path):
+    """ADM: learned variance (hybrid loss), class labels with 50% dropped for CFG, dropout in the
+    residual blocks (masks from the items' seeds), gradient clipping on the all-reduced
+    gradients, and the EMA written as final/ (raw weights in final_raw/)."""
+    argv = ["train", "adm", "--steps", "3", "--ckpt-every", "3", *TINY, *UNET, "--set", "p_uncond=0.5",
+            "--ema", "0.5"]
+    main([*argv, "--out", str(tmp_path / "one")])
+    _torchrun([*argv, "--out", str(tmp_path / "two")])
+    _same_run(tmp_path / "one", tmp_path / "two", noise_atol=2 * 5e-4 * 3)  # 2 lr per step, 3 steps
+    _same_run(tmp_path / "one", tmp_path / "two", final="final_raw", noise_atol=2 * 5e-4 * 3)
+    assert "vb" in _rows(tmp_path / "one" / "loss.csv")[0]
+
+
+def test_classifier_two_ranks_match_one_process(tmp_path):
+    argv = ["train", "classifier", "--steps", "3", "--ckpt-every", "3", *TINY, "--set", "model_channels=16",
+            "--set", "channel_mult=1,2", "--set", "num_res_blocks=1", "--set", "attention_resolutions=8",
+            "--set", "num_head_channels=16", "--set", "num_groups=8", "--set", "num_timesteps=20"]
+    main([*argv, "--out", str(tmp_path / "one")])
+    _torchrun([*argv, "--out", str(tmp_path / "two")])
+    _same_run(tmp_path / "one", tmp_path / "two", noise_atol=2 * 5e-4 * 3)  # 2 lr per step, 3 steps
+
+
+def test_item_dropout_masks_follow_the_items():
+    """U-Net dropout under item_dropout: the two halves of a batch, run separately, give the
+    rows of the whole batch (what two ranks rely on), and activation checkpointing's recompute
+    in backward redraws the same masks (same gradients as without checkpointing)."""
+    from dalle2_fast.models.unet import UNet, UNetConfig
+    from dalle2_fast.seeding import ItemSeeds
+    from dalle2_fast.train.distributed import ItemDropout, item_dropout
+
+    cfg = UNetConfig(image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
+                     num_groups=4, dropout=0.5)
+    torch.manual_seed(0)
+    net = UNet(cfg).train()
+    for p in net.parameters():  # ADM zero-initialises the convs after dropout: make dropout visible
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(4, 3, 8, 8), torch.tensor([1, 5, 9, 13])
+    with item_dropout(net, ItemSeeds(0, 10, 4)):
+        whole = net(x, t)
+    assert any(type(m) is ItemDropout for m in net.modules())
+    with item_dropout(net, ItemSeeds(0, 12, 2)):
+        half = net(x[2:], t[2:])
+    torch.testing.assert_close(half, whole[2:], rtol=1e-5, atol=1e-6)
+    with item_dropout(net, ItemSeeds(0, 11, 4)):  # other items, other masks
+        assert not torch.allclose(net(x, t), whole)
+
+    grads = []
+    for ckpt in (False, True):
+        net.set_checkpointing(ckpt)
+        net.zero_grad()
+        with item_dropout(net, ItemSeeds(0, 10, 4)):
+            net(x, t).square().mean().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,8 @@
 """Kill a real training process: SIGTERM/SIGINT mid-run write a checkpoint at the current step
 and exit 128+signum (nothing lost); SIGKILL loses at most the steps since the last save. In
-every case ``--resume`` finishes with the weights and loss curve of an uninterrupted run."""
+every case ``--resume`` finishes with the weights and loss curve of an uninterrupted run. The run
+keeps an EMA of the weights (``--ema``), so the EMA (final/) and the raw weights (final_raw/)
+must both come out bit-identical."""
 import csv
 import os
 import signal
@@ -16,7 +18,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 60, 7
 ARGS = ["train", "dae", "--steps", str(STEPS), "--ckpt-every", str(EVERY), "--resolution", "16",
-        "--batch-size", "4", "--eval-size", "4", "--sample-n", "2", "--set", "channels=8", "--quiet"]
+        "--batch-size", "4", "--eval-size", "4", "--sample-n", "2", "--set", "channels=8", "--ema", "0.9", "--quiet"]
 
 
 def _cmd(out, *extra):
@@ -33,8 +35,8 @@ def _ckpts(out):
     return sorted(int(p.name[5:]) for p in d.glob("step_*")) if d.exists() else []
 
 
-def _weights(out):
-    return load_file(str(out / "final" / "model.safetensors"))
+def _weights(out, final="final"):
+    return load_file(str(out / final / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +74,7 @@ def test_killed_run_resumes_bit_exactly(sig, straight, tmp_path):
     assert not (out / "final").exists()
     assert not list((out / "checkpoints").glob(".tmp-*"))  # no half-written checkpoint left behind
     subprocess.run(_cmd(out, "--resume"), env=_env(), check=True, timeout=120)
-    a, b = _weights(straight), _weights(out)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for final in ("final", "final_raw"):  # the EMA and the raw weights
+        a, b = _weights(straight, final), _weights(out, final)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), final
     assert list(csv.DictReader(open(straight / "loss.csv"))) == list(csv.DictReader(open(out / "loss.csv")))

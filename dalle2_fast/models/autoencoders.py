@@ -7,7 +7,7 @@ coherent samples from its N(0, I) prior). Losses are means over pixels, images i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.models.blocks import ConvDecoder, ConvEncoder, check_image, check_power_of_two_factor
+from dalle2_fast.seeding import check_seeds, per_sample_rand, per_sample_randn
 
 
 @dataclass
@@ -85,11 +86,14 @@ class AutoEncoder(nn.Module, Pretrained):
             z = self.from_z(z).view(-1, c.latent_channels, self.latent_hw, self.latent_hw)  # (B, Cl, r, r)
         return self.decoder(z)
 
-    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+    def corrupt(self, x: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
         return x
 
-    def forward(self, x: torch.Tensor) -> AEOutput:
-        recon = self.decode(self.encode(self.corrupt(x) if self.training else x))
+    def forward(self, x: torch.Tensor, seeds: Sequence[int] | None = None) -> AEOutput:
+        """x: (B, C, R, R). seeds: optional, one per image: the stochastic part of training (DAE
+        corruption, VAE reparameterisation noise) draws image i's noise from its own generator
+        seeded ``seeds[i]`` instead of the global RNG, so it does not depend on the batch."""
+        recon = self.decode(self.encode(self.corrupt(x, seeds) if self.training else x))
         mse = F.mse_loss(recon, x)
         return AEOutput(recon, mse, mse, mse.new_zeros(()))
 
@@ -108,13 +112,19 @@ class DenoisingAutoEncoder(AutoEncoder):
             raise ValueError(f"DAEConfig.corruption must be 'gaussian' or 'mask', got {config.corruption!r}")
         super().__init__(config)
 
-    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+    def corrupt(self, x: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) -> corrupted copy; seeds (optional, B): per-image generators."""
         c = self.config
         if c.corruption == "gaussian":
-            return x + c.noise_std * torch.randn_like(x)
+            noise = torch.randn_like(x) if seeds is None else per_sample_randn(check_seeds(seeds, len(x)), x.shape[1:],
+                                                                               x.device, x.dtype)
+            return x + c.noise_std * noise
         B, _, H, W = x.shape
         p = c.mask_patch
-        keep = (torch.rand(B, 1, -(-H // p), -(-W // p), device=x.device) >= c.mask_prob).to(x.dtype)
+        shape = (1, -(-H // p), -(-W // p))
+        u = (torch.rand(B, *shape, device=x.device) if seeds is None
+             else per_sample_rand(check_seeds(seeds, B), shape, x.device))
+        keep = (u >= c.mask_prob).to(x.dtype)
         keep = keep.repeat_interleave(p, 2).repeat_interleave(p, 3)[:, :, :H, :W]  # (B, 1, H, W)
         return x * keep
 
@@ -135,10 +145,15 @@ class VAE(AutoEncoder):
         """(mu, logvar), each (B, z_dim) or (B, latent_channels, r, r)."""
         return self.encode(x).chunk(2, dim=1)
 
-    def forward(self, x: torch.Tensor) -> AEOutput:
+    def forward(self, x: torch.Tensor, seeds: Sequence[int] | None = None) -> AEOutput:
         c = self.config
         mu, logvar = self.posterior(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        if self.training:
+            eps = (torch.randn_like(mu) if seeds is None
+                   else per_sample_randn(check_seeds(seeds, len(x)), mu.shape[1:], mu.device, mu.dtype))
+            z = mu + torch.exp(0.5 * logvar) * eps
+        else:
+            z = mu
         recon = self.decode(z)
         sq = (recon - x).pow(2).flatten(1).sum(1)  # (B,)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1)  # (B,) nats

@@ -26,6 +26,8 @@ from dalle2_fast.models.classifier import NoisyClassifier
 from dalle2_fast.models.diffusion_model import (DiffusionModel, DiffusionModelConfig, kind_for_num_classes,
                                                 labels_from_batch, num_labels, recognition_rate_of)
 from dalle2_fast.models.unet_configs import classifier_preset, unet_preset
+from dalle2_fast.seeding import per_sample_rand, per_sample_randint, per_sample_randn
+from dalle2_fast.train.distributed import item_dropout
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 GUIDANCES = ("none", "classifier", "cfg")
@@ -64,6 +66,7 @@ def _cycle(n: int, k: int) -> torch.Tensor:
 class DiffusionTask:
     """DDPM / Improved DDPM / ADM: ``diffusion.training_losses`` at uniform random steps."""
     default_lr = 5e-4
+    default_ema = 0.999  # samples come from an EMA of the weights (Ho et al. 0.9999; ours: short runs)
 
     def __init__(self, name: str):
         self.name = name
@@ -99,18 +102,23 @@ class DiffusionTask:
         return self._diff
 
     def step(self, model, batch, opts) -> dict:
+        """One step on ``diffusion.training_losses``. Item i's timestep, noise, label dropout and
+        U-Net dropout masks come from its own seeds (``batch['seeds']``), so ranks on slices of
+        the global batch draw what one process draws for the whole batch."""
         model.train()
         d = self._diffusion(model)
-        x0 = batch["image"]
+        x0, seeds = batch["image"], batch["seeds"]
         y = labels_from_batch(model.config.label_kind, batch["label"])
         if y is not None and model.null_label is not None:
-            drop = torch.rand(y.shape) < model.config.p_uncond
+            drop = per_sample_rand(seeds("label_drop"), (), y.device) < model.config.p_uncond
             y = torch.where(drop, torch.full_like(y, model.null_label), y)
-        t = torch.randint(0, d.num_timesteps, (x0.shape[0],))
-        terms = d.training_losses(model.unet, x0, t, model_kwargs={"y": y} if y is not None else None)
-        loss = terms["loss"].mean()
-        opts["model"].zero_grad(set_to_none=True)
-        loss.backward()
+        t = per_sample_randint(seeds("t"), d.num_timesteps, x0.device)
+        noise = per_sample_randn(seeds("noise"), x0.shape[1:], x0.device, x0.dtype)
+        with item_dropout(model, seeds):  # the U-Net's dropout masks too (forward and recompute)
+            terms = d.training_losses(model.unet, x0, t, noise=noise, model_kwargs={"y": y} if y is not None else None)
+            loss = terms["loss"].mean()
+            opts["model"].zero_grad(set_to_none=True)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opts["model"].step()
         logs = {"loss": loss.item(), "mse": terms["mse"].mean().item()}
@@ -168,18 +176,20 @@ class ClassifierTask:
     def optimizers(self, model, lr):
         return {"model": torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)}
 
-    def _logits(self, model, x0, t):
-        x_t = self.diff.q_sample(x0, t)
+    def _logits(self, model, x0, t, noise=None):
+        x_t = self.diff.q_sample(x0, t, noise)
         return model(x_t, self.diff.model_timesteps(t))
 
     def step(self, model, batch, opts) -> dict:
         model.train()
+        x0, seeds = batch["image"], batch["seeds"]
         y = labels_from_batch(kind_for_num_classes(model.config.num_classes), batch["label"])
-        t = torch.randint(0, self.diff.num_timesteps, (y.shape[0],))
-        logits = self._logits(model, batch["image"], t)
-        loss = F.cross_entropy(logits, y)
-        opts["model"].zero_grad(set_to_none=True)
-        loss.backward()
+        t = per_sample_randint(seeds("t"), self.diff.num_timesteps, x0.device)  # item i's own t and noise
+        with item_dropout(model, seeds):
+            logits = self._logits(model, x0, t, per_sample_randn(seeds("noise"), x0.shape[1:], x0.device, x0.dtype))
+            loss = F.cross_entropy(logits, y)
+            opts["model"].zero_grad(set_to_none=True)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opts["model"].step()
         return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}

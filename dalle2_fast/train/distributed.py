@@ -4,22 +4,32 @@ Under ``torchrun --nproc-per-node N -m dalle2_fast.cli train ...`` (``WORLD_SIZE
 environment) :func:`setup` joins the process group (nccl when CUDA is available, else gloo),
 each rank trains a :class:`~torch.nn.parallel.DistributedDataParallel` wrapper on its disjoint
 slice of the global batch (rank r of W takes items ``k*B + r*B/W .. k*B + (r+1)*B/W - 1`` of
-step k, so the union over ranks is exactly the single-process batch), the logged numbers are
-averaged over ranks, and only rank 0 writes files. The VQ layers all-reduce their EMA
-statistics themselves. Without ``WORLD_SIZE`` everything here is a no-op."""
+step k, so the union over ranks is exactly the single-process batch), every per-item random
+draw comes from the item's own seeds (:class:`~dalle2_fast.seeding.ItemSeeds`, a function of the
+run seed and the item's global index), batch norm layers use global-batch statistics, the
+logged numbers are averaged over ranks, and only rank 0 writes files. The VQ layers all-reduce
+their EMA statistics themselves. Without ``WORLD_SIZE`` everything here is a no-op."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
 import torch
 import torch.distributed as dist
 
-# Tasks whose step goes through ``model(x)`` (what DDP hooks), or through one method that
-# computes the whole loss (``DDP_METHODS``); the GAN (two networks, several forwards per
-# backward) is not wrapped yet.
-DDP_MODELS = ("ae", "dae", "vae", "vqvae", "vqvae2", "vqvae2-prior")
+from dalle2_fast.seeding import ItemSeeds
+
+# How each task's step reaches its trainable networks, i.e. what DDP must wrap so that the
+# backward pass all-reduces the gradients:
+#   DDP_FORWARD: the step calls ``model(...)``                      -> DDP(model)
+#   DDP_METHODS: the step calls ``model.<method>(...)``             -> DDP(module whose forward is it)
+#   DDP_SUBMODULES: the step calls ``model.<a>(...)``, ``model.<b>(...)`` -> one DDP per submodule
+#     (the GAN's generator and discriminator; the diffusion models' U-Net)
+DDP_FORWARD = ("ae", "dae", "vae", "vqvae", "vqvae2", "classifier")
 DDP_METHODS = {"vqvae2-prior": "loss"}
+DDP_SUBMODULES = {"gan": ("generator", "discriminator"), "ddpm": ("unet",), "iddpm": ("unet",), "adm": ("unet",)}
+DDP_MODELS = (*DDP_FORWARD, *DDP_METHODS, *DDP_SUBMODULES)
 
 
 class _MethodModule(torch.nn.Module):
@@ -33,15 +43,92 @@ class _MethodModule(torch.nn.Module):
         return getattr(self.model, self.method)(*a, **k)
 
 
-class _MethodDDP:
-    """Looks like ``model`` to a task's ``step`` except that ``model.<method>(...)`` runs through
-    DDP (gradient all-reduce); every other attribute is the model's own."""
+class DDPView:
+    """Looks like ``model`` to a task's ``step``, except that the attributes named in ``parts``
+    (submodules, or a method) are their DDP wrappers, and calling the view calls ``parts['forward']``
+    when forward is wrapped. Every other attribute (config, parameters(), train(), ...) is the
+    model's own."""
 
-    def __init__(self, model: torch.nn.Module, method: str, ddp: torch.nn.Module):
-        self._model, self._method, self._ddp = model, method, ddp
+    def __init__(self, model: torch.nn.Module, parts: dict):
+        self.__dict__.update(_model=model, _parts=parts)
 
     def __getattr__(self, name):
-        return self._ddp if name == self._method else getattr(self._model, name)
+        parts = self.__dict__["_parts"]
+        return parts[name] if name in parts else getattr(self.__dict__["_model"], name)
+
+    def __call__(self, *a, **k):
+        return self._parts.get("forward", self._model)(*a, **k)
+
+
+class _SyncBatchNormFn(torch.autograd.Function):
+    """Batch norm over the global batch: per-channel sums all-reduced in the forward pass and the
+    two gradient sums all-reduced in the backward pass (the same algorithm as
+    ``torch.nn.SyncBatchNorm``, whose kernels are CUDA-only)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        dims = [0, *range(2, x.dim())]
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        s = torch.cat([x.sum(dims), x.new_tensor([x.numel() // x.shape[1]])])
+        dist.all_reduce(s)
+        n = s[-1].clone()
+        mean = s[:-1] / n
+        xc = x - mean.view(view)
+        var = (xc * xc).sum(dims)
+        dist.all_reduce(var)
+        var = var / n  # biased, as batch norm normalises with
+        invstd = torch.rsqrt(var + eps)
+        xhat = xc * invstd.view(view)
+        y = xhat * weight.view(view) + bias.view(view) if weight is not None else xhat
+        ctx.save_for_backward(xhat, invstd, weight)
+        ctx.n, ctx.view, ctx.dims = n, view, dims
+        ctx.mark_non_differentiable(mean, var, n)
+        return y, mean, var, n
+
+    @staticmethod
+    def backward(ctx, gy, *_):
+        xhat, invstd, weight = ctx.saved_tensors
+        view, dims = ctx.view, ctx.dims
+        g = torch.stack([gy.sum(dims), (gy * xhat).sum(dims)])  # d bias, d weight (this rank's part)
+        gb, gw = g.clone()
+        dist.all_reduce(g)  # every rank, whether or not it needs the input gradient
+        scale = invstd if weight is None else invstd * weight
+        gx = scale.view(view) * (gy - (g[0] / ctx.n).view(view) - xhat * (g[1] / ctx.n).view(view))
+        return gx, (gw if weight is not None else None), (gb if weight is not None else None), None
+
+
+class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """A batch norm layer whose training statistics are those of the global batch under a process
+    group of several ranks (any device, gloo included); otherwise plain batch norm. Made by
+    :func:`sync_batchnorm` from an existing layer, keeping its parameters and buffers."""
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"SyncBatchNorm: expected (B, C, ...) input, got shape {tuple(x.shape)}")
+
+    def forward(self, x):
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        y, mean, var, n = _SyncBatchNormFn.apply(x, self.weight, self.bias, self.eps)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), f)
+                self.running_var.lerp_((var * n / (n - 1)).to(self.running_var.dtype), f)  # unbiased
+        return y
+
+
+def sync_batchnorm(model: torch.nn.Module, info: "DistInfo") -> torch.nn.Module:
+    """Make ``model``'s batch norm layers normalise with global-batch statistics (what one process
+    on the whole batch computes): ``torch.nn.SyncBatchNorm`` on CUDA, :class:`SyncBatchNorm` on
+    the CPU (gloo). In place for a model that is not itself a batch norm layer."""
+    if info.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, SyncBatchNorm):
+            m.__class__ = SyncBatchNorm  # same parameters, buffers and state-dict keys
+    return model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,29 +176,48 @@ def local_batch_size(info: DistInfo, batch_size: int) -> int:
     return batch_size // info.world
 
 
-def shard_batch(data, info: DistInfo, step: int, batch_size: int) -> dict:
-    """Rank ``info.rank``'s slice of the global batch of ``step``, on the rank's device."""
+def shard_batch(data, info: DistInfo, step: int, batch_size: int, seed: int) -> dict:
+    """Rank ``info.rank``'s slice of the global batch of ``step``, on the rank's device (one
+    process: the whole batch). ``batch['seeds']`` is the slice's :class:`ItemSeeds`: everything a
+    step draws at random per item comes from it, so the ranks together draw exactly what one
+    process draws for the whole batch."""
     b = local_batch_size(info, batch_size)
-    batch = data.batch(step * batch_size + info.rank * b, b)
+    start = step * batch_size + info.rank * b
+    batch = data.batch(start, b)
     if info.device.type != "cpu":
         batch = {k: v.to(info.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch["seeds"] = ItemSeeds(seed, start, b)
     return batch
 
 
-def wrap_model(model: torch.nn.Module, info: DistInfo, model_name: str) -> torch.nn.Module:
-    """``model`` moved to the rank's device and wrapped in DDP (parameters broadcast from rank 0)."""
+def wrap_model(model: torch.nn.Module, info: DistInfo, model_name: str):
+    """What a task's ``step`` gets: the model itself in one process; under torchrun the model on
+    the rank's device, its batch norm layers synchronised, and a :class:`DDPView` whose
+    trainable parts are DDP-wrapped (parameters broadcast from rank 0)."""
     if not info.enabled:
         return model
     if model_name not in DDP_MODELS:
         raise NotImplementedError(f"train {model_name}: distributed training supports {list(DDP_MODELS)}; "
                                   f"got {model_name!r} with WORLD_SIZE={info.world} (run it on one process)")
-    model.to(info.device)
+    model = sync_batchnorm(model.to(info.device), info)
     ids = [info.device.index] if info.device.type == "cuda" else None
-    method = DDP_METHODS.get(model_name)
-    if method is None:
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    ddp = torch.nn.parallel.DistributedDataParallel(_MethodModule(model, method), device_ids=ids)
-    return _MethodDDP(model, method, ddp)
+
+    def ddp(m):
+        return torch.nn.parallel.DistributedDataParallel(m, device_ids=ids)
+
+    if model_name in DDP_METHODS:
+        method = DDP_METHODS[model_name]
+        return DDPView(model, {method: ddp(_MethodModule(model, method))})
+    if model_name in DDP_SUBMODULES:
+        return DDPView(model, {name: ddp(getattr(model, name)) for name in DDP_SUBMODULES[model_name]})
+    return DDPView(model, {"forward": ddp(model)})
+
+
+def no_sync(module):
+    """``module.no_sync()`` for a DDP module (its gradients from the enclosed forward/backward are
+    kept local, not all-reduced), a no-op context otherwise."""
+    ddp = isinstance(module, torch.nn.parallel.DistributedDataParallel)
+    return module.no_sync() if ddp else contextlib.nullcontext()
 
 
 def reduce_logs(logs: dict, info: DistInfo) -> dict:
@@ -138,3 +244,41 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+class ItemDropout(torch.nn.Dropout):
+    """``nn.Dropout`` whose mask for item i of the batch comes from its own generator (seeded
+    ``seeds[i]`` while :func:`item_dropout` is active), so it does not depend on which rank or
+    batch slice computes the item; a plain ``nn.Dropout`` otherwise. Each layer's mask is a
+    function of (item seed, layer) only, so an activation-checkpointing recompute in the backward
+    pass redraws the same mask."""
+
+    seeds: list[int] | None = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0 or self.seeds is None:
+            return super().forward(x)
+        if len(self.seeds) != x.shape[0]:
+            raise ValueError(f"ItemDropout: {len(self.seeds)} item seeds for a batch of {x.shape[0]}")
+        u = torch.empty(x.shape, device=x.device)  # float32 uniforms: row i from item i's generator
+        for row, s in zip(u, self.seeds):
+            row.uniform_(generator=torch.Generator(device=x.device).manual_seed(s))
+        return x * u.ge_(self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))  # keep with prob 1-p, rescale
+
+
+@contextlib.contextmanager
+def item_dropout(model, seeds: ItemSeeds):
+    """Within the block (forward and backward), every dropout layer of ``model`` draws item i's
+    mask from ``seeds``: layer j of the model uses ``seeds(f"dropout/{j}")``. Plain
+    ``nn.Dropout`` layers become :class:`ItemDropout` (no parameters or buffers: checkpoints are
+    unchanged)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    for j, m in enumerate(layers):
+        if type(m) is torch.nn.Dropout:
+            m.__class__ = ItemDropout
+        m.seeds = seeds(f"dropout/{j}")
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.seeds = None

@@ -12,6 +12,8 @@ from dalle2_fast.data.shapes import NUM_CLASSES, tokenize
 from dalle2_fast.eval import psnr, recognition_rate
 from dalle2_fast.models import (GAN, VAE, VQVAE, VQVAE2, AEConfig, AutoEncoder, DAEConfig, DenoisingAutoEncoder,
                                 GANConfig, VAEConfig, VQVAE2Config, VQVAE2Generator, VQVAEConfig)
+from dalle2_fast.seeding import per_sample_randn
+from dalle2_fast.train.distributed import no_sync
 
 
 def apply_overrides(cfg, overrides: list[str]):
@@ -80,7 +82,9 @@ class ReconTask:
 
     def step(self, model, batch, opts) -> dict:
         model.train()
-        out = model(batch["image"])
+        # AE/DAE/VAE: the corruption / reparameterisation noise of item i from its own seed
+        seeds = {"seeds": batch["seeds"]("noise")} if issubclass(self.cls, AutoEncoder) else {}
+        out = model(batch["image"], **seeds)
         opts["model"].zero_grad(set_to_none=True)
         out.loss.backward()
         opts["model"].step()
@@ -130,16 +134,22 @@ class GANTask:
                 "d": torch.optim.Adam(model.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))}
 
     def step(self, model, batch, opts) -> dict:
+        """One D step on (real, G(z).detach()), then one G step through D. Under DDP the
+        generator and discriminator are separate DDP modules: the D step's two D forwards feed one
+        backward (each parameter's gradient is all-reduced once), and the G step's D forward runs
+        under ``no_sync`` (D's gradients from it are discarded, so they are not all-reduced)."""
         model.train()
         real = batch["image"]
-        fake = model.generator(model.noise(real.shape[0]))
+        z = per_sample_randn(batch["seeds"]("z"), (model.config.z_dim,), real.device, real.dtype)
+        fake = model.generator(z)
         d_loss = model.d_loss(model.discriminator(real), model.discriminator(fake.detach()))
         opts["d"].zero_grad(set_to_none=True)
         d_loss.backward()
         opts["d"].step()
-        g_loss = model.g_loss(model.discriminator(fake))
-        opts["g"].zero_grad(set_to_none=True)
-        g_loss.backward()
+        with no_sync(model.discriminator):
+            g_loss = model.g_loss(model.discriminator(fake))
+            opts["g"].zero_grad(set_to_none=True)
+            g_loss.backward()
         opts["g"].step()
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
 

@@ -43,6 +43,9 @@ def check_train_args(args) -> None:
     _positive("--sample-n", args.sample_n)
     _positive("--lr", args.lr, allow_none=True)
     _positive("--max-minutes", args.max_minutes, allow_none=True)
+    ema = getattr(args, "ema", None)
+    if ema is not None and not (0.0 <= ema < 1.0):  # NaN fails this too
+        raise ValueError(f"--ema: expected a decay in [0, 1) (0: off), got {ema!r}")
     if args.keep_last < 1:
         raise ValueError(f"--keep-last: expected >= 1 (a resumable checkpoint), got {args.keep_last}")
     if args.data != "shapes" and not Path(args.data).is_dir():
