@@ -51,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
     from dalle2_fast.unclip_train import recipe_from_args, sample_to_file, train_clip_only, train_unclip
 
     if args.command in ("train", "train-clip"):
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("unclip train: the recipe runs in one process (WORLD_SIZE > 1 given); split it over "
+                             "processes with --stages instead (see docs/unclip.md)")
         r = recipe_from_args(args.seed, args.scale, args.max_minutes,
                              tuple(args.upsample_res) if args.upsample_res is not None else None)
         if args.command == "train-clip":
