@@ -35,11 +35,12 @@ test: $(VENV)/.built
 info: $(VENV)/.built
 	$(VPY) -m dalle2_fast.info
 
-# The main job. Until the unCLIP pipeline ships weights this is the environment report and the
-# codebook benchmark (real measurements, ratios against baselines measured in the same run).
+# The main job: text to image with the unCLIP pipeline shipped in the package
+# (dalle2_fast/weights/unclip_shapes, trained by `dalle2-fast train unclip --seed 0`).
 demo: $(VENV)/.built
-	$(VPY) -m dalle2_fast.info
-	$(VPY) -m dalle2_fast.bench --ops codebook --memory --out $(OUT)/bench
+	$(VENV)/bin/dalle2-fast sample "a red circle above a blue square" -n 16 -o $(OUT)/samples.png
+	$(VENV)/bin/dalle2-fast sample "a green triangle" "a yellow star" "a purple diamond" "a blue circle" -n 8 \
+	  -o $(OUT)/samples_single.png
 
 bench: $(VENV)/.built
 	$(VPY) -m dalle2_fast.bench --memory --out $(OUT)/bench

@@ -174,7 +174,7 @@ class UnCLIPPipeline:
                           x_T: torch.Tensor | None = None) -> torch.Tensor:
         """z_i (B, D) (+ optional text) -> images (B, 3, H, W) in [-1, 1] through decoder and upsamplers.
         ``x_T``: the decoder's starting latent (default: noise from the seeds)."""
-        extra = {} if x_T is None else {"x_T": x_T}
+        extra = {} if x_T is None else {"x_T": x_T, "eta": 0.0}  # a given latent is decoded deterministically
         x = self.decoder.sample(image_embed, text, stage_seeds(seeds, _STAGE_DECODER),
                                 steps=self._opt("decoder_steps", decoder_steps),
                                 guidance=self._opt("decoder_guidance", decoder_guidance), progress=progress, **extra)

@@ -113,8 +113,8 @@ def build_upsampler(r: UnCLIPRecipe, low: int, high: int, k: int):
                                            residual=r.upsampler_residual))
 
 
-PIPELINE_DEFAULTS = dict(prior_steps=32, decoder_steps=25, upsampler_steps=8, prior_guidance=1.0,
-                         decoder_guidance=3.0)
+PIPELINE_DEFAULTS = dict(prior_steps=32, decoder_steps=25, upsampler_steps=8, prior_guidance=2.0,
+                         decoder_guidance=3.0)  # guidance chosen on a seed-1 prompt set; reported on seed 0
 
 
 def _render(seed: int, n: int, res: int, max_objects: int) -> tuple[torch.Tensor, list[str]]:
