@@ -3,12 +3,32 @@ same run), a timer (median of repeats after warm-up; ``triton.testing.do_bench``
 machine bounds measured in the same run (copy bandwidth, matmul rate)."""
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+
+@contextlib.contextmanager
+def forced_backend(name: str | None):
+    """Run a block with ``DALLE2_FAST_BACKEND=name`` (None: unset), restoring the old value after:
+    how a benchmark times the same model with one backend forced for every op."""
+    old = os.environ.get("DALLE2_FAST_BACKEND")
+    if name is None:
+        os.environ.pop("DALLE2_FAST_BACKEND", None)
+    else:
+        os.environ["DALLE2_FAST_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DALLE2_FAST_BACKEND", None)
+        else:
+            os.environ["DALLE2_FAST_BACKEND"] = old
 
 
 @dataclass

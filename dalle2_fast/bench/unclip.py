@@ -7,33 +7,16 @@ backends ("auto") against ``DALLE2_FAST_BACKEND=torch`` (the baseline) in one ru
 """
 from __future__ import annotations
 
-import os
 import time
-from contextlib import contextmanager
 
 import torch
 
-from dalle2_fast.bench.core import Case, Variant
+from dalle2_fast.bench.core import Case, Variant, forced_backend
 
 FAMILY = "unclip"
 PROMPTS = ["a red circle above a blue square", "a green triangle", "a yellow star next to a purple diamond",
            "a blue circle"]
 
-
-@contextmanager
-def forced_backend(name: str | None):
-    old = os.environ.get("DALLE2_FAST_BACKEND")
-    if name is None:
-        os.environ.pop("DALLE2_FAST_BACKEND", None)
-    else:
-        os.environ["DALLE2_FAST_BACKEND"] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("DALLE2_FAST_BACKEND", None)
-        else:
-            os.environ["DALLE2_FAST_BACKEND"] = old
 
 
 def load_pipeline(device: str = "cpu"):

@@ -16,29 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dalle2_fast.bench.core import Case, Variant
+from dalle2_fast.bench.core import Case, Variant, forced_backend
 from dalle2_fast.models.unet import UNet
 from dalle2_fast.models.unet_configs import unet_preset
 
 FAMILY = "unet"
 
-
-@contextlib.contextmanager
-def _forced_backend(name: str):
-    old = os.environ.get("DALLE2_FAST_BACKEND")
-    os.environ["DALLE2_FAST_BACKEND"] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("DALLE2_FAST_BACKEND", None)
-        else:
-            os.environ["DALLE2_FAST_BACKEND"] = old
 
 
 def _settings(device: str, quick: bool) -> list[tuple[int, int, int]]:
@@ -94,7 +81,7 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
         for backward in (False, True):
 
             def run(m=model, xx=x, bw=backward, forced=None):
-                with amp, (_forced_backend(forced) if forced else contextlib.nullcontext()):
+                with amp, (forced_backend(forced) if forced else contextlib.nullcontext()):
                     return _step(m, xx, t, bw)
 
             variants = [

@@ -14,32 +14,13 @@ Report codes/s = images * (top codes + bottom codes) / time and images/s = image
 """
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
-
 import torch
 
-from dalle2_fast.bench.core import Case, Variant
+from dalle2_fast.bench.core import Case, Variant, forced_backend
 from dalle2_fast.models import VQVAE2, VQVAE2Config, VQVAE2Generator
-from dalle2_fast.ops._backends import ENV_VAR
 
 FAMILY = "vqvae2"
 
-
-@contextmanager
-def _forced_backend(name: str | None):
-    old = os.environ.get(ENV_VAR)
-    if name is None:
-        os.environ.pop(ENV_VAR, None)
-    else:
-        os.environ[ENV_VAR] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = old
 
 
 def build_generator(resolution: int = 32, device: str = "cpu") -> VQVAE2Generator:
@@ -66,7 +47,7 @@ def _sampler(gen: VQVAE2Generator, n: int, ours: bool, backend: str | None, devi
 
     @torch.no_grad()
     def run():
-        with _forced_backend(backend):
+        with forced_backend(backend):
             g = torch.Generator(device=device).manual_seed(0)
             if ours:
                 top, bottom = gen.sample_codes(n, labels, generator=g)
