@@ -27,7 +27,7 @@ def _prompts_or_checkpoint(args) -> list[str] | None:
 
 
 def _sample_unclip(args, prompts: list[str]) -> None:
-    from dalle2_fast.train.validate import check_writable_file
+    from dalle2_fast.train.validate import check_positive, check_writable_file
     from dalle2_fast.unclip_train import sample_to_file
 
     if any(not p.strip() for p in prompts):
@@ -38,10 +38,9 @@ def _sample_unclip(args, prompts: list[str]) -> None:
         if v != default:
             raise ValueError(f"{opt}: applies to a trained checkpoint, not to text prompts (unCLIP); got {v!r}")
     n = 16 if args.n is None else args.n
-    if n < 1 or args.batch_size < 1:
-        raise ValueError(f"-n and --batch-size: expected >= 1, got {n} and {args.batch_size}")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps: expected >= 1, got {args.steps}")
+    check_positive("-n", n)
+    check_positive("--batch-size", args.batch_size)
+    check_positive("--steps", args.steps, allow_none=True)
     check_writable_file("--out", args.out)
     kw = {} if args.steps is None else {"decoder_steps": args.steps}
     if args.scale is not None:

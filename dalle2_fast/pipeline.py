@@ -136,8 +136,7 @@ class UnCLIPPipeline:
     def _opt(self, name, value):
         v = self.defaults[name] if value is None else value
         if name.endswith("_steps"):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"UnCLIPPipeline: {name} must be an int >= 1, got {v!r}")
+            self._check_count(name, v)
         elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 100:
             raise ValueError(f"UnCLIPPipeline: {name} must be a finite number in [0, 100] (1 = no guidance), "
                              f"got {v!r}")

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 
-def _positive(name: str, v, allow_none=False):
+def check_positive(name: str, v, allow_none=False):
     if v is None and allow_none:
         return
     if v is None or not (v > 0) or (isinstance(v, float) and not math.isfinite(v)):
@@ -35,14 +35,14 @@ def check_writable_file(name: str, path: str | Path) -> None:
 
 
 def check_train_args(args) -> None:
-    _positive("--steps", args.steps)
-    _positive("--batch-size", args.batch_size)
-    _positive("--resolution", args.resolution)
-    _positive("--ckpt-every", args.ckpt_every)
-    _positive("--eval-size", args.eval_size)
-    _positive("--sample-n", args.sample_n)
-    _positive("--lr", args.lr, allow_none=True)
-    _positive("--max-minutes", args.max_minutes, allow_none=True)
+    check_positive("--steps", args.steps)
+    check_positive("--batch-size", args.batch_size)
+    check_positive("--resolution", args.resolution)
+    check_positive("--ckpt-every", args.ckpt_every)
+    check_positive("--eval-size", args.eval_size)
+    check_positive("--sample-n", args.sample_n)
+    check_positive("--lr", args.lr, allow_none=True)
+    check_positive("--max-minutes", args.max_minutes, allow_none=True)
     ema = getattr(args, "ema", None)
     if ema is not None and not (0.0 <= ema < 1.0):  # NaN fails this too
         raise ValueError(f"--ema: expected a decay in [0, 1) (0: off), got {ema!r}")
@@ -54,10 +54,10 @@ def check_train_args(args) -> None:
 
 
 def check_sample_args(args) -> None:
-    _positive("-n", args.n)
-    _positive("--temperature", args.temperature)
+    check_positive("-n", args.n)
+    check_positive("--temperature", args.temperature)
     if getattr(args, "batch_size", None) is not None:
-        _positive("--batch-size", args.batch_size)
+        check_positive("--batch-size", args.batch_size)
     if args.label is not None and not args.label.strip():
         raise ValueError("--label: expected a class id or '<colour> <shape>', got an empty string")
     if not Path(args.checkpoint).exists():
