@@ -68,4 +68,12 @@ def test_random_problems_match_reference(backend, problem):
         p64 = {k: (v.double() if v is not None else None) for k, v in params.items()}
         (gref,) = torch.autograd.grad(adagn_ref(x64, groups, act=act, **p64), x64, dy.double())
         gtol = (1e-3 + 1e-6 * cond) * (gref.abs().max().item() + 1.0)
-        torch.testing.assert_close(gx.double(), gref, rtol=1e-3, atol=gtol)
+        # ``cond`` is nominal (offset / scale). A group whose few values happen to lie close
+        # together at a large offset (2 values 0.03 apart at -50) is far worse conditioned, and
+        # float32 PyTorch itself then misses the float64 gradient by percents. So a kernel
+        # that is no worse than twice float32 PyTorch's own error on the same input also passes
+        # (the FlashAttention tests' convention); otherwise it must be within gtol.
+        x32 = x.detach().clone().requires_grad_(True)
+        (g32,) = torch.autograd.grad(adagn_ref(x32, groups, act=act, upcast=False, **params), x32, dy)
+        if not (gx.double() - gref).abs().max() <= 2 * (g32.double() - gref).abs().max():
+            torch.testing.assert_close(gx.double(), gref, rtol=1e-3, atol=gtol)
