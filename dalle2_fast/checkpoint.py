@@ -208,17 +208,28 @@ def load_pretrained(path: str | Path, expected_cls: type | None = None, map_loca
         raise CheckpointError(f"{path}: unknown model_type {rec['model_type']!r}; known: {sorted(MODEL_REGISTRY)}")
     if expected_cls is not None and not issubclass(cls, expected_cls):
         raise CheckpointError(f"{path}: holds a {cls.__name__} ({rec['model_type']}), not a {expected_cls.__name__}")
-    model = cls(config_from_dict(cls.config_class, rec["config"]))
+    raw = rec["config"]
+    if hasattr(cls, "_upgrade_config"):  # older config layouts of this model type, converted on load
+        raw = cls._upgrade_config(dict(raw))
+    config = config_from_dict(cls.config_class, raw)
+    model = cls(config)
     wfile = path if path.is_file() else path / "model.safetensors"
     if not wfile.exists():
         raise CheckpointError(f"{path}: missing model.safetensors")
     check_safetensors(wfile)
-    load_state_strict(model, load_file(str(wfile)), str(wfile))
+    state = load_file(str(wfile))
+    if hasattr(cls, "_upgrade_state_dict"):  # older state-dict layouts (renamed keys), converted on load
+        state = cls._upgrade_state_dict(state, config)
+    load_state_strict(model, state, str(wfile))
     return model.to(map_location)
 
 
 class Pretrained:
-    """Mixin for registered models: ``model.save_pretrained(path)``, ``Cls.from_pretrained(path)``."""
+    """Mixin for registered models: ``model.save_pretrained(path)``, ``Cls.from_pretrained(path)``.
+
+    A class whose config or state-dict layout changed may define ``_upgrade_config(dict) -> dict``
+    and ``_upgrade_state_dict(state, config) -> state`` (classmethods): ``load_pretrained`` applies
+    them to what it read, so checkpoints written by earlier versions keep loading."""
 
     def save_pretrained(self, path: str | Path) -> Path:
         return save_pretrained(self, path)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle2_fast.clip import ClipAdapter, TextEncoding
+from dalle2_fast.seeding import stage_seeds
 
 
 class Prior(Protocol):
@@ -50,11 +51,6 @@ SHIPPED_DIR = Path(__file__).parent / "weights" / "unclip_shapes"
 def shipped_weights_dir() -> Path | None:
     """The package's trained shapes pipeline, or None when this build ships no weights."""
     return SHIPPED_DIR if (SHIPPED_DIR / "unclip.json").is_file() else None
-
-
-def stage_seeds(seeds: Sequence[int], stage: int) -> list[int]:
-    """Independent per-image seeds for one stage, derived from the per-image seeds."""
-    return [(int(s) * 1_000_003 + 7919 * stage) % (2 ** 63 - 1) for s in seeds]
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:

@@ -136,8 +136,24 @@ def test_respace_explicit_steps():
 def test_respacing_errors():
     with pytest.raises(ValueError, match="cannot take 20 steps"):
         space_timesteps(30, "20,20")
-    with pytest.raises(ValueError, match="no integer stride"):
-        space_timesteps(100, "ddim33")
+    with pytest.raises(ValueError, match="1 <= N <= 100"):
+        space_timesteps(100, "ddim101")
+    with pytest.raises(ValueError, match="expected a step count"):
+        space_timesteps(100, True)
+
+
+@pytest.mark.parametrize("T,n", [(1000, 300), (100, 33), (1000, 7), (10, 10), (1000, 1)])
+def test_respacing_vocabulary_gives_exact_counts(T, n):
+    """An int, "N" and "ddimN" all give exactly N steps in [0, T), for any N <= T (ddim300 of
+    1000 has no integer stride: the fractional stride is used); "ddimN" starts at 0."""
+    for spec in (n, str(n), f"ddim{n}"):
+        keep = space_timesteps(T, spec)
+        assert len(keep) == n and keep == sorted(set(keep)) and 0 <= keep[0] and keep[-1] < T, spec
+    assert space_timesteps(T, f"ddim{n}")[0] == 0
+    assert space_timesteps(T, n) == space_timesteps(T, str(n))
+    if n > 1:
+        assert space_timesteps(T, n)[-1] == T - 1  # "N" includes the last trained step
+    assert space_timesteps(100, "ddim25") == list(range(0, 100, 4))  # guided-diffusion's integer stride
     with pytest.raises(ValueError, match="expected"):
         space_timesteps(100, "fast")
 

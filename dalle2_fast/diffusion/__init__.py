@@ -12,13 +12,14 @@ from dalle2_fast.diffusion.guidance import (ClassifierFreeGuidance, ClassifierGu
                                             GradientGuidance, ImageGuidance, gram_matrix)
 from dalle2_fast.diffusion.plan import SamplingNaNError
 from dalle2_fast.diffusion.respace import respace, space_timesteps
-from dalle2_fast.diffusion.samplers import ddim_invert, ddim_sample, ddpm_sample, dpmpp_2m_sample
+from dalle2_fast.diffusion.samplers import (SAMPLERS, ddim_invert, ddim_sample, ddpm_sample, dpmpp_2m_sample,
+                                            run_sampler)
 from dalle2_fast.diffusion.schedules import betas_for_alpha_bar, cosine_betas, get_betas, linear_betas
 from dalle2_fast.diffusion.timesteps import LossSecondMomentSampler, UniformSampler
 
 __all__ = [
     "GaussianDiffusion", "DiffusionConfig", "clip_x0", "linear_betas", "cosine_betas", "betas_for_alpha_bar",
-    "get_betas", "respace", "space_timesteps", "ddpm_sample", "ddim_sample", "dpmpp_2m_sample", "ddim_invert",
+    "get_betas", "respace", "space_timesteps", "SAMPLERS", "run_sampler", "ddpm_sample", "ddim_sample", "dpmpp_2m_sample", "ddim_invert",
     "SamplingNaNError", "ClassifierFreeGuidance", "ClassifierGuidance", "CLIPGuidance", "ImageGuidance",
     "GradientGuidance", "gram_matrix", "UniformSampler", "LossSecondMomentSampler",
 ]

@@ -4,9 +4,12 @@ A kept subsequence S of the trained timesteps defines a new process with
 beta_i = 1 - abar_{S_i} / abar_{S_{i-1}}, so that its abar at step i equals the trained
 abar at timestep S_i; the model is still called with the trained timestep S_i.
 
-Spec strings: "250" (250 evenly spaced steps), "10,10,3,2,2" (the trained range cut into
-equal sections, each strided to that many steps: dense where counts are large), "ddim25"
-(the integer stride of the DDIM paper that gives exactly 25 steps, starting at 0).
+One vocabulary, accepted everywhere a step count is (``respace``, every model's ``sample``,
+the command line): an int or "250" (250 evenly spaced steps, first and last included),
+"10,10,3,2,2" (the trained range cut into equal sections, each strided to that many steps:
+dense where counts are large), "ddim25" (25 steps starting at 0 with the DDIM paper's uniform
+stride: the integer stride that gives exactly 25 when one exists, as guided-diffusion does,
+else the fractional stride T/25 rounded).
 """
 from __future__ import annotations
 
@@ -17,8 +20,12 @@ import torch
 from dalle2_fast.diffusion.gaussian import GaussianDiffusion
 
 
-def space_timesteps(num_timesteps: int, spec: str | Iterable[int]) -> list[int]:
+def space_timesteps(num_timesteps: int, spec: int | str | Iterable[int]) -> list[int]:
     """Sorted timesteps of [0, num_timesteps) kept by ``spec`` (see the module docstring)."""
+    if isinstance(spec, bool):
+        raise ValueError(f"respacing: expected a step count, 'N1,N2,...' or 'ddimN', got {spec!r}")
+    if isinstance(spec, int):
+        spec = str(spec)
     if isinstance(spec, str):
         spec = spec.strip()
         if spec.startswith("ddim"):
@@ -26,10 +33,12 @@ def space_timesteps(num_timesteps: int, spec: str | Iterable[int]) -> list[int]:
                 want = int(spec[4:])
             except ValueError:
                 raise ValueError(f"respacing {spec!r}: expected 'ddimN' with an integer N") from None
+            if not 1 <= want <= num_timesteps:
+                raise ValueError(f"respacing {spec!r}: expected 1 <= N <= {num_timesteps} (the trained steps)")
             for stride in range(1, num_timesteps + 1):
                 if len(range(0, num_timesteps, stride)) == want:
                     return list(range(0, num_timesteps, stride))
-            raise ValueError(f"respacing {spec!r}: no integer stride gives exactly {want} of {num_timesteps} steps")
+            return sorted({min(num_timesteps - 1, round(i * num_timesteps / want)) for i in range(want)})
         try:
             counts = [int(c) for c in spec.split(",")]
         except ValueError:
@@ -53,11 +62,12 @@ def space_timesteps(num_timesteps: int, spec: str | Iterable[int]) -> list[int]:
     return sorted(set(kept))
 
 
-def respace(diffusion: GaussianDiffusion, spec: str | Iterable[int] | None = None, *,
+def respace(diffusion: GaussianDiffusion, spec: int | str | Iterable[int] | None = None, *,
             keep: Iterable[int] | None = None) -> GaussianDiffusion:
     """A process over a subset of ``diffusion``'s steps (same mean/var/loss types); its
     ``timestep_map`` sends each new step to the timestep the model was trained with.
-    ``spec``: a spec string or a list of section counts; or ``keep``: the step indices to keep."""
+    ``spec``: a step count, a spec string or a list of section counts; or ``keep``: the step
+    indices to keep. A spec that keeps every step returns ``diffusion`` itself."""
     if (spec is None) == (keep is None):
         raise ValueError("respace: pass exactly one of spec and keep")
     if keep is not None:
@@ -66,6 +76,8 @@ def respace(diffusion: GaussianDiffusion, spec: str | Iterable[int] | None = Non
             raise ValueError(f"respace: keep must be step indices in [0, {diffusion.num_timesteps}), got {keep[:5]}...")
     else:
         keep = space_timesteps(diffusion.num_timesteps, spec)
+        if len(keep) == diffusion.num_timesteps:
+            return diffusion
     ab = diffusion.alphas_cumprod[keep]
     prev = torch.cat([ab.new_ones(1), ab[:-1]])
     betas = 1.0 - ab / prev

@@ -25,6 +25,7 @@ from dalle2_fast.diffusion.plan import (NoiseSource, Plan, SamplingNaNError, ddi
 from dalle2_fast.ops.sampling import ddim_step, ddpm_step, dpmpp_2m_step
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor | None], None]
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
 
 
 def ddpm_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, timesteps=None, model_kwargs=None, clip=None,
@@ -64,6 +65,24 @@ def dpmpp_2m_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, timesteps=No
     pass ``timesteps``). Arguments as ``ddpm_sample``."""
     return _sample("dpmpp_2m", denoiser, diffusion, x_T, timesteps, model_kwargs, clip, dynamic_p, seeds,
                    generator, progress, callback, cuda_graph, backend, device, dtype)
+
+
+def run_sampler(sampler: str, denoiser, diffusion: GaussianDiffusion, x_T, *, steps=None, eta: float = 0.0,
+                **kw) -> torch.Tensor:
+    """The one entry point models sample through: respace ``diffusion`` to ``steps`` (an int,
+    "ddimN" or section counts — the respacing vocabulary; None: every step) and run the named
+    sampler ('ddpm' ancestral, 'ddim' with ``eta``, 'dpmpp' = DPM-Solver++(2M)). Other keyword
+    arguments go to the sampler (model_kwargs, clip, seeds, progress, ...)."""
+    from dalle2_fast.diffusion.respace import respace
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if eta and sampler != "ddim":
+        raise ValueError(f"eta applies to the 'ddim' sampler only, got eta={eta} with {sampler!r}")
+    proc = diffusion if steps is None else respace(diffusion, steps)
+    if sampler == "ddim":
+        return ddim_sample(denoiser, proc, x_T, eta=eta, **kw)
+    return (ddpm_sample if sampler == "ddpm" else dpmpp_2m_sample)(denoiser, proc, x_T, **kw)
 
 
 @torch.no_grad()
@@ -163,5 +182,5 @@ def _sample(kind, denoiser, diffusion, x_T, timesteps, model_kwargs, clip, dynam
     return x
 
 
-__all__ = ["ddpm_sample", "ddim_sample", "dpmpp_2m_sample", "ddim_invert", "SamplingNaNError", "make_plan",
+__all__ = ["SAMPLERS", "run_sampler", "ddpm_sample", "ddim_sample", "dpmpp_2m_sample", "ddim_invert", "SamplingNaNError", "make_plan",
            "make_step"]

@@ -14,26 +14,13 @@ Every norm goes through ``_compat._adagn`` and every attention through
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dalle2_fast.nn._compat import _adagn, _attention
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """t: (B,) float or int timesteps -> (B, dim) float32 [cos(t f_i), sin(t f_i)],
-    f_i = max_period^(-i / (dim // 2)); a zero column is appended for odd ``dim``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]  # (B, half)
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
+from dalle2_fast.nn.embeddings import timestep_embedding  # noqa: F401  (re-exported)
 
 
 class GroupNorm(nn.GroupNorm):

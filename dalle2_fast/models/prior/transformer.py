@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2_fast.nn.embeddings import timestep_embedding  # noqa: F401  (re-exported)
+
 
 try:  # the package's flash-attention op, when this build has it
     from dalle2_fast.ops import attention as _fused_attention
@@ -87,15 +89,6 @@ class CausalTransformer(nn.Module):
         for blk in self.blocks:
             x = blk(x, causal, key_padding_mask)
         return self.ln(x)
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps t: (B,) -> (B, dim) (Vaswani et al.)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
 
 
 class TextConditioning(nn.Module):
