@@ -1,6 +1,7 @@
 """dalle2_fast: DALL-E 2 (unCLIP) and the models it grew from, on our own kernels.
 
-Layers (imports point down): cli -> pipeline -> models -> diffusion -> nn -> ops -> kernels.
+Layers (imports point down): cli/serve -> recipes -> train -> pipeline -> interop -> models -> diffusion
+-> nn -> ops -> kernels (docs/architecture.md).
 """
 __version__ = "0.1.0"
 

@@ -2,55 +2,63 @@
 
 Ramesh et al. 2022 ("Hierarchical Text-Conditional Image Generation with CLIP Latents"): a prior
 P(z_i | y) produces a CLIP image embedding from the caption, a diffusion decoder P(x | z_i, y)
-inverts it at low resolution, and two diffusion upsamplers raise the resolution. Besides text to
-image, the CLIP latent gives variations (encode an image, decode with new noise), interpolation
-(slerp between two image embeddings) and text-diff edits (rotate z_i toward z_t(new) - z_t(old)),
-Sec. 3 of the paper.
+inverts it into a small image, and diffusion upsamplers raise the resolution. The CLIP latent
+space also gives the paper's manipulations (Sec. 3): variations of an image, interpolations
+between two images, and text-diff edits.
 
-Stages are duck-typed modules with a ``sample`` method (see :class:`Prior`, :class:`Decoder`,
-:class:`Upsampler`); images are (B, 3, H, W) in [-1, 1] inside, returned in [0, 1].
+Seeds follow the package's one rule (``dalle2_fast.seeding``): image k of a call with seed s is
+the image of seed s + k, whatever ``batch_size``; inside an image, each stage draws from its own
+stream (``stage_seeds``). ``iter_images`` streams any number of images batch by batch (flat
+memory) for large jobs; ``__call__`` returns them all.
 
-Seeds: image ``k`` of a call gets the seed ``seed + k`` (k counts prompts-major:
-prompt 0's images first), and every stage draws its noise from per-image generators derived from it,
-so an image does not depend on ``batch_size`` or on the other prompts of the call.
+The stages are duck-typed by the protocols below (what the pipeline calls is exactly what they
+declare): any prior, decoder or upsampler with these methods plugs in.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from dalle2_fast.clip import ClipAdapter, TextEncoding
-from dalle2_fast.seeding import stage_seeds
+from dalle2_fast.models.clip import ClipAdapter, TextEncoding
+from dalle2_fast.seeding import check_seed, sample_seeds, stage_seeds
 
 
 class Prior(Protocol):
-    def sample(self, text_tokens, text_mask, text_embed, seeds: Sequence[int], steps: int,
-               guidance: float, **kw) -> torch.Tensor: ...  # (B, D) unit-norm z_i
+    def sample(self, text: TextEncoding, seeds: Sequence[int], *, steps: int, guidance: float,
+               progress: bool = False) -> torch.Tensor: ...  # (B, D) unit-norm z_i
 
 
 class Decoder(Protocol):
-    def sample(self, image_embed, text: TextEncoding | None, seeds: Sequence[int], steps: int,
-               guidance: float, progress: bool = False) -> torch.Tensor: ...  # (B, 3, h, w) in [-1, 1]
+    image_size: int  # side of the images it draws
+
+    def sample(self, image_embed: torch.Tensor, text: TextEncoding | None, *, seeds: Sequence[int], steps: int,
+               guidance: float, progress: bool = False, **kw) -> torch.Tensor: ...  # (B, 3, s, s) in [-1, 1]
+
+    def invert(self, images: torch.Tensor, image_embed: torch.Tensor, text: TextEncoding | None = None, *,
+               steps: int, guidance: float = 1.0) -> torch.Tensor: ...  # (B, 3, s, s) latents x_T
 
 
 class Upsampler(Protocol):
-    def sample(self, low_res, seeds: Sequence[int], steps: int,
+    def sample(self, low_res: torch.Tensor, *, seeds: Sequence[int], steps: int,
                progress: bool = False) -> torch.Tensor: ...  # (B, 3, H, W) in [-1, 1]
 
 
-_STAGE_PRIOR, _STAGE_DECODER, _STAGE_UP = 1, 2, 3
+STAGE_PRIOR, STAGE_DECODER, STAGE_UP = 1, 2, 3
 SHIPPED_DIR = Path(__file__).parent / "weights" / "unclip_shapes"
+MANIFEST = "unclip.json"
+DEFAULTS = dict(prior_steps=64, decoder_steps=50, upsampler_steps=10, prior_guidance=1.0, decoder_guidance=3.0)
 
 
 def shipped_weights_dir() -> Path | None:
     """The package's trained shapes pipeline, or None when this build ships no weights."""
-    return SHIPPED_DIR if (SHIPPED_DIR / "unclip.json").is_file() else None
+    return SHIPPED_DIR if (SHIPPED_DIR / MANIFEST).is_file() else None
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -64,6 +72,61 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Te
     return F.normalize(torch.where(so.abs() < 1e-4, lin, out), dim=-1)
 
 
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def read_manifest(path: Path) -> dict:
+    """``unclip.json`` of a pipeline directory, checked: an object naming the stage files (inside
+    the directory) and known defaults."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: {manifest} not found (a pipeline directory "
+                                "holds unclip.json, clip/, prior, decoder and upsampler files)")
+    try:
+        meta = json.loads(manifest.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{manifest}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{manifest}: expected a JSON object, got {type(meta).__name__}")
+    root = path.resolve()
+
+    def member(key: str, value) -> Path:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{manifest}: {key}: expected a file or directory name, got {value!r}")
+        p = (path / value).resolve()
+        if root not in p.parents:
+            raise ValueError(f"{manifest}: {key}: {value!r} is outside the pipeline directory")
+        if not p.exists():
+            raise FileNotFoundError(f"{manifest}: {key}: {p} does not exist")
+        return p
+
+    for key in ("clip", "prior", "decoder"):
+        if key not in meta:
+            raise ValueError(f"{manifest}: missing stage {key!r} (expected keys clip, prior, decoder, upsamplers)")
+        meta[key] = member(key, meta[key])
+    ups = meta.get("upsamplers", [])
+    if not isinstance(ups, list):
+        raise ValueError(f"{manifest}: upsamplers: expected a list of file names, got {type(ups).__name__}")
+    meta["upsamplers"] = [member(f"upsamplers[{i}]", u) for i, u in enumerate(ups)]
+    defaults = meta.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ValueError(f"{manifest}: defaults: expected an object, got {type(defaults).__name__}")
+    meta["defaults"] = defaults
+    return meta
+
+
+@dataclass
+class Generated:
+    """One image of a streaming call: its index in the call, prompt, seed and pixels (3, H, W) in [-1, 1]."""
+
+    index: int
+    prompt: str
+    seed: int
+    image: torch.Tensor
+
+
 class UnCLIPPipeline:
     """The unCLIP text-to-image chain. Build from parts, or :meth:`from_pretrained` a directory."""
 
@@ -73,12 +136,11 @@ class UnCLIPPipeline:
         self.prior = prior
         self.decoder = decoder
         self.upsamplers = list(upsamplers)
-        self.defaults = dict(prior_steps=64, decoder_steps=50, upsampler_steps=10, prior_guidance=1.0,
-                             decoder_guidance=3.0)
+        self.defaults = dict(DEFAULTS)
         for k, v in (defaults or {}).items():
             if k not in self.defaults:
                 raise ValueError(f"UnCLIPPipeline: unknown default {k!r} (known: {sorted(self.defaults)})")
-            self.defaults[k] = v
+            self.defaults[k] = self._opt(k, v)
 
     # ---- persistence --------------------------------------------------------------------------
     @classmethod
@@ -92,26 +154,25 @@ class UnCLIPPipeline:
             path = shipped_weights_dir()
             if path is None:
                 raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: this install ships no weights ({SHIPPED_DIR} "
-                                        "is missing); train them with `dalle2-fast unclip train --out DIR` and pass "
-                                        "--pipeline DIR")
+                                        "is missing); train them with `dalle2-fast train unclip --out DIR` and pass "
+                                        "--pipeline DIR/pipeline")
         path = Path(path)
-        manifest = path / "unclip.json"
-        if not manifest.is_file():
-            raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: {manifest} not found (a pipeline directory "
+        if not path.is_dir():
+            raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: {path} is not a directory (a pipeline directory "
                                     "holds unclip.json, clip/, prior, decoder and upsampler files)")
-        meta = json.loads(manifest.read_text())
-        clip = ClipAdapter.load(path / meta["clip"], device=device)
-        prior = load_pretrained(path / meta["prior"], map_location=device).eval()
-        decoder = load_pretrained(path / meta["decoder"], map_location=device).eval()
-        ups = [load_pretrained(path / u, map_location=device).eval() for u in meta.get("upsamplers", [])]
-        return cls(clip, prior, decoder, ups, meta.get("defaults"))
+        meta = read_manifest(path)
+        clip = ClipAdapter.from_pretrained(meta["clip"], map_location=device)
+        prior = load_pretrained(meta["prior"], map_location=device).eval()
+        decoder = load_pretrained(meta["decoder"], map_location=device).eval()
+        ups = [load_pretrained(u, map_location=device).eval() for u in meta["upsamplers"]]
+        return cls(clip, prior, decoder, ups, meta["defaults"])
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         from dalle2_fast.checkpoint import atomic_write_text, save_pretrained
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.clip.save(path / "clip")
+        self.clip.save_pretrained(path / "clip")
         save_pretrained(self.prior, path / "prior.safetensors")
         save_pretrained(self.decoder, path / "decoder.safetensors")
         names = []
@@ -120,7 +181,7 @@ class UnCLIPPipeline:
             save_pretrained(u, path / names[-1])
         meta = {"clip": "clip", "prior": "prior.safetensors", "decoder": "decoder.safetensors",
                 "upsamplers": names, "defaults": self.defaults}
-        atomic_write_text(path / "unclip.json", json.dumps(meta, indent=2))
+        atomic_write_text(path / MANIFEST, json.dumps(meta, indent=2))
         return path
 
     def to(self, device: str | torch.device) -> "UnCLIPPipeline":
@@ -128,7 +189,19 @@ class UnCLIPPipeline:
             m.to(device)
         return self
 
-    # ---- the chain ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.clip.mean.device
+
+    @property
+    def image_size(self) -> int:
+        """Side of the final images: the decoder's, times each upsampler's factor."""
+        s = self.decoder.image_size
+        for u in self.upsamplers:
+            s *= getattr(u, "factor", 1)
+        return s
+
+    # ---- argument checks (before any work) ------------------------------------------------------
     def _opt(self, name, value):
         v = self.defaults[name] if value is None else value
         if name.endswith("_steps"):
@@ -138,8 +211,13 @@ class UnCLIPPipeline:
                              f"got {v!r}")
         return v
 
+    def settings(self, **overrides) -> dict:
+        """The sampling settings a call with ``overrides`` uses (every option resolved): what each
+        written image records."""
+        return {k: self._opt(k, overrides.get(k)) for k in self.defaults}
+
     def _check_image(self, name: str, image) -> torch.Tensor:
-        """A (3, H, W) or (1, 3, H, W) image in [-1, 1], finite."""
+        """A (3, H, W) or (1, 3, H, W) image in [-1, 1], finite -> (1, 3, H, W)."""
         if not isinstance(image, torch.Tensor) or not image.is_floating_point():
             raise ValueError(f"UnCLIPPipeline: {name} must be a floating-point tensor (3, H, W) in [-1, 1], got "
                              f"{type(image).__name__ if not isinstance(image, torch.Tensor) else image.dtype}")
@@ -150,7 +228,7 @@ class UnCLIPPipeline:
         if image.min() < -1.01 or image.max() > 1.01:
             raise ValueError(f"UnCLIPPipeline: {name} must be in [-1, 1] (got values in [{float(image.min()):.3g}, "
                              f"{float(image.max()):.3g}]; map [0, 1] images with x * 2 - 1)")
-        return image
+        return image if image.dim() == 4 else image[None]
 
     @staticmethod
     def _check_count(name: str, v, low: int = 1) -> None:
@@ -162,21 +240,70 @@ class UnCLIPPipeline:
         if not isinstance(v, str) or not v.strip():
             raise ValueError(f"UnCLIPPipeline: {name} must be a non-empty string, got {v!r}")
 
+    @staticmethod
+    def _check_prompts(prompts) -> list[str]:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError(f"UnCLIPPipeline: prompts must be a non-empty string or list of non-empty strings, "
+                             f"got {prompts!r}"[:300])
+        return prompts
+
+    # ---- the chain ----------------------------------------------------------------------------
     @torch.no_grad()
     def decode_embeddings(self, image_embed: torch.Tensor, text: TextEncoding | None, seeds: Sequence[int],
                           decoder_steps: int | None = None, upsampler_steps: int | None = None,
                           decoder_guidance: float | None = None, progress: bool = False,
                           x_T: torch.Tensor | None = None) -> torch.Tensor:
         """z_i (B, D) (+ optional text) -> images (B, 3, H, W) in [-1, 1] through decoder and upsamplers.
-        ``x_T``: the decoder's starting latent (default: noise from the seeds)."""
-        extra = {} if x_T is None else {"x_T": x_T, "eta": 0.0}  # a given latent is decoded deterministically
-        x = self.decoder.sample(image_embed, text, stage_seeds(seeds, _STAGE_DECODER),
+        ``x_T``: the decoder's starting latent (default: noise from the seeds), decoded
+        deterministically (eta 0, no thresholding: the inverse of :meth:`Decoder.invert`)."""
+        extra = {} if x_T is None else {"x_T": x_T, "eta": 0.0, "clip": None}
+        x = self.decoder.sample(image_embed, text, seeds=stage_seeds(seeds, STAGE_DECODER),
                                 steps=self._opt("decoder_steps", decoder_steps),
                                 guidance=self._opt("decoder_guidance", decoder_guidance), progress=progress, **extra)
         for i, up in enumerate(self.upsamplers):
-            x = up.sample(x, stage_seeds(seeds, _STAGE_UP + i), steps=self._opt("upsampler_steps", upsampler_steps),
-                          progress=progress)
+            x = up.sample(x, seeds=stage_seeds(seeds, STAGE_UP + i),
+                          steps=self._opt("upsampler_steps", upsampler_steps), progress=progress)
         return x
+
+    @torch.no_grad()
+    def text_to_embeddings(self, prompts: Sequence[str], seeds: Sequence[int], prior_steps: int | None = None,
+                           prior_guidance: float | None = None, progress: bool = False):
+        """(TextEncoding of the prompts, z_i (B, D) drawn by the prior) for one batch."""
+        text = self.clip.encode_text(list(prompts))
+        z = self.prior.sample(text, stage_seeds(seeds, STAGE_PRIOR), steps=self._opt("prior_steps", prior_steps),
+                              guidance=self._opt("prior_guidance", prior_guidance), progress=progress)
+        return text, z
+
+    @torch.no_grad()
+    def iter_images(self, prompts: str | Sequence[str], num_images_per_prompt: int = 1, *, seed: int = 0,
+                    batch_size: int = 16, start: int = 0, stop: int | None = None, prior_steps: int | None = None,
+                    decoder_steps: int | None = None, upsampler_steps: int | None = None,
+                    prior_guidance: float | None = None, decoder_guidance: float | None = None,
+                    progress: bool = False) -> Iterator[list[Generated]]:
+        """Yields the images of a call batch by batch (lists of :class:`Generated`, prompts-major:
+        image k is prompt k // num_images_per_prompt with seed seed + k), holding one batch at a
+        time. ``start``/``stop`` select images [start, stop) of the call (a shard or a resume)."""
+        prompts = self._check_prompts(prompts)
+        self._check_count("num_images_per_prompt", num_images_per_prompt)
+        self._check_count("batch_size", batch_size)
+        check_seed(seed)
+        total = len(prompts) * num_images_per_prompt
+        stop = total if stop is None else stop
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= total):
+            raise ValueError(f"UnCLIPPipeline: need 0 <= start <= stop <= {total}, got start={start}, stop={stop}")
+        sample_seeds(seed, total)  # checks the seed range of the whole call
+        opts = dict(prior_steps=prior_steps, decoder_steps=decoder_steps, upsampler_steps=upsampler_steps,
+                    prior_guidance=prior_guidance, decoder_guidance=decoder_guidance)
+        for k, v in opts.items():
+            self._opt(k, v)  # checks every option before any work
+        for i in range(start, stop, batch_size):
+            idx = list(range(i, min(stop, i + batch_size)))
+            texts = [prompts[k // num_images_per_prompt] for k in idx]
+            seeds = [seed + k for k in idx]
+            text, z = self.text_to_embeddings(texts, seeds, prior_steps, prior_guidance)
+            x = self.decode_embeddings(z, text, seeds, decoder_steps, upsampler_steps, decoder_guidance, progress)
+            yield [Generated(k, p, s, img) for k, p, s, img in zip(idx, texts, seeds, x)]
 
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], num_images_per_prompt: int = 1, prior_steps: int | None = None,
@@ -184,58 +311,43 @@ class UnCLIPPipeline:
                  prior_guidance: float | None = None, decoder_guidance: float | None = None, seed: int = 0,
                  batch_size: int = 16, progress: bool = False) -> torch.Tensor:
         """Images for ``prompts``: (len(prompts) * num_images_per_prompt, 3, H, W) in [0, 1], prompts-major."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise ValueError(f"UnCLIPPipeline: prompts must be a non-empty string or list of non-empty strings, "
-                             f"got {prompts!r}")
-        self._check_count("num_images_per_prompt", num_images_per_prompt)
-        self._check_count("batch_size", batch_size)
-        self._check_count("seed", seed, 0)
-        for name, v in (("prior_steps", prior_steps), ("decoder_steps", decoder_steps),
-                        ("upsampler_steps", upsampler_steps), ("prior_guidance", prior_guidance),
-                        ("decoder_guidance", decoder_guidance)):
-            self._opt(name, v)  # checks every option before any work
-        items = [p for p in prompts for _ in range(num_images_per_prompt)]
-        seeds = [seed + k for k in range(len(items))]
-        out = []
-        chunks = range(0, len(items), batch_size)
+        chunks = self.iter_images(prompts, num_images_per_prompt, seed=seed, batch_size=batch_size,
+                                  prior_steps=prior_steps, decoder_steps=decoder_steps,
+                                  upsampler_steps=upsampler_steps, prior_guidance=prior_guidance,
+                                  decoder_guidance=decoder_guidance)
         if progress:
             from tqdm.auto import tqdm
 
-            chunks = tqdm(chunks, desc="unclip", unit="batch")
-        for i in chunks:
-            text = self.clip.encode_text(items[i:i + batch_size])
-            s = seeds[i:i + batch_size]
-            z = self.prior.sample(text.tokens, text.mask, text.embed, stage_seeds(s, _STAGE_PRIOR),
-                                  steps=self._opt("prior_steps", prior_steps),
-                                  guidance=self._opt("prior_guidance", prior_guidance))
-            out.append(self.decode_embeddings(z, text, s, decoder_steps, upsampler_steps, decoder_guidance,
-                                              progress))
-        return to_unit_range(torch.cat(out))
+            n = len(self._check_prompts(prompts)) * num_images_per_prompt
+            chunks = tqdm(chunks, desc="unclip", unit="batch", total=math.ceil(n / batch_size))
+        return to_unit_range(torch.stack([g.image for chunk in chunks for g in chunk]))
 
     # ---- CLIP-latent manipulations (Sec. 3) -----------------------------------------------------
     def _image_embed(self, image: torch.Tensor) -> torch.Tensor:
-        if image.dim() == 3:
-            image = image[None]
-        return self.clip.encode_image(image.to(self.clip.mean.device))
+        return self.clip.encode_image(image.to(self.device))
+
+    def _decoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.decoder.image_size
+        return F.interpolate(x.float(), size=(s, s), mode="bicubic", antialias=True).clamp(-1, 1).to(self.device)
 
     @torch.no_grad()
     def variations(self, image: torch.Tensor, n: int = 4, seed: int = 0, **kw) -> torch.Tensor:
-        """``n`` images that keep the CLIP content of ``image`` (3, H, W) in [-1, 1], decoded with new noise."""
-        self._check_image("image", image)
+        """``n`` images that keep the CLIP content of ``image`` (3, H, W) in [-1, 1], decoded with new
+        noise (image k from seed + k)."""
+        x = self._check_image("image", image)
         self._check_count("n", n)
-        z = self._image_embed(image).expand(n, -1)
-        return to_unit_range(self.decode_embeddings(z, None, [seed + k for k in range(n)], **kw))
+        z = self._image_embed(x).expand(n, -1)
+        return to_unit_range(self.decode_embeddings(z, None, sample_seeds(seed, n), **kw))
 
     @torch.no_grad()
     def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 5, seed: int = 0,
                     **kw) -> torch.Tensor:
-        """``n`` images along slerp(z_a, z_b, t), t = 0 .. 1, with the same decoder noise for all frames."""
+        """``n`` images along slerp(z_a, z_b, t), t = 0 .. 1, with the same decoder noise (seed) for all frames."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 2:
             raise ValueError(f"interpolate: n must be an int >= 2, got {n!r}")
-        self._check_image("image_a", image_a)
-        self._check_image("image_b", image_b)
-        za, zb = self._image_embed(image_a), self._image_embed(image_b)
+        check_seed(seed)
+        za = self._image_embed(self._check_image("image_a", image_a))
+        zb = self._image_embed(self._check_image("image_b", image_b))
         z = slerp(za, zb, torch.linspace(0, 1, n, device=za.device)[:, None])
         return to_unit_range(self.decode_embeddings(z, None, [seed] * n, **kw))
 
@@ -245,13 +357,13 @@ class UnCLIPPipeline:
         """Edit ``image`` toward ``to_text``: z_d = normalise(z_t(to) - z_t(from)); frames slerp(z_i, z_d, t),
         t = 0 .. max_angle (the paper uses 0.25-0.5), decoded with the same latent and the new caption.
         ``invert``: that latent is the DDIM inversion of ``image`` (as in the paper), else seeded noise."""
-        self._check_image("image", image)
+        x = self._check_image("image", image)
         self._check_text("from_text", from_text)
         self._check_text("to_text", to_text)
         self._check_count("n", n)
-        if not isinstance(max_angle, (int, float)) or not 0 < max_angle <= 1:
-            raise ValueError(f"text_diff: max_angle must be in (0, 1], got {max_angle!r}")
-        x = image[None] if image.dim() == 3 else image
+        check_seed(seed)
+        if isinstance(max_angle, bool) or not isinstance(max_angle, (int, float)) or not 0 < max_angle <= 1:
+            raise ValueError(f"text_diff: max_angle must be a number in (0, 1], got {max_angle!r}")
         zi = self._image_embed(x)
         te = self.clip.encode_text([from_text, to_text])
         zd = F.normalize(te.embed[1:] - te.embed[:1], dim=-1)
@@ -259,33 +371,10 @@ class UnCLIPPipeline:
         to = self.clip.encode_text([to_text] * n)
         x_T = None
         if invert:
-            s = self.decoder.config.unet.image_size
-            base = F.interpolate(x.float(), size=(s, s), mode="bicubic", antialias=True).clamp(-1, 1)
-            steps = kw.get("decoder_steps") or self.defaults["decoder_steps"]
-            x_T = self.decoder.invert(base.to(zi.device), zi, None, steps=steps).expand(n, -1, -1, -1)
+            steps = self._opt("decoder_steps", kw.get("decoder_steps"))
+            x_T = self.decoder.invert(self._decoder_input(x), zi, None, steps=steps).expand(n, -1, -1, -1)
         return to_unit_range(self.decode_embeddings(z, to, [seed] * n, x_T=x_T, **kw))
 
 
-def to_unit_range(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1], clamped."""
-    return ((x.float() + 1) / 2).clamp(0, 1)
-
-
-def to_pil(images: torch.Tensor):
-    """(B, 3, H, W) in [0, 1] -> list of PIL images."""
-    from PIL import Image
-
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
-
-
-def make_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
-    """(B, 3, H, W) -> (3, rows*H, nrow*W) grid, row-major."""
-    b, c, h, w = images.shape
-    nrow = nrow or max(1, math.ceil(math.sqrt(b)))
-    rows = math.ceil(b / nrow)
-    grid = images.new_zeros(c, rows * h, nrow * w)
-    for i in range(b):
-        r, q = divmod(i, nrow)
-        grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
-    return grid
+__all__ = ["UnCLIPPipeline", "Prior", "Decoder", "Upsampler", "Generated", "slerp", "to_unit_range",
+           "shipped_weights_dir", "read_manifest", "SHIPPED_DIR", "DEFAULTS"]

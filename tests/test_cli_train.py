@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dalle2_fast.cli import main
+from dalle2_fast.cli import UsageError, main
 
 TINY = ["--resolution", "16", "--batch-size", "4", "--eval-size", "8", "--sample-n", "4", "--quiet"]
 
@@ -31,7 +31,7 @@ def test_train_writes_its_files_then_sample(model, sets, tmp_path):
     assert [r["step"] for r in rows] == ["1", "2", "3"]
     assert json.loads((out / "metrics.json").read_text())["steps"] == 3
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
-    assert main(["sample", str(out / "final"), "-n", "4", "--out", str(tmp_path / "grid.png")]) == 0
+    assert main(["sample", "--checkpoint", str(out), "-n", "4", "--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
@@ -84,7 +84,7 @@ def test_vqvae2_prior_trains_on_a_vqvae2_and_samples_by_label(tmp_path):
                   "--set", "channels=8", "--set", "n_layers=2", "--set", "attention_every=2") == 0
     m = json.loads((tmp_path / "prior" / "metrics.json").read_text())
     assert 0 <= m["sample_recognition_rate"] <= 1 and m["heldout_top_nll"] > 0
-    assert main(["sample", str(tmp_path / "prior" / "final"), "-n", "2", "--label", "red circle",
+    assert main(["sample", "--checkpoint", str(tmp_path / "prior" / "final"), "-n", "2", "--label", "red circle",
                  "--out", str(tmp_path / "p.png")]) == 0
 
 
@@ -95,7 +95,7 @@ def test_cli_errors_are_clear(tmp_path):
         _train("ae", tmp_path / "a", 1, "--set", "chanels=8")
     with pytest.raises(FileNotFoundError, match="no training checkpoint"):
         _train("ae", tmp_path / "b", 1, "--resume")
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="invalid choice: 'nosuchmodel'"):
         main(["train", "nosuchmodel"])
 
 

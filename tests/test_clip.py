@@ -5,7 +5,7 @@ import open_clip
 import pytest
 import torch
 
-from dalle2_fast.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer, register_configs
+from dalle2_fast.models.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer, register_configs
 from dalle2_fast.clip_train import ClipTrainConfig, train_clip, zero_shot_accuracy
 from tests._toy_captions import PROMPTS, toy_batch
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 pytest.importorskip("dalle2_fast.models.unet")
 pytest.importorskip("dalle2_fast.diffusion")
 
-from dalle2_fast.clip import TextEncoding  # noqa: E402
+from dalle2_fast.models.clip import TextEncoding  # noqa: E402
 from dalle2_fast.models.decoder import DecoderConfig, UnCLIPDecoder  # noqa: E402
 from dalle2_fast.checkpoint import load_pretrained, save_pretrained  # noqa: E402
 from dalle2_fast.models.unet import UNetConfig  # noqa: E402
@@ -159,7 +159,7 @@ def test_checkpoints_round_trip(tmp_path):
 
 
 def test_pipeline_save_load_and_sample(tmp_path):
-    from dalle2_fast.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer
+    from dalle2_fast.models.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer
     from dalle2_fast.models.prior import DiffusionPrior, DiffusionPriorConfig
     from dalle2_fast.pipeline import UnCLIPPipeline
     from tests._toy_captions import PROMPTS

@@ -1,6 +1,5 @@
 """Sampling to one PNG per image: 2 torchrun-style gloo ranks write every image exactly once,
 byte-identical to one process; a long run in batches keeps RSS flat."""
-import argparse
 import os
 import socket
 
@@ -39,7 +38,7 @@ def _files(d):
 
 def test_two_ranks_write_each_image_once_identical_to_one_process(gan_ckpt, tmp_path):
     # n=11 with batch 3: 4 batches, the last one short; rank 0 takes batches 0, 2 and rank 1 takes 1, 3
-    argv = ["sample", str(gan_ckpt), "-n", "11", "--batch-size", "3", "--seed", "5"]
+    argv = ["sample", "--checkpoint", str(gan_ckpt), "-n", "11", "--batch-size", "3", "--seed", "5"]
     assert main([*argv, "--images-dir", str(tmp_path / "one")]) == 0
     mp.spawn(_rank, args=(2, _free_port(), [*argv, "--images-dir", str(tmp_path / "two")]), nprocs=2, join=True)
     one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
@@ -57,14 +56,23 @@ def _rss_bytes() -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
-def test_long_sampling_run_keeps_memory_flat(gan_ckpt, tmp_path):
-    """3000 images in 60 batches: RSS after the warm-up batches stays within a few MB to the end
-    (a leak of one batch's images, 50 x 3 x 16 x 16 float32 = 150 KB, per batch would add ~9 MB)."""
-    from dalle2_fast.train.sample_images import sample_images
-    rss = []
-    args = argparse.Namespace(checkpoint=str(gan_ckpt), images_dir=str(tmp_path / "many"), n=3000,
-                              batch_size=50, seed=0, label=None, temperature=1.0)
-    sample_images(args, on_batch=lambda j: rss.append(_rss_bytes()))
+def test_long_sampling_run_keeps_memory_flat(gan_ckpt, tmp_path, monkeypatch):
+    """3000 images in 60 batches streamed to disk: RSS after the warm-up batches stays within a few
+    MB to the end (a leak of one batch's images, 50 x 3 x 16 x 16 float32 = 150 KB, per batch would
+    add ~9 MB)."""
+    import dalle2_fast.data.images as images
+
+    rss, save = [], images.save_png
+
+    def counting_save(image, path, *a, **k):
+        out = save(image, path, *a, **k)
+        if path.name.endswith("49.png") or path.name.endswith("99.png"):  # the last image of each batch
+            rss.append(_rss_bytes())
+        return out
+
+    monkeypatch.setattr(images, "save_png", counting_save)
+    assert main(["sample", "--checkpoint", str(gan_ckpt), "-n", "3000", "--batch-size", "50", "--quiet",
+                 "--images-dir", str(tmp_path / "many")]) == 0
     assert len(rss) == 60 and len(os.listdir(tmp_path / "many")) == 3000
     warm = max(rss[5:15])
     growth = max(rss[15:]) - warm

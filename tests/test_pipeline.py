@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle2_fast.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer
+from dalle2_fast.models.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer
 from dalle2_fast.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from dalle2_fast.models.decoder import UnCLIPDecoder
 from dalle2_fast.models.prior import DiffusionPrior, DiffusionPriorConfig

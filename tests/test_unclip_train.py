@@ -104,7 +104,7 @@ def test_stage_ema_keeps_the_average(tmp_path):
 
 
 def test_train_clip_only(tmp_path):
-    from dalle2_fast.clip import ClipAdapter
+    from dalle2_fast.models.clip import ClipAdapter
     from dalle2_fast.unclip_train import train_clip_only
 
     clip = train_clip_only(micro(), tmp_path / "c", progress=False)

@@ -14,8 +14,9 @@ from PIL import Image
 from dalle2_fast.checkpoint import CheckpointError, load_pretrained
 from dalle2_fast.cli import main
 from dalle2_fast.models import DiffusionModel, NoisyClassifier, UNet
-from dalle2_fast.models.diffusion_model import labels_from_batch, parse_label
-from dalle2_fast.train.tasks import parse_field
+from dalle2_fast.data.labels import label_names, labels_from_class_ids
+from dalle2_fast.generate import parse_class_label
+from dalle2_fast.recipes.common import parse_field
 
 # 16 channels, two levels, one res block, attention at 16x16, 20 diffusion steps: seconds on CPU
 TINY = ["--set", "model_channels=16", "--set", "channel_mult=1,2", "--set", "num_res_blocks=1",
@@ -57,14 +58,15 @@ def test_train_writes_the_usual_outputs(runs):
 
 def test_checkpoints_load_with_the_one_format(runs, tmp_path):
     dm = load_pretrained(runs["adm"] / "final")
-    assert isinstance(dm, DiffusionModel) and dm.config.label_kind == "shape" and dm.null_label == 5
+    assert isinstance(dm, DiffusionModel) and dm.config.num_classes == 5 and dm.null_label == 5
+    assert dm.config.class_names == ("circle", "square", "triangle", "diamond", "star")
     assert dm.config.unet.num_classes == 6 and dm.config.unet.learn_sigma  # 5 shapes + null class (CFG)
     clf = NoisyClassifier.from_pretrained(runs["clf"] / "final")
     assert clf.config.num_classes == 5
     with pytest.raises(CheckpointError, match="not a UNet"):  # a classifier is not a UNet
         UNet.from_pretrained(runs["clf"] / "final")
-    # the bare UNet is registered too: save_pretrained / UNet.save write the same format
-    dm.unet.save(tmp_path / "u.safetensors")
+    # the bare UNet is registered too
+    dm.unet.save_pretrained(tmp_path / "u.safetensors")
     back = load_pretrained(tmp_path / "u.safetensors")
     assert isinstance(back, UNet) and back.config == dm.unet.config
     x, t, y = torch.randn(2, 3, 32, 32), torch.tensor([3, 17]), torch.tensor([0, 4])
@@ -75,11 +77,11 @@ def test_checkpoints_load_with_the_one_format(runs, tmp_path):
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp"])
 def test_sample_with_classifier_guidance_through_cli(runs, tmp_path, sampler):
     ck, clf = str(runs["adm"] / "final"), str(runs["clf"] / "final")
-    common = ["sample", ck, "--sampler", sampler, "--steps", "4", "-n", "3", "--seed", "5",
-              "--classifier", clf, "--label", "star"]
-    assert main([*common, "--guidance", "classifier", "--scale", "20", "--out", str(tmp_path / "a.png"),
-                 "--metrics", str(tmp_path / "m.json")]) == 0
-    assert main([*common, "--guidance", "classifier", "--scale", "20", "--out", str(tmp_path / "b.png")]) == 0
+    common = ["sample", "--checkpoint", ck, "--sampler", sampler, "--steps", "4", "-n", "3", "--seed", "5",
+              "--label", "star"]
+    guided = ["--guidance", "classifier", "--classifier", clf, "--scale", "20"]
+    assert main([*common, *guided, "--out", str(tmp_path / "a.png"), "--metrics", str(tmp_path / "m.json")]) == 0
+    assert main([*common, *guided, "--out", str(tmp_path / "b.png")]) == 0
     assert main([*common, "--guidance", "none", "--out", str(tmp_path / "c.png")]) == 0
     a, b, c = _png(tmp_path / "a.png"), _png(tmp_path / "b.png"), _png(tmp_path / "c.png")
     assert a.shape == (2 * (2 * 33 + 1), 2 * (2 * 33 + 1), 3)  # 3 images -> 2x2 grid of 32px + gaps, x2
@@ -87,13 +89,17 @@ def test_sample_with_classifier_guidance_through_cli(runs, tmp_path, sampler):
     assert not np.array_equal(a, c)  # the classifier's gradient changed the samples
     rec = json.loads((tmp_path / "m.json").read_text())
     assert rec["guidance"] == "classifier" and rec["label_kind"] == "shape" and 0 <= rec["recognition_rate"] <= 1
+    from dalle2_fast.data.images import read_metadata
+
+    meta = read_metadata(tmp_path / "a.png")  # the grid records how to redraw each image
+    assert meta["seeds"] == [5, 6, 7] and meta["label"] == 4 and meta["sampler"] == sampler
 
 
 def test_cfg_and_ddpm_sampler(runs, tmp_path):
     ck = str(runs["adm"] / "final")
-    assert main(["sample", ck, "--guidance", "cfg", "--scale", "3", "--steps", "3", "-n", "2",
+    assert main(["sample", "--checkpoint", ck, "--guidance", "cfg", "--scale", "3", "--steps", "3", "-n", "2",
                  "--out", str(tmp_path / "cfg.png")]) == 0
-    assert main(["sample", ck, "--sampler", "ddpm", "--steps", "3", "-n", "2", "--label", "1",
+    assert main(["sample", "--checkpoint", ck, "--sampler", "ddpm", "--steps", "3", "-n", "2", "--label", "1",
                  "--out", str(tmp_path / "ddpm.png")]) == 0
     assert (tmp_path / "cfg.png").exists() and (tmp_path / "ddpm.png").exists()
 
@@ -114,17 +120,18 @@ def test_resume_is_exact(runs):
 
 
 def test_fixed_variance_unconditional_ddpm_and_errors(runs, tmp_path):
-    out = _train("ddpm", tmp_path / "ddpm", steps=2)
+    # cosine: at T = 20 the linear schedule's last beta is 1 (abar_T = 0, x0 from eps undefined there)
+    out = _train("ddpm", tmp_path / "ddpm", steps=2, extra=["--set", "schedule=cosine"])
     m = json.loads((out / "metrics.json").read_text())
     assert m["var_type"] == "fixed_small" and m["label_kind"] == "none" and np.isfinite(m["heldout_bpd"])
     dm = load_pretrained(out / "final")
     assert not dm.config.unet.learn_sigma and dm.config.unet.num_classes is None
     with pytest.raises(ValueError, match="p_uncond"):  # CFG needs a null label
-        main(["sample", str(out / "final"), "--guidance", "cfg", "-n", "2", "--out", str(tmp_path / "x.png")])
+        main(["sample", "--checkpoint", str(out / "final"), "--guidance", "cfg", "-n", "2", "--out", str(tmp_path / "x.png")])
     with pytest.raises(ValueError, match="--classifier"):
-        main(["sample", str(out / "final"), "--guidance", "classifier", "-n", "2", "--out", str(tmp_path / "x.png")])
+        main(["sample", "--checkpoint", str(out / "final"), "--guidance", "classifier", "-n", "2", "--out", str(tmp_path / "x.png")])
     # classifier guidance of the unconditional model: labels go to the classifier only
-    assert main(["sample", str(out / "final"), "--guidance", "classifier", "--classifier", str(runs["clf"] / "final"),
+    assert main(["sample", "--checkpoint", str(out / "final"), "--guidance", "classifier", "--classifier", str(runs["clf"] / "final"),
                  "--label", "square", "--steps", "3", "-n", "2", "--out", str(tmp_path / "u.png")]) == 0
     with pytest.raises(ValueError, match="unknown field"):
         main(["train", "ddpm", "--steps", "1", "--out", str(tmp_path / "bad"), "--set", "no_such=1"])
@@ -132,14 +139,15 @@ def test_fixed_variance_unconditional_ddpm_and_errors(runs, tmp_path):
 
 def test_labels_and_overrides():
     ids = torch.tensor([0, 7, 29])  # class id = shape * 6 + colour
-    assert labels_from_batch("shape", ids).tolist() == [0, 1, 4]
-    assert labels_from_batch("colour", ids).tolist() == [0, 1, 5]
-    assert parse_label("shape", "star") == 4 and parse_label("colour", "blue") == 4
-    assert parse_label("class", "red circle") == 0
-    with pytest.raises(ValueError, match="shape labels"):
-        parse_label("shape", "red")
+    assert labels_from_class_ids("shape", ids).tolist() == [0, 1, 4]
+    assert labels_from_class_ids("colour", ids).tolist() == [0, 1, 5]
+    assert parse_class_label("star", label_names("shape"), 5) == 4
+    assert parse_class_label("Blue", label_names("colour"), 6) == 4
+    assert parse_class_label("red  circle", label_names("class"), 30) == 0
+    with pytest.raises(ValueError, match="--label: expected one of"):
+        parse_class_label("red", label_names("shape"), 5)
     with pytest.raises(ValueError, match="0..4"):
-        parse_label("shape", "9")
+        parse_class_label("9", label_names("shape"), 5)
     assert parse_field("channel_mult", tuple[float, ...], "1,2,2") == (1.0, 2.0, 2.0)
     assert parse_field("num_head_channels", int | None, "none") is None
     assert parse_field("num_head_channels", int | None, "32") == 32

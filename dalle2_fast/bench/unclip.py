@@ -31,19 +31,9 @@ def load_pipeline(device: str = "cpu"):
 
 def random_pipeline(device: str = "cpu"):
     """The default recipe's architecture with random weights."""
-    from dalle2_fast.pipeline import UnCLIPPipeline
-    from dalle2_fast.unclip_train import (PIPELINE_DEFAULTS, UnCLIPRecipe, build_clip, build_decoder, build_prior,
-                                          build_upsampler)
+    from dalle2_fast.recipes.unclip import build_pipeline
 
-    r = UnCLIPRecipe()
-    torch.manual_seed(0)
-    clip = build_clip(r)
-    ups, low = [], r.base_res
-    for k, high in enumerate(r.upsample_res):
-        ups.append(build_upsampler(r, low, high, k).eval())
-        low = high
-    return UnCLIPPipeline(clip, build_prior(r, clip).eval(), build_decoder(r, clip).eval(), ups,
-                          defaults=PIPELINE_DEFAULTS).to(device)
+    return build_pipeline().to(device)
 
 
 def stage_shares(pipe, prompts=PROMPTS, **kw) -> dict[str, float]:

@@ -165,10 +165,17 @@ class VAE(AutoEncoder):
         return self.decode(self.posterior(x)[0]).clamp(-1, 1)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """n images (n, C, R, R) decoded from z ~ N(0, I)."""
+    def sample(self, n: int | None = None, generator: torch.Generator | None = None, device=None, *,
+               seeds=None) -> torch.Tensor:
+        """n images (n, C, R, R) decoded from z ~ N(0, I). With ``seeds`` (n = len(seeds)) image i
+        depends only on seeds[i]."""
         c = self.config
-        shape = (n, c.z_dim) if c.z_dim > 0 else (n, c.latent_channels, self.latent_hw, self.latent_hw)
+        if seeds is not None:
+            n = len(seeds)
+        if n is None or n < 1:
+            raise ValueError(f"VAE.sample: expected n >= 1 images (or seeds), got {n!r}")
+        latent = (c.z_dim,) if c.z_dim > 0 else (c.latent_channels, self.latent_hw, self.latent_hw)
         dev = device or next(self.parameters()).device
-        z = torch.randn(shape, generator=generator, device=dev)
+        z = (per_sample_randn(check_seeds(seeds, n), latent, dev) if seeds is not None
+             else torch.randn((n, *latent), generator=generator, device=dev))
         return self.decode(z).clamp(-1, 1)

@@ -4,7 +4,7 @@ An ADM U-Net with learned variance, conditioned on the CLIP image embedding z_i 
 projected and added to the timestep embedding (the U-Net's ``cond``), and projected into
 ``unet.cond_tokens`` (4) extra context tokens concatenated to the text encoder's outputs, which
 every attention block cross-attends to (both done by :class:`~dalle2_fast.models.unet.UNet`).
-The "text encoder outputs" here are CLIP's own token features (:class:`dalle2_fast.clip.TextEncoding`)
+The "text encoder outputs" here are CLIP's own token features (:class:`dalle2_fast.models.clip.TextEncoding`)
 through a learned projection.
 
 Classifier-free guidance: in training z_i is replaced by zeros with probability
@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
-from dalle2_fast.diffusion import (ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, ddim_invert, ddim_sample,
-                                   respace)
+from dalle2_fast.diffusion import (ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, ddim_invert, respace,
+                                   run_sampler)
 from dalle2_fast.models.unet import UNet, UNetConfig
+from dalle2_fast.seeding import Draws, check_seeds
 
 
 def _default_unet() -> UNetConfig:
@@ -81,61 +82,86 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         ctx = self.text_proj(text_tokens)
         return self.unet(x, t, cond=image_embed, context=ctx, context_mask=~text_mask.to(torch.bool))
 
-    def _kwargs(self, image_embed, text):
+    @property
+    def image_size(self) -> int:
+        """Side of the images this decoder draws (the base resolution of the cascade)."""
+        return self.config.unet.image_size
+
+    def _kwargs(self, image_embed, text_tokens=None, text_mask=None):
         b, c = image_embed.shape[0], self.config
-        if text is None:
-            tokens = image_embed.new_zeros(b, c.text_len, c.text_width)
-            mask = torch.zeros(b, c.text_len, dtype=torch.bool, device=image_embed.device)
-        else:
-            tokens, mask = text.tokens, text.mask
-        if tokens.shape != (b, c.text_len, c.text_width):
+        if text_tokens is None:  # no caption: every token masked
+            text_tokens = image_embed.new_zeros(b, c.text_len, c.text_width)
+            text_mask = torch.zeros(b, c.text_len, dtype=torch.bool, device=image_embed.device)
+        if text_tokens.shape != (b, c.text_len, c.text_width):
             raise ValueError(f"UnCLIPDecoder: text tokens must be ({b}, {c.text_len}, {c.text_width}), got "
-                             f"{tuple(tokens.shape)}")
-        return {"image_embed": image_embed, "text_tokens": tokens, "text_mask": mask}
+                             f"{tuple(text_tokens.shape)}")
+        if text_mask is None or text_mask.shape != (b, c.text_len):
+            raise ValueError(f"UnCLIPDecoder: text_mask must be ({b}, {c.text_len}) bool (True on real tokens), got "
+                             f"{None if text_mask is None else tuple(text_mask.shape)}")
+        return {"image_embed": image_embed, "text_tokens": text_tokens, "text_mask": text_mask.to(torch.bool)}
 
-    def loss(self, x0: torch.Tensor, image_embed: torch.Tensor, text=None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Hybrid loss (MSE on eps + lambda VLB for the variance) with CFG dropping, averaged over B."""
+    @staticmethod
+    def _text(text):
+        return (None, None) if text is None else (text.tokens, text.mask)
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Hybrid loss (MSE on eps + lambda VLB for the variance) with CFG dropping.
+
+        batch: ``image`` (B, 3, S, S) in [-1, 1], ``image_embed`` (B, D) unit-norm z_i, optional
+        ``text_tokens`` (B, L, W) and ``text_mask`` (B, L) (absent: no caption), optional ``seeds`` /
+        ``generator``. Per item: z_i dropped with ``clip_drop_prob``, the caption with
+        ``text_drop_prob``, the timestep and the noise — all from the batch's draws."""
+        x0, zi = batch["image"], batch["image_embed"]
         b, dev = x0.shape[0], x0.device
-        kw = self._kwargs(image_embed, text)
-        drop_clip = (torch.rand(b, generator=generator) < self.config.clip_drop_prob).to(dev)
-        drop_text = (torch.rand(b, generator=generator) < self.config.text_drop_prob).to(dev)
-        kw["image_embed"] = torch.where(drop_clip[:, None], torch.zeros_like(image_embed), image_embed)
+        kw = self._kwargs(zi, batch.get("text_tokens"), batch.get("text_mask"))
+        draws = Draws.of(batch, b, dev)
+        drop_clip = draws.bernoulli("clip_drop", self.config.clip_drop_prob)
+        drop_text = draws.bernoulli("text_drop", self.config.text_drop_prob)
+        kw["image_embed"] = torch.where(drop_clip[:, None], torch.zeros_like(zi), zi)
         kw["text_mask"] = kw["text_mask"] & ~drop_text[:, None]
-        t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=generator).to(dev)
-        noise = torch.randn(x0.shape, generator=generator).to(dev, x0.dtype)
-        return self.diffusion.training_losses(self, x0, t, noise=noise, model_kwargs=kw)["loss"].mean()
+        t = draws.randint("t", self.diffusion.num_timesteps)
+        noise = draws.randn("noise", x0.shape[1:], x0.dtype)
+        terms = self.diffusion.training_losses(self, x0, t, noise=noise, model_kwargs=kw)
+        return {k: v.mean() for k, v in terms.items()}
+
+    def guided(self, guidance: float, kw: dict):
+        """The denoiser sampling uses: the decoder itself, or classifier-free guidance over
+        (z_i, caption) against (z_i dropped, caption dropped) with scale ``guidance``."""
+        if guidance == 1.0:
+            return self
+        null = {"image_embed": torch.zeros_like(kw["image_embed"][:1]),
+                "text_mask": torch.zeros_like(kw["text_mask"][:1])}
+        return ClassifierFreeGuidance(self, guidance, null)
 
     @torch.no_grad()
-    def sample(self, image_embed: torch.Tensor, text, seeds: Sequence[int], steps: int = 50,
-               guidance: float = 3.0, progress: bool = False, x_T: torch.Tensor | None = None,
-               eta: float = 1.0, clip: str = "dynamic") -> torch.Tensor:
-        """Images (B, 3, S, S) in [-1, 1] for z_i (B, D) and an optional TextEncoding; DDIM over
-        ``steps`` evenly respaced steps, classifier-free guidance ``guidance`` (1 = off).
-        ``x_T``: start from this latent (e.g. from :meth:`invert`, then use ``eta=0``) instead of
-        seeded noise. Defaults: ``eta=1`` (the DDPM posterior variance, per-image seeded noise) and
-        dynamic thresholding of x0 (Saharia et al. 2022) — on the shipped shapes decoder they raised
-        the caption match of new single-object prompts from 62% (eta 0, static clip) to 80% (seed-1
-        selection set, benchmarks/results/cpu-xeon-2core/unclip-shipped/)."""
+    def sample(self, image_embed: torch.Tensor, text=None, *, seeds: Sequence[int], steps: int | str | None = 50,
+               guidance: float = 3.0, sampler: str = "ddim", eta: float = 1.0, clip: str | None = "dynamic",
+               x_T: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+        """Images (B, 3, S, S) in [-1, 1] for z_i (B, D) and an optional caption encoding (``.tokens``
+        (B, L, W), ``.mask`` (B, L)); image i depends only on seeds[i]. ``steps`` in the respacing
+        vocabulary; classifier-free guidance ``guidance`` (1 = off). ``x_T``: start from this latent
+        (e.g. from :meth:`invert`, then use ``eta=0``) instead of seeded noise. Defaults: DDIM with
+        ``eta=1`` (the DDPM posterior variance, per-image seeded noise) and dynamic thresholding of
+        x0 (Saharia et al. 2022) — on the shipped shapes decoder they raised the caption match of new
+        single-object prompts from 62% (eta 0, static clip) to 80% (seed-1 selection set,
+        benchmarks/results/cpu-xeon-2core/unclip-shipped/)."""
         b = image_embed.shape[0]
-        kw = self._kwargs(image_embed, text)
-        model = self
-        if guidance != 1.0:
-            null = {"image_embed": torch.zeros_like(image_embed[:1]),   # z_i dropped
-                    "text_mask": torch.zeros_like(kw["text_mask"][:1])}  # caption dropped
-            model = ClassifierFreeGuidance(self, guidance, null)
-        s = self.config.unet.image_size
+        seeds = check_seeds(seeds, b)
+        kw = self._kwargs(image_embed, *self._text(text))
+        s = self.image_size
         start = (b, 3, s, s) if x_T is None else x_T
-        return ddim_sample(model, respace(self.diffusion, str(steps)), start, model_kwargs=kw, eta=eta,
-                           seeds=list(seeds), clip=clip, progress=progress, device=image_embed.device)
+        return run_sampler(sampler, self.guided(guidance, kw), self.diffusion, start, steps=steps, eta=eta,
+                           model_kwargs=kw, seeds=seeds, clip=clip, progress=progress, device=image_embed.device)
 
     @torch.no_grad()
-    def invert(self, images: torch.Tensor, image_embed: torch.Tensor, text=None, steps: int = 50) -> torch.Tensor:
-        """DDIM inversion (eta = 0, no guidance): the x_T that :meth:`sample` with the same ``steps``
-        and ``guidance=1``, ``eta=0`` maps back to ``images`` (B, 3, S, S) in [-1, 1]. Used for text-diff edits
-        (Ramesh et al. Sec. 3.3)."""
-        s = self.config.unet.image_size
-        if images.shape[1:] != (3, s, s):
+    def invert(self, images: torch.Tensor, image_embed: torch.Tensor, text=None, *, steps: int | str = 50,
+               guidance: float = 1.0, progress: bool = False) -> torch.Tensor:
+        """DDIM inversion (eta = 0): the x_T that :meth:`sample` with the same ``steps``, ``guidance``
+        and ``eta=0, clip=None`` maps back to ``images`` (B, 3, S, S) in [-1, 1]. Used for variations
+        from the input image and text-diff edits (Ramesh et al. Sec. 3.3)."""
+        s = self.image_size
+        if images.dim() != 4 or images.shape[1:] != (3, s, s):
             raise ValueError(f"UnCLIPDecoder.invert: images must be (B, 3, {s}, {s}), got {tuple(images.shape)}")
-        return ddim_invert(self, respace(self.diffusion, str(steps)), images,
-                           model_kwargs=self._kwargs(image_embed, text))
+        kw = self._kwargs(image_embed, *self._text(text))
+        return ddim_invert(self.guided(guidance, kw), respace(self.diffusion, steps), images, model_kwargs=kw,
+                           progress=progress)

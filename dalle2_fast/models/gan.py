@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from dalle2_fast.checkpoint import Pretrained, register_model
+from dalle2_fast.seeding import check_seeds, per_sample_randn
 
 
 @dataclass
@@ -108,15 +109,24 @@ class GAN(nn.Module, Pretrained):
             return -fake_logits.mean()
         return F.softplus(-fake_logits).mean()  # non-saturating: -log D(G(z))
 
-    def noise(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    def noise(self, n: int, generator: torch.Generator | None = None, device=None, seeds=None) -> torch.Tensor:
+        """(n, z_dim) latents: row i from seeds[i] when given (batch-independent), else ``generator``."""
         dev = device or next(self.parameters()).device
+        if seeds is not None:
+            return per_sample_randn(check_seeds(seeds, n), (self.config.z_dim,), dev)
         return torch.randn(n, self.config.z_dim, generator=generator, device=dev)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """n images (n, C, R, R) in [-1, 1] (generator in eval mode: running BN statistics)."""
+    def sample(self, n: int | None = None, generator: torch.Generator | None = None, device=None, *,
+               seeds=None) -> torch.Tensor:
+        """n images (n, C, R, R) in [-1, 1] (generator in eval mode: running BN statistics). With
+        ``seeds`` (n = len(seeds)) image i depends only on seeds[i]."""
+        if seeds is not None:
+            n = len(seeds)
+        if n is None or n < 1:
+            raise ValueError(f"GAN.sample: expected n >= 1 images (or seeds), got {n!r}")
         was = self.generator.training
         self.generator.eval()
-        out = self.generator(self.noise(n, generator, device))
+        out = self.generator(self.noise(n, generator, device, seeds))
         self.generator.train(was)
         return out

@@ -3,9 +3,11 @@
 A U-Net without attention (only convolutions, so it trains on random crops and runs on the full
 image) sees the noised high-resolution image concatenated with the low-resolution conditioning
 image upsampled to its size. Noise-conditioning augmentation corrupts the conditioning image in
-training: Gaussian blur for the first upsampler (``augment='blur'``), the BSR degradation pipeline
-for the second (``augment='bsr'``); see :mod:`dalle2_fast.data.degradations`. Sampling uses few
-DDIM steps over the respaced process.
+training (Gaussian blur for the first upsampler, the BSR degradation pipeline for the second):
+that is the training data's job (``dalle2_fast.recipes.unclip`` with
+:mod:`dalle2_fast.data.degradations`), so ``loss`` takes the corrupted low-res image in the batch.
+With ``residual`` the model diffuses hr - bicubic(low_res) (SRDiff-style) instead of hr. Sampling
+uses few DDIM steps over the respaced process.
 """
 from __future__ import annotations
 
@@ -17,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
-from dalle2_fast.data.degradations import bsr_degrade, downsample, random_gaussian_blur
-from dalle2_fast.diffusion import DiffusionConfig, GaussianDiffusion, ddim_sample, respace
+from dalle2_fast.diffusion import DiffusionConfig, GaussianDiffusion, run_sampler
 from dalle2_fast.models.unet import UNet, UNetConfig
 from dalle2_fast.nn.unet_blocks import AttentionBlock
+from dalle2_fast.seeding import Draws, check_seeds
 
 
 def _default_unet() -> UNetConfig:
@@ -39,13 +41,7 @@ class UpsamplerConfig:
     diffusion: DiffusionConfig = field(default_factory=_default_diffusion)
     low_res: int = 32
     high_res: int = 64
-    augment: str = "blur"                     # 'blur' (first upsampler) | 'bsr' (second) | 'none'
-    blur_sigma: tuple[float, float] = (0.4, 0.6)
-    train_crop: int = 0                       # high-res crop side for training (0 = whole image)
     residual: bool = False                    # diffuse hr - bicubic(low_res) instead of hr (SRDiff-style)
-
-    def __post_init__(self):
-        object.__setattr__(self, "blur_sigma", tuple(float(v) for v in self.blur_sigma))
 
 
 @register_model("unclip_upsampler")
@@ -59,13 +55,9 @@ class UnCLIPUpsampler(Pretrained, nn.Module):
         c = self.config = config
         if c.high_res % c.low_res:
             raise ValueError(f"UpsamplerConfig: high_res ({c.high_res}) must be a multiple of low_res ({c.low_res})")
-        if c.augment not in ("blur", "bsr", "none"):
-            raise ValueError(f"UpsamplerConfig: augment must be 'blur', 'bsr' or 'none', got {c.augment!r}")
         if c.unet.in_channels != 3 or c.unet.low_res_channels != 3 or c.unet.attention_resolutions:
             raise ValueError("UpsamplerConfig: unet needs in_channels=3, low_res_channels=3 and no "
                              "attention_resolutions")
-        if c.train_crop and (c.train_crop % (c.high_res // c.low_res) or c.train_crop > c.high_res):
-            raise ValueError(f"UpsamplerConfig: train_crop ({c.train_crop}) must divide by the factor and fit")
         self.unet = UNet(c.unet)
         # convolutions only: drop the U-Net's middle self-attention (global, it would tie the model
         # to the training crop size)
@@ -75,6 +67,14 @@ class UnCLIPUpsampler(Pretrained, nn.Module):
                 mid[i] = nn.Identity()
         self.diffusion = GaussianDiffusion.from_config(c.diffusion)
 
+    @classmethod
+    def _upgrade_config(cls, raw: dict) -> dict:
+        """Before the redesign the config also held the training recipe's conditioning
+        augmentation and crop (now the recipe's): dropped on load."""
+        for k in ("augment", "blur_sigma", "train_crop"):
+            raw.pop(k, None)
+        return raw
+
     @property
     def factor(self) -> int:
         return self.config.high_res // self.config.low_res
@@ -82,43 +82,37 @@ class UnCLIPUpsampler(Pretrained, nn.Module):
     def forward(self, x, t, low_res):  # noqa: D102
         return self.unet(x, t, low_res=low_res)  # the U-Net upsamples low_res and concatenates it
 
-    def degrade(self, hr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The training conditioning: high-res (B, 3, H, W) -> corrupted low-res (B, 3, H/f, W/f)."""
-        size = (hr.shape[-2] // self.factor, hr.shape[-1] // self.factor)
-        c = self.config
-        if c.augment == "bsr":
-            return bsr_degrade(hr, size, generator)
-        lr = downsample(hr, size)
-        return random_gaussian_blur(lr, generator, c.blur_sigma) if c.augment == "blur" else lr
-
-    def loss(self, hr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Denoising loss on (random crops of) high-res images (B, 3, high_res, high_res) in [-1, 1]."""
-        g = generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(2**62, ())))
-        b, dev, crop = hr.shape[0], hr.device, self.config.train_crop
-        if crop and crop < hr.shape[-1]:
-            ys = torch.randint(0, hr.shape[-2] - crop + 1, (b,), generator=g).tolist()
-            xs = torch.randint(0, hr.shape[-1] - crop + 1, (b,), generator=g).tolist()
-            hr = torch.stack([hr[i, :, y:y + crop, x:x + crop] for i, (y, x) in enumerate(zip(ys, xs))])
-        lr = self.degrade(hr, g)
-        target = hr - self.base(lr, hr.shape[-2:]) if self.config.residual else hr
-        t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=g).to(dev)
-        noise = torch.randn(hr.shape, generator=g).to(dev, hr.dtype)
-        return self.diffusion.training_losses(self, target, t, noise=noise,
-                                              model_kwargs={"low_res": lr})["loss"].mean()
-
     @staticmethod
     def base(low_res: torch.Tensor, size) -> torch.Tensor:
         """The interpolated low-res image a residual upsampler adds its sample to (bicubic, clamped)."""
         return F.interpolate(low_res, size=tuple(size), mode="bicubic", align_corners=False).clamp(-1, 1)
 
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """batch: ``image`` (B, 3, H, W) high-res images (or crops) in [-1, 1] and ``low_res``
+        (B, 3, H/f, W/f) their (corrupted) low-res conditioning, optional ``seeds`` / ``generator``.
+        Per-item timestep and noise from the batch's draws. Returns {'loss', 'mse'}."""
+        hr, lr = batch["image"], batch["low_res"]
+        f = self.factor
+        if lr.dim() != 4 or hr.dim() != 4 or tuple(hr.shape[-2:]) != (lr.shape[-2] * f, lr.shape[-1] * f):
+            raise ValueError(f"UnCLIPUpsampler.loss: image must be low_res x {f}, got image {tuple(hr.shape)} and "
+                             f"low_res {tuple(lr.shape)}")
+        target = hr - self.base(lr, hr.shape[-2:]) if self.config.residual else hr
+        draws = Draws.of(batch, hr.shape[0], hr.device)
+        t = draws.randint("t", self.diffusion.num_timesteps)
+        noise = draws.randn("noise", hr.shape[1:], hr.dtype)
+        terms = self.diffusion.training_losses(self, target, t, noise=noise, model_kwargs={"low_res": lr})
+        return {k: v.mean() for k, v in terms.items()}
+
     @torch.no_grad()
-    def sample(self, low_res: torch.Tensor, seeds: Sequence[int], steps: int = 10,
-               progress: bool = False) -> torch.Tensor:
-        """(B, 3, h, w) in [-1, 1] -> (B, 3, h*f, w*f); DDIM over ``steps`` respaced steps."""
+    def sample(self, low_res: torch.Tensor, *, seeds: Sequence[int], steps: int | str | None = 10,
+               sampler: str = "ddim", progress: bool = False) -> torch.Tensor:
+        """(B, 3, h, w) in [-1, 1] -> (B, 3, h*f, w*f); image i depends only on seeds[i]; ``steps``
+        in the respacing vocabulary."""
         b, _, h, w = low_res.shape
+        seeds = check_seeds(seeds, b)
         shape = (b, 3, h * self.factor, w * self.factor)
-        x = ddim_sample(self, respace(self.diffusion, str(steps)), shape, model_kwargs={"low_res": low_res},
-                        seeds=list(seeds), clip="static", progress=progress, device=low_res.device)
+        x = run_sampler(sampler, self, self.diffusion, shape, steps=steps, model_kwargs={"low_res": low_res},
+                        seeds=seeds, clip="static", progress=progress, device=low_res.device)
         if self.config.residual:  # the model drew the detail on top of the interpolated image
             x = (x + self.base(low_res, shape[-2:])).clamp(-1, 1)
         return x

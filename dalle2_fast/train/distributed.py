@@ -20,18 +20,6 @@ import torch.distributed as dist
 
 from dalle2_fast.seeding import ItemSeeds
 
-# How each task's step reaches its trainable networks, i.e. what DDP must wrap so that the
-# backward pass all-reduces the gradients:
-#   DDP_FORWARD: the step calls ``model(...)``                      -> DDP(model)
-#   DDP_METHODS: the step calls ``model.<method>(...)``             -> DDP(module whose forward is it)
-#   DDP_SUBMODULES: the step calls ``model.<a>(...)``, ``model.<b>(...)`` -> one DDP per submodule
-#     (the GAN's generator and discriminator; the diffusion models' U-Net)
-DDP_FORWARD = ("ae", "dae", "vae", "vqvae", "vqvae2", "classifier")
-DDP_METHODS = {"vqvae2-prior": "loss"}
-DDP_SUBMODULES = {"gan": ("generator", "discriminator"), "ddpm": ("unet",), "iddpm": ("unet",), "adm": ("unet",)}
-DDP_MODELS = (*DDP_FORWARD, *DDP_METHODS, *DDP_SUBMODULES)
-
-
 class _MethodModule(torch.nn.Module):
     """``forward`` = ``model.<method>``, so DDP can hook a loss computed by a named method."""
 
@@ -190,27 +178,35 @@ def shard_batch(data, info: DistInfo, step: int, batch_size: int, seed: int) -> 
     return batch
 
 
-def wrap_model(model: torch.nn.Module, info: DistInfo, model_name: str):
+def wrap_model(model: torch.nn.Module, info: DistInfo, parts=("forward",), name: str = "model"):
     """What a task's ``step`` gets: the model itself in one process; under torchrun the model on
-    the rank's device, its batch norm layers synchronised, and a :class:`DDPView` whose
-    trainable parts are DDP-wrapped (parameters broadcast from rank 0)."""
+    the rank's device, its batch norm layers synchronised, and a :class:`DDPView` whose parts are
+    DDP-wrapped (parameters broadcast from rank 0). ``parts`` says how the task's step reaches its
+    trainable networks, i.e. what DDP must wrap so that backward all-reduces the gradients:
+    'forward' (the step calls ``model(...)``), a method name (``model.loss(...)``: DDP over a module
+    whose forward is that method), or submodule names (``model.generator(...)``, one DDP each)."""
     if not info.enabled:
         return model
-    if model_name not in DDP_MODELS:
-        raise NotImplementedError(f"train {model_name}: distributed training supports {list(DDP_MODELS)}; "
-                                  f"got {model_name!r} with WORLD_SIZE={info.world} (run it on one process)")
     model = sync_batchnorm(model.to(info.device), info)
     ids = [info.device.index] if info.device.type == "cuda" else None
 
     def ddp(m):
         return torch.nn.parallel.DistributedDataParallel(m, device_ids=ids)
 
-    if model_name in DDP_METHODS:
-        method = DDP_METHODS[model_name]
-        return DDPView(model, {method: ddp(_MethodModule(model, method))})
-    if model_name in DDP_SUBMODULES:
-        return DDPView(model, {name: ddp(getattr(model, name)) for name in DDP_SUBMODULES[model_name]})
-    return DDPView(model, {"forward": ddp(model)})
+    wrapped = {}
+    for part in parts:
+        if part == "forward":
+            wrapped["forward"] = ddp(model)
+            continue
+        attr = getattr(model, part, None)
+        if isinstance(attr, torch.nn.Module):
+            wrapped[part] = ddp(attr)
+        elif callable(attr):
+            wrapped[part] = ddp(_MethodModule(model, part))
+        else:
+            raise ValueError(f"train {name}: ddp part {part!r} is neither a submodule nor a method of "
+                             f"{type(model).__name__}")
+    return DDPView(model, wrapped)
 
 
 def no_sync(module):

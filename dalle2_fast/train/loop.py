@@ -1,14 +1,29 @@
-"""The training loop shared by every model: deterministic data order (batch k = items
-k*B..k*B+B-1 of the seeded dataset), tqdm progress, a loss CSV, training-state checkpoints for
-exact ``--resume``, an optional exponential moving average of the weights (``--ema``), and at
-the end: final weights (the EMA when there is one), loss-curve PNG, sample grid PNG, metrics."""
+"""The one training loop of the package: every model of the suite, CLIP and every unCLIP stage
+train here. A *task* (``dalle2_fast.recipes``) says what to train; the loop owns how:
+
+- deterministic data order (batch k = items k*B .. k*B+B-1 of the task's dataset) with per-item
+  random streams (``batch['seeds']``), sharded over ``torchrun`` ranks with DDP (``distributed``);
+- an optional learning-rate schedule (``task.lr_factor(step, steps)``);
+- an exponential moving average of the weights (``--ema``, warmed up by the update count);
+- training-state checkpoints (atomic, last N kept) for exact ``--resume``, SIGTERM/SIGINT
+  handling (save and exit), a wall-clock limit, tqdm progress and a loss CSV;
+- at the end: ``final/`` (the EMA when there is one, ``final_raw/`` the raw weights), the loss
+  curve, the task's picture and metrics.
+
+A task provides: ``name``, ``default_lr``, ``default_ema``, ``ddp_parts`` (what DDP wraps: 'forward',
+a method name such as 'loss', or submodule names), ``datasets(cfg) -> (train, held)`` (objects
+with ``.batch(start, n) -> dict``; held may be None), ``build() -> model`` (a registered model),
+``optimizers(model, lr) -> {name: optimizer}``, ``step(model, batch, optimizers) -> {log: float}``;
+optionally ``lr_factor(step, steps)``, ``evaluate(model, held, generator) -> dict`` and
+``picture(model, held, n, generator) -> images (B, C, H, W) in [-1, 1]``.
+"""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -16,21 +31,30 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dalle2_fast.checkpoint import atomic_write_text, latest_training_state, load_training_state, save_training_state
-from dalle2_fast.data import ImageFolderDataset, ShapesDataset
 from dalle2_fast.train import distributed as D
 from dalle2_fast.train.plots import plot_losses, save_grid
 from dalle2_fast.train.signals import StopRequest
-from dalle2_fast.train.tasks import TASKS
-
-HELDOUT_SEED_OFFSET = 1_000_003  # held-out images come from a different seed than training
 
 
-def make_datasets(data: str, resolution: int, seed: int, eval_size: int):
-    if data == "shapes":
-        return (ShapesDataset(resolution, seed=seed),
-                ShapesDataset(resolution, seed=seed + HELDOUT_SEED_OFFSET, size=eval_size))
-    folder = ImageFolderDataset(data, resolution)
-    return folder, folder
+@dataclass(frozen=True)
+class TrainConfig:
+    """What every run has, whatever the task (the command line's ``train`` options)."""
+
+    out: str
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float | None = None          # None: the task's default
+    seed: int = 0
+    resume: bool = False
+    resume_missing_ok: bool = False  # with resume: start from scratch when there is no checkpoint yet
+    ckpt_every: int = 250
+    keep_last: int = 2
+    max_minutes: float | None = None
+    eval_size: int = 256
+    sample_n: int = 64
+    ema: float | None = None         # None: the task's default; 0: off
+    evaluate: bool = True            # the end-of-training picture and metrics
+    quiet: bool = False
 
 
 def _read_rows(path: Path, upto: int) -> tuple[list[str], list[dict]]:
@@ -41,10 +65,9 @@ def _read_rows(path: Path, upto: int) -> tuple[list[str], list[dict]]:
         return list(r.fieldnames or []), [row for row in r if int(row["step"]) <= upto]
 
 
-def ema_decay(args: argparse.Namespace, task) -> float:
-    """``--ema`` if given, else the task's default (0: no EMA)."""
-    decay = getattr(args, "ema", None)
-    decay = float(getattr(task, "default_ema", 0.0) if decay is None else decay)
+def ema_decay(cfg: TrainConfig, task) -> float:
+    """``cfg.ema`` if given, else the task's default (0: no EMA)."""
+    decay = float(getattr(task, "default_ema", 0.0) if cfg.ema is None else cfg.ema)
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"--ema: expected a decay in [0, 1) (0: off), got {decay}")
     return decay
@@ -62,51 +85,49 @@ def ema_update(decay: float):
     return update
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Train ``args.model``; returns the output directory. ``args``: the ``train`` subcommand's
-    namespace (model, steps, batch_size, resolution, lr, seed, out, resume, ckpt_every,
-    keep_last, max_minutes, data, eval_size, sample_n, set, vqvae, quiet, ema).
+def _set_lr(opts: dict, factor: float) -> None:
+    for o in opts.values():
+        for g in o.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+            g["lr"] = g["initial_lr"] * factor
 
-    With an EMA decay > 0 (``--ema``; default: the task's ``default_ema``) rank 0 keeps
-    ``AveragedModel(model)`` updated after every optimizer step (decay warmed up by
-    :func:`ema_update`); it is saved in every training
-    checkpoint (``ema.safetensors``), written as ``final/`` and used for the end-of-training
-    samples and metrics, while ``final_raw/`` holds the raw weights."""
-    if args.model not in TASKS:
-        raise ValueError(f"train: unknown model {args.model!r}; choose from {sorted(TASKS)}")
-    task = TASKS[args.model]
+
+def train(task, cfg: TrainConfig) -> Path:
+    """Train ``task`` as ``cfg`` says; returns the run directory (``cfg.out``)."""
     info = D.setup()
-    D.local_batch_size(info, args.batch_size)
-    torch.manual_seed(args.seed)
-    out = Path(args.out or f"runs/{args.model}")
+    D.local_batch_size(info, cfg.batch_size)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, held_ds = make_datasets(args.data, args.resolution, args.seed, args.eval_size)
-    model = task.build(args)
-    lr = args.lr if args.lr is not None else task.default_lr
-    step_model = D.wrap_model(model, info, args.model)  # DDP under torchrun, else the model itself
+    data, held_ds = task.datasets(cfg)
+    model = task.build()
+    lr = cfg.lr if cfg.lr is not None else task.default_lr
+    step_model = D.wrap_model(model, info, getattr(task, "ddp_parts", ("forward",)), task.name)
     opts = task.optimizers(model, lr)
-    decay = ema_decay(args, task)
+    decay = ema_decay(cfg, task)
     # the EMA is updated from weights that are identical on every rank: rank 0's copy is the only one
     ema = AveragedModel(model, multi_avg_fn=ema_update(decay), use_buffers=True) if decay > 0 and info.is_main else None
     start = 0
-    if args.resume:
+    if cfg.resume:
         ck = latest_training_state(out)
-        if ck is None:
+        if ck is not None:
+            state = load_training_state(ck, model, opts, ema=ema)
+            start = state["step"]
+            if state["data_position"] != start * cfg.batch_size:
+                raise ValueError(f"--resume: checkpoint was written with batch size "
+                                 f"{state['data_position'] // max(start, 1)}, not {cfg.batch_size}")
+            if float(state["extra"].get("ema", 0.0)) != decay:
+                raise ValueError(f"--resume: checkpoint was written with --ema {state['extra'].get('ema', 0.0)}, "
+                                 f"not {decay}")
+        elif not cfg.resume_missing_ok:
             raise FileNotFoundError(f"--resume: no training checkpoint under {out / 'checkpoints'}")
-        state = load_training_state(ck, model, opts, ema=ema)
-        start = state["step"]
-        if state["data_position"] != start * args.batch_size:
-            raise ValueError(f"--resume: checkpoint was written with batch size "
-                             f"{state['data_position'] // max(start, 1)}, not {args.batch_size}")
-        if float(state["extra"].get("ema", 0.0)) != decay:
-            raise ValueError(f"--resume: checkpoint was written with --ema {state['extra'].get('ema', 0.0)}, "
-                             f"not {decay}")
-    cfg = {k: v for k, v in vars(args).items() if k != "func"}
     if info.is_main:
-        atomic_write_text(out / "train_config.json", json.dumps(dict(cfg, lr=lr, ema=decay), indent=2, default=str))
+        atomic_write_text(out / "train_config.json",
+                          json.dumps({"task": task.name, **getattr(task, "describe", dict)(), **asdict(cfg),
+                                      "lr": lr, "ema": decay}, indent=2, default=str))
 
     csv_path = out / "loss.csv"
-    fields, rows = _read_rows(csv_path, start) if args.resume else ([], [])
+    fields, rows = _read_rows(csv_path, start) if start else ([], [])
     f = open(csv_path if info.is_main else os.devnull, "w", newline="")
     writer = None
     if fields:
@@ -114,12 +135,20 @@ def train(args: argparse.Namespace) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     t0 = time.time()
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.model, disable=args.quiet)
+    lr_factor = getattr(task, "lr_factor", None)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=task.name, disable=cfg.quiet)
     step = start - 1
     stop = StopRequest().__enter__()
     for step in bar:
-        batch = D.shard_batch(data, info, step, args.batch_size, args.seed)  # one process: the whole batch
-        logs = D.reduce_logs(task.step(step_model, batch, opts), info)
+        if lr_factor is not None:
+            _set_lr(opts, lr_factor(step, cfg.steps))
+        batch = D.shard_batch(data, info, step, cfg.batch_size, cfg.seed)  # one process: the whole batch
+        logs = task.step(step_model, batch, opts)
+        bad = [k for k, v in logs.items() if not torch.isfinite(torch.tensor(float(v)))]
+        if bad:
+            raise FloatingPointError(f"train {task.name}: {bad} became non-finite at step {step} "
+                                     f"({ {k: logs[k] for k in bad} }); lower --lr or check the data")
+        logs = D.reduce_logs(logs, info)
         if ema is not None:
             ema.update_parameters(model)
         if writer is None:
@@ -129,12 +158,12 @@ def train(args: argparse.Namespace) -> Path:
         if (step + 1) % 10 == 0:
             f.flush()
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
-        out_of_time = D.any_rank(args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
+        out_of_time = D.any_rank(cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
                                  or stop.signum is not None, info)
-        if ((step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or out_of_time) and info.is_main:
+        if ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps or out_of_time) and info.is_main:
             f.flush()  # the loss rows up to a checkpoint survive a SIGKILL after it
-            save_training_state(out, step + 1, model, opts, (step + 1) * args.batch_size, extra={"ema": decay},
-                                keep_last=args.keep_last, ema=ema)
+            save_training_state(out, step + 1, model, opts, (step + 1) * cfg.batch_size, extra={"ema": decay},
+                                keep_last=cfg.keep_last, ema=ema)
         if out_of_time:  # stop here (time limit or SIGTERM/SIGINT); --resume continues towards --steps
             break
     stop.__exit__()
@@ -154,13 +183,21 @@ def train(args: argparse.Namespace) -> Path:
         model.save_pretrained(out / "final_raw")
         model = ema.module.cpu()
     model.save_pretrained(out / "final")
-    plot_losses(csv_path, out / "loss.png")
-    gen = torch.Generator().manual_seed(args.seed)
-    held = held_ds.batch(0, args.eval_size)
-    save_grid(task.picture(model, held, args.sample_n, gen), out / "samples.png", scale=2)
-    metrics = {"model": args.model, "steps": step + 1, "train_seconds_this_run": round(train_s, 1), "ema": decay,
-               **task.evaluate(model, held, torch.Generator().manual_seed(args.seed + 1))}
+    if csv_path.stat().st_size:
+        plot_losses(csv_path, out / "loss.png")
+    metrics = {"task": task.name, "steps": step + 1, "train_seconds_this_run": round(train_s, 1), "ema": decay}
+    if cfg.evaluate:
+        model.eval()
+        held = held_ds.batch(0, cfg.eval_size) if held_ds is not None else None
+        if hasattr(task, "picture"):
+            gen = torch.Generator().manual_seed(cfg.seed)
+            save_grid(task.picture(model, held, cfg.sample_n, gen), out / "samples.png", scale=2)
+        if hasattr(task, "evaluate"):
+            metrics.update(task.evaluate(model, held, torch.Generator().manual_seed(cfg.seed + 1)))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    if not args.quiet:
+    if not cfg.quiet:
         print(json.dumps(metrics, indent=2))
     return out
+
+
+__all__ = ["TrainConfig", "train", "ema_decay", "ema_update"]

@@ -2,36 +2,19 @@
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from dalle2_fast.checkpoint import atomic_write
+from dalle2_fast.data.images import make_grid, save_png
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
-    """images (B, C, H, W) in [-1, 1] -> one PNG grid (``nrow`` per row, 1-px gaps)."""
+    """images (B, C, H, W) in [-1, 1] -> one PNG grid (``nrow`` per row, 1-px white gaps)."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"save_grid: expected (B, 1|3, H, W) images, got {tuple(images.shape)}")
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    B, _, H, W = x.shape
-    nrow = nrow or math.ceil(math.sqrt(B))
-    rows = math.ceil(B / nrow)
-    grid = np.full((rows * (H + 1) + 1, nrow * (W + 1) + 1, 3), 255, np.uint8)
-    for k in range(B):
-        r, c = divmod(k, nrow)
-        grid[1 + r * (H + 1) : 1 + r * (H + 1) + H, 1 + c * (W + 1) : 1 + c * (W + 1) + W] = x[k].permute(1, 2, 0).numpy()
-    img = Image.fromarray(grid)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    path = Path(path)
-    atomic_write(path, lambda p: img.save(p, format="PNG"))
-    return path
+    return save_png(make_grid(images.detach().float().cpu(), nrow, pad=1), path, scale=scale)
 
 
 def plot_losses(csv_path: str | Path, png_path: str | Path) -> Path:

@@ -13,7 +13,7 @@ later stage the three things it reads from CLIP, for any open_clip architecture:
 Embeddings are unit-norm as in the paper (CLIP's cosine space); the diffusion prior rescales them
 to unit variance itself.
 
-Weights come only from local files: a directory written by :meth:`ClipAdapter.save` (open_clip's
+Weights come only from local files: a directory written by :meth:`ClipAdapter.save_pretrained` (open_clip's
 own ``local-dir:`` layout: ``open_clip_config.json`` + ``open_clip_model.safetensors``), or a
 weights file together with an open_clip model name. Nothing is ever downloaded; a missing file is
 a ``FileNotFoundError`` naming the path.
@@ -21,11 +21,12 @@ a ``FileNotFoundError`` naming the path.
 The embedded default is ``dalle2fast-shapes-tiny`` (``configs/open_clip/``, registered with
 ``open_clip.add_model_config``): a ViT (32 px, patch 4, 3 layers, width 128) and a 3-layer
 text transformer over a word-level vocabulary fitted to the shapes captions (:class:`WordTokenizer`);
-about 1.2 M parameters (5 MB in float32). Train it with :func:`dalle2_fast.clip_train.train_clip`.
+about 1.2 M parameters (5 MB in float32). Train it with the CLIP recipe (``dalle2-fast train clip``).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from contextlib import contextmanager
@@ -37,10 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2_fast.checkpoint import Pretrained, register_model
+
 TINY_SHAPES_MODEL = "dalle2fast-shapes-tiny"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
-_CONFIG_DIR = Path(__file__).parent / "configs" / "open_clip"
+_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "open_clip"
 _registered = False
 
 
@@ -147,19 +150,100 @@ class TextEncoding:
     embed: torch.Tensor
 
 
-class ClipAdapter(nn.Module):
+@dataclass(frozen=True)
+class ClipConfig:
+    """What builds a :class:`ClipAdapter` (stored with every checkpoint of it).
+
+    model_name: an open_clip architecture (``open_clip.list_models()`` or the package's
+    ``dalle2fast-*``), or a label when ``open_clip`` holds the config itself; open_clip: the
+    open_clip config as JSON text (``{"model_cfg": ..., "preprocess_cfg": ...}``), '' = the
+    registered config of ``model_name``; tokenizer: a :class:`WordTokenizer` as JSON text, '' =
+    open_clip's tokenizer for the architecture."""
+
+    model_name: str = TINY_SHAPES_MODEL
+    open_clip: str = ""
+    tokenizer: str = ""
+
+
+def _build_open_clip(config: ClipConfig) -> tuple[nn.Module, dict]:
+    """A randomly initialised open_clip model for ``config`` and its model config dict."""
+    import tempfile
+
+    import open_clip
+
+    register_configs()
+    with _offline():
+        if config.open_clip:
+            full = json.loads(config.open_clip)
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / CONFIG_FILE).write_text(json.dumps(full))
+                logging.disable(logging.WARNING)  # open_clip warns that the (empty) dir has no weights
+                try:
+                    model = open_clip.create_model(f"local-dir:{d}", load_weights=False)
+                finally:
+                    logging.disable(logging.NOTSET)
+            return model, full["model_cfg"]
+        cfg = open_clip.get_model_config(config.model_name)
+        if cfg is None:
+            raise ValueError(f"ClipAdapter: unknown open_clip model {config.model_name!r}")
+        model = open_clip.create_model(config.model_name, pretrained=None, load_weights=False,
+                                       pretrained_text=False, pretrained_image=False)
+        return model, cfg
+
+
+def _tokenizer_for(config: ClipConfig, model_cfg: dict):
+    import open_clip
+
+    if config.tokenizer:
+        return WordTokenizer.from_dict(json.loads(config.tokenizer))
+    if config.model_name.startswith("dalle2fast-"):
+        tc = model_cfg.get("text_cfg", {})
+        raise ValueError(f"ClipAdapter: {config.model_name} needs a WordTokenizer (fit one on the training captions "
+                         f"with WordTokenizer.fit(captions, vocab_size={tc.get('vocab_size')}, "
+                         f"context_length={tc.get('context_length')}))")
+    with _offline():
+        if config.open_clip and open_clip.get_model_config(config.model_name) is None:
+            hf = json.loads(config.open_clip)["model_cfg"].get("text_cfg", {}).get("hf_tokenizer_name")
+            return open_clip.get_tokenizer(hf) if hf else open_clip.get_tokenizer("ViT-B-32")
+        return open_clip.get_tokenizer(config.model_name)
+
+
+def _read_weights(path: Path) -> dict:
+    """A state dict from a local weights file: safetensors, or a torch file read with
+    ``weights_only=True`` (never a full unpickle)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"ClipAdapter: {path} does not hold a state dict")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+@register_model("clip")
+class ClipAdapter(Pretrained, nn.Module):
     """A frozen-or-trainable open_clip model plus its tokenizer, with unCLIP's encoders.
 
     Images are ``(B, 3, H, W)`` floats in ``[-1, 1]`` (the diffusion convention); they are resized
     to the model's input size and normalised with the model's mean/std here.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, model_cfg: dict, model_name: str = ""):
+    config_class = ClipConfig
+
+    def __init__(self, config: ClipConfig):
         super().__init__()
+        if not isinstance(config, ClipConfig):
+            raise TypeError(f"ClipAdapter: config must be a ClipConfig, got {type(config).__name__}")
+        self.config = config
+        model, model_cfg = _build_open_clip(config)
         self.model = model
-        self.tokenizer = tokenizer
         self.model_cfg = model_cfg
-        self.model_name = model_name
+        self.model_name = config.model_name
+        self.tokenizer = _tokenizer_for(config, model_cfg)
+        _check_tokenizer(self.tokenizer, model_cfg, config.model_name)
         pp = getattr(model.visual, "preprocess_cfg", None) or {}
         size = pp.get("size", model_cfg["vision_cfg"].get("image_size", 224))
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
@@ -179,66 +263,67 @@ class ClipAdapter(nn.Module):
         ``tokenizer``: defaults to open_clip's tokenizer for the architecture; the tiny config needs
         a :class:`WordTokenizer` whose ``vocab_size`` and ``context_length`` match the config.
         """
+        if tokenizer is not None and not isinstance(tokenizer, WordTokenizer):
+            raise TypeError("ClipAdapter.create: tokenizer must be a WordTokenizer or None (open_clip's own)")
+        register_configs()
         import open_clip
 
-        register_configs()
         cfg = open_clip.get_model_config(model_name)
         if cfg is None:
             raise ValueError(f"ClipAdapter.create: unknown open_clip model {model_name!r}")
         _check_tokenizer(tokenizer, cfg, model_name)
-        with _offline():
-            model = open_clip.create_model(model_name, pretrained=None, load_weights=False,
-                                           pretrained_text=False, pretrained_image=False)
-            if tokenizer is None:
-                tokenizer = open_clip.get_tokenizer(model_name)
-        return cls(model, tokenizer, cfg, model_name)
+        tok = json.dumps(tokenizer.to_dict()) if tokenizer is not None else ""
+        return cls(ClipConfig(model_name=model_name, tokenizer=tok))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model_name: str | None = None,
-             device: str | torch.device = "cpu") -> "ClipAdapter":
+    def from_pretrained(cls, path: str | os.PathLike, model_name: str | None = None,
+                        map_location: str | torch.device = "cpu") -> "ClipAdapter":
         """Load CLIP from local files only.
 
-        path: a directory holding ``open_clip_config.json`` and weights (what :meth:`save` writes, or
-        any open_clip ``local-dir``), or a weights file (``.safetensors``/``.pt``/``.bin``) with
-        ``model_name`` naming its open_clip architecture (e.g. ``"ViT-B-32"``).
+        path: a directory written by :meth:`save_pretrained` (open_clip's own ``local-dir`` layout:
+        ``open_clip_config.json`` + weights; any open_clip local-dir works), a training checkpoint
+        of the package (``config.json`` + ``model.safetensors``), or a weights file
+        (``.safetensors``/``.pt``/``.bin``) with ``model_name`` naming its open_clip architecture
+        (e.g. ``"ViT-B-32"``).
         """
-        import open_clip
+        from dalle2_fast.checkpoint import load_pretrained, load_state_strict
 
-        register_configs()
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"ClipAdapter.load: no CLIP weights at {path} (weights are never downloaded; "
+            raise FileNotFoundError(f"ClipAdapter: no CLIP weights at {path} (weights are never downloaded; "
                                     "pass a local file or directory)")
+        if path.is_dir() and (path / "config.json").is_file() and not (path / CONFIG_FILE).is_file():
+            return load_pretrained(path, expected_cls=cls, map_location=map_location)
         if path.is_dir():
             cfg_path = path / CONFIG_FILE
             if not cfg_path.is_file():
-                raise FileNotFoundError(f"ClipAdapter.load: {path} is missing {CONFIG_FILE}")
-            if not any(any(path.glob(p)) for p in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
-                raise FileNotFoundError(f"ClipAdapter.load: {path} has a config but no weights file "
-                                        f"(expected {WEIGHTS_FILE})")
+                raise FileNotFoundError(f"ClipAdapter: {path} is missing {CONFIG_FILE}")
+            weights = [p for pat in ("*.safetensors", "*.bin", "*.pth", "*.pt") for p in sorted(path.glob(pat))]
+            if not weights:
+                raise FileNotFoundError(f"ClipAdapter: {path} has a config but no weights file (expected {WEIGHTS_FILE})")
             full = json.loads(cfg_path.read_text())
-            extra = full.get("dalle2_fast", {})
-            with _offline():
-                model = open_clip.create_model(f"local-dir:{path}", device=device)
-                tok_cfg = extra.get("tokenizer")
-                tokenizer = (WordTokenizer.from_dict(tok_cfg) if tok_cfg
-                             else open_clip.get_tokenizer(f"local-dir:{path}"))
-            return cls(model, tokenizer, full["model_cfg"], extra.get("model_name", str(path))).to(device)
-        if model_name is None:
-            raise ValueError(f"ClipAdapter.load: {path} is a weights file; pass model_name (its open_clip "
-                             f"architecture, one of open_clip.list_models())")
-        cfg = open_clip.get_model_config(model_name)
-        if cfg is None:
-            raise ValueError(f"ClipAdapter.load: unknown open_clip model {model_name!r}")
-        with _offline():
-            model = open_clip.create_model(model_name, pretrained=str(path), device=device,
-                                           pretrained_text=False, pretrained_image=False)
-            tokenizer = open_clip.get_tokenizer(model_name)
-        return cls(model, tokenizer, cfg, model_name).to(device)
+            if not isinstance(full, dict) or "model_cfg" not in full:
+                raise ValueError(f"ClipAdapter: {cfg_path} is not an open_clip config (no 'model_cfg')")
+            extra = full.pop("dalle2_fast", {})
+            tok = extra.get("tokenizer")
+            config = ClipConfig(model_name=extra.get("model_name", str(path)), open_clip=json.dumps(full),
+                                tokenizer=json.dumps(tok) if tok else "")
+            wfile = path / WEIGHTS_FILE if (path / WEIGHTS_FILE).is_file() else weights[0]
+        else:
+            if model_name is None:
+                raise ValueError(f"ClipAdapter: {path} is a weights file; pass model_name (its open_clip "
+                                 f"architecture, one of open_clip.list_models())")
+            config, wfile = ClipConfig(model_name=model_name), path
+        adapter = cls(config)
+        load_state_strict(adapter.model, _read_weights(wfile), str(wfile))
+        return adapter.to(map_location)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write an open_clip ``local-dir`` (loadable by ``open_clip.create_model('local-dir:...')``)."""
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write an open_clip ``local-dir`` (loadable by ``open_clip.create_model('local-dir:...')``
+        and by :meth:`from_pretrained`), atomically file by file."""
         from safetensors.torch import save_file
+
+        from dalle2_fast.checkpoint import atomic_write, atomic_write_text
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -249,12 +334,23 @@ class ClipAdapter(nn.Module):
               for k, v in getattr(self.model.visual, "preprocess_cfg", {}).items()}
         cfg = {"model_cfg": self.model_cfg, "preprocess_cfg": pp, "dalle2_fast": extra}
         state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        tmp_w, tmp_c = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
-        save_file(state, str(tmp_w))
-        tmp_c.write_text(json.dumps(cfg, indent=2))
-        os.replace(tmp_w, path / WEIGHTS_FILE)
-        os.replace(tmp_c, path / CONFIG_FILE)
+        atomic_write(path / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+        atomic_write_text(path / CONFIG_FILE, json.dumps(cfg, indent=2))
         return path
+
+    # ---- training -----------------------------------------------------------------------------
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The contrastive loss (open_clip's ``ClipLoss``: symmetric InfoNCE over the batch, Radford
+        et al. 2021, Fig. 3; under ``torch.distributed`` features are gathered across ranks).
+        batch: ``image`` (B, 3, H, W) in [-1, 1], ``caption`` list of B strings."""
+        import torch.distributed as dist
+        from open_clip.loss import ClipLoss
+
+        on = dist.is_available() and dist.is_initialized()
+        loss_fn = ClipLoss(local_loss=False, gather_with_grad=on, cache_labels=False,
+                           rank=dist.get_rank() if on else 0, world_size=dist.get_world_size() if on else 1)
+        img, txt, scale = self(batch["image"], self.tokenize(list(batch["caption"])))
+        return {"loss": loss_fn(img, txt, scale), "logit_scale": scale.detach()}
 
     # ---- properties ---------------------------------------------------------------------------
     @property

@@ -1,0 +1,31 @@
+"""``dalle2-fast eval``: the caption-match report of a text-to-image pipeline (prompts the training
+never used, judged by the shapes detector; CLIP zero-shot accuracy; a picture).
+
+    dalle2-fast eval --pipeline runs/unclip/pipeline --out runs/unclip/eval
+"""
+from __future__ import annotations
+
+from dalle2_fast.cli.checks import check_count, check_out_dir, check_seed_arg
+
+
+def add_parsers(sub) -> None:
+    e = sub.add_parser("eval", help="the caption-match report of a pipeline (shapes detector, CLIP zero-shot)",
+                       description=__doc__)
+    e.add_argument("--pipeline", default=None, help="a pipeline directory (default: the weights shipped)")
+    e.add_argument("--out", required=True, help="writes caption_match.json and prompts.png here")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--n-single", type=int, default=4, help="images per single-object prompt (30 prompts)")
+    e.add_argument("--n-two", type=int, default=2, help="images per two-object prompt (30 prompts)")
+    e.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dalle2_fast.eval.captions import evaluate_pipeline
+    from dalle2_fast.pipeline import UnCLIPPipeline
+
+    check_count("--n-single", args.n_single)
+    check_count("--n-two", args.n_two)
+    check_seed_arg(args.seed)
+    check_out_dir("--out", args.out)
+    evaluate_pipeline(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, args.n_single, args.n_two, args.seed)
+    return 0
