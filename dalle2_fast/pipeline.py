@@ -206,8 +206,7 @@ class UnCLIPPipeline:
         for i in chunks:
             text = self.clip.encode_text(items[i:i + batch_size])
             s = seeds[i:i + batch_size]
-            z = self.prior.sample(text.tokens, text.mask, text.embed, stage_seeds(s, _STAGE_PRIOR),
-                                  steps=self._opt("prior_steps", prior_steps),
+            z = self.prior.sample(text, stage_seeds(s, _STAGE_PRIOR), steps=self._opt("prior_steps", prior_steps),
                                   guidance=self._opt("prior_guidance", prior_guidance))
             out.append(self.decode_embeddings(z, text, s, decoder_steps, upsampler_steps, decoder_guidance,
                                               progress))

@@ -345,7 +345,8 @@ def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = Tru
 
         def prior_step(step, g):
             i = _batch_idx(g, n, r.prior.batch_size)
-            return prior.loss(zi[i], t_tok[i], t_mask[i], t_emb[i], generator=g)
+            return prior.loss({"image_embed": zi[i], "text_tokens": t_tok[i], "text_mask": t_mask[i],
+                               "text_embed": t_emb[i], "generator": g})["loss"]
 
         _loop("prior", r.prior, prior_step, prior, r.seed + 2, log)
         store.save("prior", prior)

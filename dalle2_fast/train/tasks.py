@@ -8,7 +8,7 @@ import typing
 import torch
 
 from dalle2_fast.checkpoint import load_pretrained
-from dalle2_fast.data.shapes import NUM_CLASSES, tokenize
+from dalle2_fast.data.shapes import NUM_CLASSES, VOCAB, tokenize
 from dalle2_fast.eval import psnr, recognition_rate
 from dalle2_fast.models import (GAN, VAE, VQVAE, VQVAE2, AEConfig, AutoEncoder, DAEConfig, DenoisingAutoEncoder,
                                 GANConfig, VAEConfig, VQVAE2Config, VQVAE2Generator, VQVAEConfig)
@@ -176,7 +176,7 @@ class PriorTask:
             if k not in kw:
                 raise ValueError(f"--set {k}: vqvae2-prior takes {sorted(kw)}")
             kw[k] = v if k == "label" else int(v)
-        gen = VQVAE2Generator.from_vqvae(vq, **kw)
+        gen = VQVAE2Generator.from_vqvae(vq, num_classes=NUM_CLASSES, vocab_size=len(VOCAB), **kw)
         gen.vqvae.requires_grad_(False)
         return gen
 
@@ -186,11 +186,11 @@ class PriorTask:
     def step(self, model, batch, opts) -> dict:
         model.train()
         model.vqvae.eval()  # frozen: no EMA / dead-code updates
-        loss, lt, lb = model.loss(batch["image"], label_for(model.config.top.label, batch))
+        terms = model.loss({"image": batch["image"], "label": label_for(model.config.top.label, batch)})
         opts["prior"].zero_grad(set_to_none=True)
-        loss.backward()
+        terms["loss"].backward()
         opts["prior"].step()
-        return {"loss": loss.item(), "top_nll": lt.item(), "bottom_nll": lb.item()}
+        return {k: v.item() for k, v in terms.items()}
 
     def _labels(self, model, n):
         kind = model.config.top.label
@@ -205,7 +205,8 @@ class PriorTask:
     def evaluate(self, model, held: dict, gen: torch.Generator) -> dict:
         model.eval()
         x = held["image"][:256]
-        _, lt, lb = model.loss(x, label_for(model.config.top.label, held))
+        terms = model.loss({"image": x, "label": label_for(model.config.top.label, held)})
+        lt, lb = terms["top_nll"], terms["bottom_nll"]
         n = min(64, len(x))
         imgs = model.sample(n, self._labels(model, n), generator=gen)
         labels = cycle_labels(n).tolist() if model.config.top.label != "none" else None
