@@ -139,7 +139,8 @@ def ddim_written_out(p, text, seeds, steps, guidance, eta, n_cand):
         for i, t in enumerate(ts):
             tt = torch.full((x.shape[0],), t)
             cond = p(x.float(), tt, text.tokens, text.mask, text.embed).double()
-            unc = p(x.float(), tt, text.tokens, text.mask, text.embed, torch.ones(x.shape[0], dtype=torch.bool)).double()
+            drop = torch.ones(x.shape[0], dtype=torch.bool)
+            unc = p(x.float(), tt, text.tokens, text.mask, text.embed, drop).double()
             x0 = unc + guidance * (cond - unc)
             a, a_prev = float(ab[t]), (float(ab[ts[i + 1]]) if i + 1 < len(ts) else 1.0)
             eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
