@@ -1,8 +1,12 @@
 """Model suite I: GAN, AE, DAE, VAE, VQ-VAE, VQ-VAE-2 and its PixelCNN prior — shapes,
 gradients, one step lowers the loss, save -> load round trip, tiny sampling, prior causality."""
+import dataclasses
+
 import pytest
 import torch
 
+from dalle2_fast.models.categorical import sample_categorical
+from dalle2_fast.models.pixelcnn import CausalSelfAttention, convert_v1_state_dict
 from dalle2_fast.models import (GAN, VAE, VQVAE, VQVAE2, AEConfig, AutoEncoder, DAEConfig, DenoisingAutoEncoder,
                                 GANConfig, PixelCNN, PixelCNNConfig, VAEConfig, VQVAE2Config, VQVAE2Generator,
                                 VQVAEConfig)
@@ -146,10 +150,10 @@ def test_gan_rejects_bad_config():
 PIXELCNN = {
     # kernel 5 + code-map conditioning (the bottom prior); 10 x 4 is non-square on purpose
     "bottom": PixelCNNConfig(num_codes=11, height=10, width=4, channels=16, n_layers=4, kernel=5,
-                             cond_codes=7, cond_up=1, label="class"),
+                             cond_codes=7, cond_up=1, label="class", num_classes=30),
     # attention in the top prior; odd 6 x 5 map
     "top_attn": PixelCNNConfig(num_codes=11, height=6, width=5, channels=16, n_layers=4, attention_every=2,
-                               label="caption"),
+                               label="caption", vocab_size=20),
     "uncond": PixelCNNConfig(num_codes=5, height=3, width=3, channels=8, n_layers=2, label="none", heads=2),
 }
 
@@ -162,6 +166,10 @@ def _pixel_inputs(cfg, n=2, seed=0):
     cond = torch.randint(0, cfg.cond_codes, (n, cfg.height >> cfg.cond_up, cfg.width >> cfg.cond_up),
                          generator=g) if cfg.cond_codes else None
     return x, label, cond
+
+
+def _rows(t, sl):
+    return None if t is None else t[sl]
 
 
 @pytest.mark.parametrize("name", sorted(PIXELCNN))
@@ -208,6 +216,71 @@ def test_pixelcnn_row_cropped_forward_matches_full_with_attention():
                                    rtol=1e-5, atol=1e-5)
 
 
+class OldCausalSelfAttention(torch.nn.Module):
+    """The v1 attention layer (1x1 conv qkv/proj, ops-free float64 causal softmax): the layout
+    ``pixelcnn.convert_v1_state_dict`` converts from."""
+
+    def __init__(self, C, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm = torch.nn.LayerNorm(C)
+        self.qkv = torch.nn.Conv2d(C, 3 * C, 1)
+        self.proj = torch.nn.Conv2d(C, C, 1)
+
+    def forward(self, h):
+        B, C, H, W = h.shape
+        hn = self.norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        q, k, v = self.qkv(hn).view(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
+        s = (q.double() @ k.double().transpose(-1, -2)) / (C // self.heads) ** 0.5
+        s = s.masked_fill(~torch.ones(H * W, H * W, dtype=torch.bool).tril(), float("-inf"))
+        o = (s.softmax(-1) @ v.double()).float()
+        return h + self.proj(o.transpose(-1, -2).reshape(B, C, H, W))
+
+
+def test_pixelcnn_v1_attention_converts_to_the_same_outputs(tmp_path):
+    torch.manual_seed(0)
+    old = OldCausalSelfAttention(16, 4)
+    with torch.no_grad():
+        for p in old.parameters():
+            p.normal_(0, 0.3)  # LayerNorm too, so a dropped tensor shows
+    new = CausalSelfAttention(16, 4)
+    state = convert_v1_state_dict({f"attn.3.{k}": v for k, v in old.state_dict().items()})
+    new.load_state_dict({k[len("attn.3."):]: v for k, v in state.items()}, strict=True)
+    h = torch.randn(2, 16, 3, 5)  # 15 positions in raster order
+    torch.testing.assert_close(new(h), old(h), rtol=1e-5, atol=1e-5)
+    # the hook is wired: a whole v1 file of the attention prior loads into the current class
+    cfg = PIXELCNN["top_attn"]
+    m = PixelCNN(cfg).eval()
+    path = m.save_pretrained(tmp_path / "p.safetensors")
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    v1 = {}
+    for k, v in load_file(str(path)).items():  # back to the v1 names and conv shapes
+        if ".attn.to_qkv." in k or ".attn.to_out." in k:
+            k = k.replace(".attn.to_qkv.", ".qkv.").replace(".attn.to_out.", ".proj.")
+            v = v[:, :, None, None] if v.dim() == 2 else v
+        v1[k] = v
+    save_file(v1, str(path), metadata=meta)
+    x, label, cond = _pixel_inputs(cfg)
+    torch.testing.assert_close(PixelCNN.from_pretrained(path).eval()(x, label, cond), m(x, label, cond))
+
+
+def test_sample_categorical_follows_the_softmax():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[2.0, -30.0, 0.5, 1.0, -1.0]]).expand(40000, -1)
+    u = torch.rand(40000, generator=g)
+    idx = sample_categorical(logits, u)
+    freq = torch.bincount(idx, minlength=5).float() / 40000
+    torch.testing.assert_close(freq, torch.softmax(logits[0], -1), atol=0.01, rtol=0)
+    assert int((idx == 1).sum()) == 0  # a ~1e-14 probability is never drawn
+    hot = sample_categorical(logits[:3], torch.tensor([0.0, 0.5, 0.9999999]), temperature=1e-3)
+    assert hot.tolist() == [0, 0, 0]  # temperature -> 0 is the argmax, whatever u
+    edge = sample_categorical(torch.tensor([[-1000.0, 0.0, 0.0]]), torch.tensor([0.0]))  # exp underflows to 0
+    assert edge.tolist() == [1]  # u = 0 picks the first category with mass, not a zero-mass one
+
+
 @pytest.mark.parametrize("name", sorted(PIXELCNN))
 def test_pixelcnn_step_lowers_loss_sampling_and_round_trip(name, tmp_path):
     torch.manual_seed(0)
@@ -221,13 +294,23 @@ def test_pixelcnn_step_lowers_loss_sampling_and_round_trip(name, tmp_path):
     opt.step()
     assert m.loss(x, label, cond).item() < l0.item()
     m.eval()
-    s = m.sample(4, label, cond, generator=torch.Generator().manual_seed(1))
+    seeds = [3, 1, 4, 1_000_000_007]
+    s = m.sample(4, label, cond, seeds=seeds)
     assert s.shape == (4, cfg.height, cfg.width) and s.dtype == torch.long
     assert 0 <= s.min() and s.max() < cfg.num_codes
+    # map i depends only on seeds[i]: the same maps drawn two at a time, in another order
+    part = m.sample(2, _rows(label, [3, 0]), _rows(cond, [3, 0]), seeds=[seeds[3], seeds[0]])
+    assert torch.equal(part, s[[3, 0]])
+    gen = m.sample(4, label, cond, generator=torch.Generator().manual_seed(1))  # one stream for the batch
+    assert torch.equal(gen, m.sample(4, label, cond, generator=torch.Generator().manual_seed(1)))
     m.save_pretrained(tmp_path / "p.safetensors")  # the single-file checkpoint form
     back = PixelCNN.from_pretrained(tmp_path / "p.safetensors").eval()
     assert torch.equal(m(x, label, cond), back(x, label, cond))
-    assert torch.equal(s, back.sample(4, label, cond, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(s, back.sample(4, label, cond, seeds=seeds))
+    with pytest.raises(ValueError, match="4 seeds"):
+        m.sample(4, label, cond, seeds=[1, 2])
+    with pytest.raises(ValueError, match="seeds or generator"):
+        m.sample(4, label, cond, seeds=seeds, generator=torch.Generator())
 
 
 def test_pixelcnn_errors_name_the_argument():
@@ -241,23 +324,37 @@ def test_pixelcnn_errors_name_the_argument():
         m(x.float(), label, cond)
     with pytest.raises(ValueError, match="kernel"):
         PixelCNN(PixelCNNConfig(kernel=4))
+    with pytest.raises(ValueError, match="num_classes must be given"):
+        PixelCNN(PixelCNNConfig(label="class"))
+    with pytest.raises(ValueError, match="vocab_size must be given"):
+        PixelCNN(PixelCNNConfig(label="caption"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.config.channels = 8
 
 
 def test_vqvae2_generator_samples_and_round_trips(tmp_path):
     torch.manual_seed(0)
     vq = VQVAE2(VQVAE2Config(resolution=R, channels=16, num_codes=16, code_dim=8))
     vq(_batch(8))
-    gen = VQVAE2Generator.from_vqvae(vq, channels=16, n_layers=2, attention_every=2).eval()
+    gen = VQVAE2Generator.from_vqvae(vq, channels=16, n_layers=2, attention_every=2, num_classes=30).eval()
     assert torch.equal(gen.vqvae.quant_b.embedding, vq.quant_b.embedding)
-    total, lt, lb = gen.loss(_batch(4), torch.tensor([0, 1, 2, 3]))
-    assert torch.isclose(total, lt + lb)
+    terms = gen.loss({"image": _batch(4), "label": torch.tensor([0, 1, 2, 3])})
+    assert set(terms) == {"loss", "top_nll", "bottom_nll"}
+    assert torch.isclose(terms["loss"], terms["top_nll"] + terms["bottom_nll"])
+    top, bottom = gen.vqvae.encode(_batch(4))
+    torch.testing.assert_close(terms["top_nll"], gen.top_prior.loss(top, torch.tensor([0, 1, 2, 3])))
+    with pytest.raises(ValueError, match="needs 'label'"):
+        gen.loss({"image": _batch(4)})
     labels = torch.tensor([0, 7, 29])
-    imgs = gen.sample(3, labels, generator=torch.Generator().manual_seed(0))
+    imgs = gen.sample(3, labels, seeds=[10, 11, 12])
     assert imgs.shape == (3, 3, R, R)
+    torch.testing.assert_close(gen.sample(1, labels[2:], seeds=[12]), imgs[2:])  # image i: seeds[i] only
     gen.save_pretrained(tmp_path / "g")
     back = VQVAE2Generator.from_pretrained(tmp_path / "g").eval()
     assert back.config == gen.config  # nested dataclass configs survive JSON
-    assert torch.equal(imgs, back.sample(3, labels, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(imgs, back.sample(3, labels, seeds=[10, 11, 12]))
+    g_imgs = gen.sample(3, labels, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(g_imgs, back.sample(3, labels, generator=torch.Generator().manual_seed(0)))
 
 
 def test_vqvae_large_codebook():

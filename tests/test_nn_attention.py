@@ -103,3 +103,45 @@ def test_bad_forward_input():
         m(torch.randn(1, 3, 31), torch.randn(1, 2, 8))
     with pytest.raises(ValueError, match="context must be"):
         m(torch.randn(1, 3, 32), torch.randn(1, 2, 9))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_self_attention_key_padding_matches_manual(backend):
+    """Self-attention with padded x tokens (the priors' text padding), causal, bottom-right."""
+    torch.manual_seed(5)
+    m = Attention(24, heads=3, causal=True, backend=backend)
+    x = torch.randn(3, 9, 24)
+    kpm = torch.rand(3, 9) < 0.4
+    kpm[:, 0] = False  # True = padded; token 0 keeps every causal row non-empty
+    out = m(x, key_padding_mask=kpm)
+    q, k, v = m.to_qkv(x).view(3, 9, 3, 3, 8).permute(2, 0, 3, 1, 4)
+    ref = attention_ref(q, k, v, causal=True, key_padding_mask=kpm).transpose(1, 2).reshape(3, 9, 24)
+    torch.testing.assert_close(out, m.to_out(ref), rtol=1e-5, atol=1e-5)
+    x2 = x.clone()
+    x2[kpm] = torch.randn(int(kpm.sum()), 24) * 10  # padded tokens change: only their own rows may
+    torch.testing.assert_close(m(x2, key_padding_mask=kpm)[~kpm], out[~kpm])
+
+
+def test_concat_context_with_own_key_padding():
+    """'concat' mode: the x tokens' padding joins the context's: [context_mask; key_padding_mask]."""
+    torch.manual_seed(6)
+    m = Attention(16, heads=2, context_dim=8, context_mode="concat", backend="torch")
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 3, 8)
+    cmask = torch.tensor([[False, False, True], [False, False, False]])
+    kpm = torch.tensor([[False, True, False, False, False], [False, False, False, True, True]])
+    out = m(x, ctx, cmask, key_padding_mask=kpm)
+    q, k, v = m.to_qkv(x).view(2, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    ck, cv = m.to_context_kv(ctx).view(2, 3, 2, 2, 8).permute(2, 0, 3, 1, 4)
+    ref = attention_ref(q, torch.cat([ck, k], 2), torch.cat([cv, v], 2),
+                        key_padding_mask=torch.cat([cmask, kpm], 1)).transpose(1, 2).reshape(2, 5, 16)
+    torch.testing.assert_close(out, m.to_out(ref), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(m(x, ctx, cmask), out, atol=1e-4)  # the x padding really acts
+
+
+def test_key_padding_mask_errors():
+    m = Attention(16, heads=2)
+    with pytest.raises(ValueError, match=r"key_padding_mask must be \(B, T\) = \(2, 3\)"):
+        m(torch.randn(2, 3, 16), key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    cross = Attention(16, heads=2, context_dim=8)
+    with pytest.raises(ValueError, match="use context_mask"):
+        cross(torch.randn(1, 3, 16), torch.randn(1, 2, 8), key_padding_mask=torch.zeros(1, 3, dtype=torch.bool))

@@ -138,8 +138,7 @@ def test_prior_checkpoint_roundtrip(pipe, tmp_path):
     back = load_pretrained(p)
     assert back.config == pipe.prior.config and isinstance(back, DiffusionPrior)
     t = pipe.clip.encode_text(["a red square"])
-    torch.testing.assert_close(back.sample(t.tokens, t.mask, t.embed, [3], steps=4),
-                               pipe.prior.sample(t.tokens, t.mask, t.embed, [3], steps=4))
+    torch.testing.assert_close(back.sample(t, [3], steps=4), pipe.prior.sample(t, [3], steps=4))
     with pytest.raises(CheckpointError, match="does not exist"):
         load_pretrained(tmp_path / "missing.safetensors")
     (tmp_path / "trunc.safetensors").write_bytes(p.read_bytes()[:100])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from dalle2_fast.bench.core import Case, Variant, forced_backend
+from dalle2_fast.data.shapes import NUM_CLASSES
 from dalle2_fast.models import VQVAE2, VQVAE2Config, VQVAE2Generator
 
 FAMILY = "vqvae2"
@@ -27,7 +28,8 @@ def build_generator(resolution: int = 32, device: str = "cpu") -> VQVAE2Generato
     """Default VQ-VAE-2 with the prior sizes used for the shapes quality run."""
     torch.manual_seed(0)
     vq = VQVAE2(VQVAE2Config(resolution=resolution))
-    return VQVAE2Generator.from_vqvae(vq, channels=64, n_layers=8, attention_every=4).to(device).eval()
+    return VQVAE2Generator.from_vqvae(vq, channels=64, n_layers=8, attention_every=4,
+                                      num_classes=NUM_CLASSES).to(device).eval()
 
 
 @torch.no_grad()

@@ -11,28 +11,29 @@ Optional causal self-attention on the horizontal stack (the top prior in VQ-VAE-
 Fast sampling (no attention): per row, the vertical stack runs once on a band of rows as tall
 as its receptive field; per pixel, the horizontal stack runs on that one row only; the label
 and code-map conditioning is computed once per batch. Logits equal the full forward's.
+
+Sampling is per-sample seeded: with ``seeds``, map i's uniforms (one per position) are drawn up
+front from its own generator and each code is drawn from its categorical by inverse CDF, so map
+i depends only on ``seeds[i]``, not on the batch it is drawn in.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
-from dalle2_fast.data.shapes import NUM_CLASSES, VOCAB
 from dalle2_fast.models.blocks import ConvDecoder
-from dalle2_fast.ops import attention
+from dalle2_fast.models.categorical import sample_categorical
+from dalle2_fast.nn.attention import Attention
+from dalle2_fast.seeding import check_seeds, per_sample_rand
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
-    """(B, heads, S, d) attention through the package's flash-attention op (Sq = Sk here, so
-    its bottom-right causal mask is the usual lower triangle)."""
-    return attention(q, k, v, causal=causal)
-
-
-@dataclass
+@dataclass(frozen=True)
 class PixelCNNConfig:
     num_codes: int = 512
     height: int = 8
@@ -40,9 +41,9 @@ class PixelCNNConfig:
     channels: int = 64
     n_layers: int = 8
     kernel: int = 3  # odd; vertical kernel (kernel//2 + 1, kernel), horizontal (1, kernel//2 + 1)
-    label: str = "class"  # 'none', 'class' (ShapesDataset label) or 'caption' (tokenize())
-    num_classes: int = NUM_CLASSES
-    vocab_size: int = len(VOCAB)
+    label: str = "class"  # 'none', 'class' (class ids (B,)) or 'caption' (token ids (B, L), 0 = padding)
+    num_classes: int = 0  # label='class': the number of classes (must be given)
+    vocab_size: int = 0  # label='caption': the token vocabulary size (must be given)
     cond_codes: int = 0  # > 0: conditioned on a code map with this many codes
     cond_up: int = 0  # ... of size (height, width) / 2^cond_up
     attention_every: int = 0  # > 0: causal self-attention after every k-th gated layer
@@ -75,21 +76,39 @@ class GatedLayer(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
+    """h + causal self-attention over the positions of a (B, C, H, W) map in raster order."""
+
     def __init__(self, C: int, heads: int):
         super().__init__()
         if C % heads:
             raise ValueError(f"PixelCNNConfig: channels {C} must be divisible by heads {heads}")
-        self.heads = heads
         self.norm = nn.LayerNorm(C)  # per position: a norm over positions would leak the future
-        self.qkv = nn.Conv2d(C, 3 * C, 1)
-        self.proj = nn.Conv2d(C, C, 1)
+        self.attn = Attention(C, heads=heads, causal=True)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         B, C, H, W = h.shape
-        hn = self.norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        q, k, v = self.qkv(hn).view(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
-        o = attend(q, k, v, causal=True)  # (B, heads, HW, d); position t sees <= t (raster order)
-        return h + self.proj(o.transpose(-1, -2).reshape(B, C, H, W))
+        tokens = self.norm(h.permute(0, 2, 3, 1).reshape(B, H * W, C))  # (B, HW, C), raster order
+        o = self.attn(tokens)  # position t sees positions <= t
+        return h + o.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+
+_V1_ATTN_KEY = re.compile(r"^(.*attn\.\d+\.)(qkv|proj)\.(weight|bias)$")
+
+
+def convert_v1_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A PixelCNN state dict written before the redesign -> the current layout: the attention's
+    1x1 convs ``attn.N.qkv`` (3C, C, 1, 1) and ``attn.N.proj`` become ``nn.Attention``'s Linear
+    ``attn.N.attn.to_qkv`` (3C, C) and ``attn.N.attn.to_out`` (the qkv channel order,
+    [q|k|v][head][c], is the same). Works on any prefix (e.g. ``top_prior.``); current keys pass."""
+    out = {}
+    for k, v in state.items():
+        m = _V1_ATTN_KEY.match(k)
+        if m is None:
+            out[k] = v
+            continue
+        name = "attn.to_qkv" if m[2] == "qkv" else "attn.to_out"
+        out[f"{m[1]}{name}.{m[3]}"] = v.reshape(v.shape[0], v.shape[1]) if m[3] == "weight" else v
+    return out
 
 
 @register_model("pixelcnn")
@@ -103,6 +122,11 @@ class PixelCNN(nn.Module, Pretrained):
             raise ValueError(f"PixelCNNConfig.kernel must be odd and >= 3, got {c.kernel}")
         if c.label not in ("none", "class", "caption"):
             raise ValueError(f"PixelCNNConfig.label must be 'none', 'class' or 'caption', got {c.label!r}")
+        if c.label == "class" and c.num_classes < 1:
+            raise ValueError(f"PixelCNNConfig.num_classes must be given (> 0) when label='class', got {c.num_classes}")
+        if c.label == "caption" and c.vocab_size < 2:
+            raise ValueError(f"PixelCNNConfig.vocab_size must be given (> 1, id 0 = padding) when label='caption', "
+                             f"got {c.vocab_size}")
         if c.cond_codes > 0 and (c.height % (1 << c.cond_up) or c.width % (1 << c.cond_up)):
             raise ValueError(f"PixelCNNConfig: height {c.height} and width {c.width} must be divisible by 2^cond_up={1 << c.cond_up}")
         C = c.channels
@@ -120,6 +144,10 @@ class PixelCNN(nn.Module, Pretrained):
         self.attn = nn.ModuleDict({str(i): CausalSelfAttention(C, c.heads) for i in range(c.n_layers)
                                    if ae > 0 and (i + 1) % ae == 0})
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, c.num_codes, 1))
+
+    @classmethod
+    def _upgrade_state_dict(cls, state: dict, config: PixelCNNConfig) -> dict:
+        return convert_v1_state_dict(state)  # checkpoints written before the redesign
 
     # ------------------------------------------------------------------ conditioning (cached)
     def conditioning(self, n: int, label=None, cond=None) -> list:
@@ -190,20 +218,37 @@ class PixelCNN(nn.Module, Pretrained):
         return self.head(h)[:, :, 0], vps
 
     @torch.no_grad()
-    def sample(self, n: int, label=None, cond=None, temperature: float = 1.0,
-               generator: torch.Generator | None = None, fast: bool | None = None) -> torch.Tensor:
-        """n code maps (n, H, W) int64, in raster order; ``fast`` (default: when there is no
-        attention) uses the cached row-wise path, else a forward over rows <= i per position."""
+    def sample(self, n: int, label=None, cond=None, temperature: float = 1.0, *, seeds: Sequence[int] | None = None,
+               generator: torch.Generator | None = None, fast: bool | None = None,
+               progress: bool = False) -> torch.Tensor:
+        """n code maps (n, H, W) int64, in raster order.
+
+        seeds: one int per map (map i depends only on ``seeds[i]``); or ``generator`` (the
+        batch's uniforms from one generator: reproducible for the same call only); neither: the
+        global RNG. ``fast`` (default: when there is no attention) uses the cached row-wise path,
+        else a forward over rows <= i per position.
+        """
         c = self.config
         if temperature <= 0:
             raise ValueError(f"PixelCNN.sample: temperature must be > 0, got {temperature}")
+        if seeds is not None and generator is not None:
+            raise ValueError("PixelCNN.sample: pass seeds or generator, not both")
         fast = (not self.attn) if fast is None else fast
         if fast and self.attn:
             raise ValueError("PixelCNN.sample: fast=True needs a model without attention")
         dev = self.embed.weight.device
+        if seeds is not None:
+            u = per_sample_rand(check_seeds(seeds, n), (c.height, c.width), device=dev)  # (n, H, W)
+        else:
+            u = torch.rand((n, c.height, c.width), generator=generator).to(dev)
         x = torch.zeros(n, c.height, c.width, dtype=torch.long, device=dev)
         conds = self.conditioning(n, label, cond)
-        for i in range(c.height):
+        rows = range(c.height)
+        if progress:
+            from tqdm.auto import tqdm
+
+            rows = tqdm(rows, desc="pixelcnn", leave=False)
+        for i in rows:
             vps = None
             for j in range(c.width):
                 if fast:
@@ -211,6 +256,6 @@ class PixelCNN(nn.Module, Pretrained):
                     lj = logits[:, :, j]
                 else:
                     lj = self._forward_rows(x[:, : i + 1], conds)[:, :, i, j]
-                probs = torch.softmax(lj.float() / temperature, dim=-1)
-                x[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                x[:, i, j] = sample_categorical(lj, u[:, i, j], temperature)
         return x
+

@@ -109,10 +109,14 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=bias)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, T, dim); context: (B, Tc, context_dim) when the module has a context_dim;
-        context_mask: optional (B, Tc) bool, True = padded context token. -> (B, T, dim)."""
+        context_mask: optional (B, Tc) bool, True = padded context token; key_padding_mask:
+        optional (B, T) bool, True = padded x token, ignored as a key (self-attention and
+        'concat' mode; with ``causal`` every query must still see a key, e.g. token 0 unpadded).
+        -> (B, T, dim)."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"Attention: x must be (B, T, {self.dim}), got {tuple(x.shape)}")
         if (context is None) != (self.context_dim is None):
@@ -125,8 +129,15 @@ class Attention(nn.Module):
             raise ValueError(f"Attention: context must be (B={x.shape[0]}, Tc, {self.context_dim}), got {tuple(context.shape)}")
         if context_mask is not None and context is None:
             raise ValueError("Attention: context_mask given without context")
+        if key_padding_mask is not None:
+            if context is not None and self.context_mode == "cross":
+                raise ValueError("Attention: key_padding_mask masks x tokens as keys; in 'cross' mode the keys "
+                                 "are the context tokens (use context_mask)")
+            if tuple(key_padding_mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"Attention: key_padding_mask must be (B, T) = {tuple(x.shape[:2])}, "
+                                 f"got {tuple(key_padding_mask.shape)}")
         H, L = self.heads, self.qkv_layout
-        mask = context_mask
+        mask = context_mask if context is not None else key_padding_mask
         if context is None:
             q, k, v = _split_heads(self.to_qkv(x), 3, H, L)  # each (B, H, T, dh)
         elif self.context_mode == "cross":
@@ -136,8 +147,10 @@ class Attention(nn.Module):
             q, k, v = _split_heads(self.to_qkv(x), 3, H, L)
             ck, cv = _split_heads(self.to_context_kv(context), 2, H, L)
             k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)  # (B, H, Tc + T, dh)
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_zeros(x.shape[0], x.shape[1])], dim=1)  # x tokens never padded
+            if mask is not None or key_padding_mask is not None:  # (B, Tc + T), True = padded
+                own = key_padding_mask if key_padding_mask is not None else x.new_zeros(x.shape[:2], dtype=torch.bool)
+                ctx = mask if mask is not None else own.new_zeros(context.shape[:2])
+                mask = torch.cat([ctx.to(torch.bool), own.to(torch.bool)], dim=1)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         out = attention(q, k, v, causal=self.causal, key_padding_mask=mask, backend=self.backend)  # (B, H, T, dh)

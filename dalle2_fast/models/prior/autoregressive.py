@@ -7,10 +7,14 @@ Classifier-free guidance by replacing the text (tokens and z_t) with learned nul
 probability ``cond_drop_prob``; at sampling the logits are combined ``u + s (c - u)``. As in the
 paper, the dot-product token lets sampling ask for embeddings that agree with the caption more
 strongly: by default it is drawn from the top half of the buckets.
+
+Sampling is per-seed: every uniform a caption's draw uses (its dot token and its K codes, per
+candidate) comes up front from its own generator, and each code is drawn from the categorical by
+inverse CDF, so caption i's z_i depends only on ``seeds[i]``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -18,13 +22,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
-from dalle2_fast.models.prior.diffusion_prior import select_best
+from dalle2_fast.models.categorical import sample_categorical
+from dalle2_fast.models.prior._v1 import convert_v1_state_dict
+from dalle2_fast.models.prior.conditioning import TextConditioning, candidate_seeds, select_best, text_fields
 from dalle2_fast.models.prior.quantize import PCAQuantizer, QuantileBuckets
-from dalle2_fast.models.prior.transformer import CausalTransformer, TextConditioning
-from dalle2_fast.seeding import check_seeds, per_sample_rand
+from dalle2_fast.nn.transformer import Transformer
+from dalle2_fast.seeding import Draws, check_seeds, per_sample_rand
+
+_BATCH_KEYS = ("image_embed", "text_tokens", "text_mask", "text_embed")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ARPriorConfig:
     clip_dim: int = 64
     text_width: int = 128
@@ -47,14 +55,20 @@ class AutoregressivePrior(Pretrained, nn.Module):
     def __init__(self, config: ARPriorConfig):
         super().__init__()
         self.config = c = config
+        if not 0.0 <= c.cond_drop_prob <= 1.0:
+            raise ValueError(f"ARPriorConfig.cond_drop_prob must be in [0, 1], got {c.cond_drop_prob}")
         self.text = TextConditioning(c.text_width, c.text_len, c.clip_dim, c.width)
         self.quantizer = PCAQuantizer(c.clip_dim, c.n_components, c.n_buckets)
         self.dot_buckets = QuantileBuckets(1, c.n_dot_buckets)
         self.dot_emb = nn.Embedding(c.n_dot_buckets, c.width)
         self.code_emb = nn.Embedding(c.n_components * c.n_buckets, c.width)  # one table per component
-        self.transformer = CausalTransformer(c.width, c.layers, c.heads, c.text_len + 1 + c.n_components)
+        self.transformer = Transformer(c.width, c.layers, c.heads, c.text_len + 1 + c.n_components, causal=True)
         self.head = nn.Linear(c.width, c.n_buckets)
         self.register_buffer("fitted", torch.tensor(False))
+
+    @classmethod
+    def _upgrade_state_dict(cls, state: dict, config: ARPriorConfig) -> dict:
+        return convert_v1_state_dict(state)  # checkpoints written before the redesign
 
     @torch.no_grad()
     def fit_quantizers(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> None:
@@ -82,42 +96,59 @@ class AutoregressivePrior(Pretrained, nn.Module):
         offs = torch.arange(k, device=codes.device) * c.n_buckets
         seq = torch.cat([tok, emb, self.dot_emb(dot_code)[:, None], self.code_emb(codes + offs)], dim=1)
         full_mask = torch.cat([mask, mask.new_ones(b, 1 + 1 + k)], dim=1)
-        h = self.transformer(seq, key_padding_mask=~full_mask, causal=True)
+        h = self.transformer(seq, key_padding_mask=~full_mask)
         return self.head(h[:, c.text_len + 1:])  # positions of the dot token and the k codes
 
-    def loss(self, image_embed: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-             text_embed: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Cross-entropy of the K codes of z_i (teacher forcing)."""
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the K codes of z_i (teacher forcing): {'loss'} (mean over the batch).
+
+        batch: ``image_embed`` (B, D) unit-norm z_i, ``text_tokens`` (B, L, W), ``text_mask``
+        (B, L) bool True = real, ``text_embed`` (B, D) z_t; optional ``seeds`` (ItemSeeds) or
+        ``generator``, from which the text drop for classifier-free guidance ("text_drop") is
+        drawn per item.
+        """
         self._require_fitted()
-        b = image_embed.shape[0]
-        codes = self.quantizer.encode(image_embed)                                   # (B, K)
-        dot = self.dot_buckets.encode((image_embed * text_embed).sum(-1, keepdim=True))[:, 0]
-        drop = (torch.rand(b, generator=generator) < self.config.cond_drop_prob).to(image_embed.device)
-        logits = self(codes[:, :-1], text_tokens, text_mask, text_embed, dot, drop)  # (B, K, n)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+        missing = [k for k in _BATCH_KEYS if k not in batch]
+        if missing:
+            raise ValueError(f"AutoregressivePrior.loss: batch is missing {missing} (needs {list(_BATCH_KEYS)})")
+        zi, zt = batch["image_embed"], batch["text_embed"]
+        if zi.dim() != 2 or zi.shape != zt.shape or zi.shape[1] != self.config.clip_dim:
+            raise ValueError(f"AutoregressivePrior.loss: image_embed and text_embed must both be "
+                             f"(B, {self.config.clip_dim}), got {tuple(zi.shape)} and {tuple(zt.shape)}")
+        codes = self.quantizer.encode(zi)                                              # (B, K)
+        dot = self.dot_buckets.encode((zi * zt).sum(-1, keepdim=True))[:, 0]
+        drop = Draws.of(batch, zi.shape[0], zi.device).bernoulli("text_drop", self.config.cond_drop_prob)
+        logits = self(codes[:, :-1], batch["text_tokens"], batch["text_mask"], zt, dot, drop)  # (B, K, n)
+        return {"loss": F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))}
 
     @torch.no_grad()
-    def sample(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_embed: torch.Tensor,
-               seeds: Sequence[int], guidance: float = 1.0, temperature: float = 1.0,
+    def sample(self, text, seeds: Sequence[int], *, guidance: float = 1.0, temperature: float = 1.0,
                dot_range: tuple[float, float] = (0.5, 1.0), n_candidates: int = 1,
-               steps: int | None = None, progress: bool = False) -> torch.Tensor:
-        """Unit-norm z_i (B, D), deterministic per seed. (``steps``/``progress`` are accepted for the
-        pipeline's prior interface; AR sampling always takes n_components steps.)
+               steps: int | str | None = None, progress: bool = False) -> torch.Tensor:
+        """Unit-norm z_i (B, D); z_i of caption i depends only on ``seeds[i]``.
 
-        dot_range: the dot-product token is drawn uniformly from this fraction of its buckets
-        (default: the top half). With ``n_candidates`` > 1 the draw with the largest z_i . z_t is kept.
+        text: any object with ``.tokens`` (B, L, W), ``.mask`` (B, L) and ``.embed`` (B, D) (the
+        CLIP adapter's ``TextEncoding``). guidance: classifier-free guidance on the logits,
+        u + s (c - u). dot_range: the dot-product token is drawn uniformly from this fraction of
+        its buckets (default: the top half). With ``n_candidates`` > 1 the draw with the largest
+        z_i . z_t is kept. ``steps`` is accepted for the priors' common sampling call and ignored:
+        AR sampling always takes n_components steps.
         """
         self._require_fitted()
         c = self.config
+        text_tokens, text_mask, text_embed = text_fields(text)
         b = text_embed.shape[0]
         seeds = check_seeds(seeds, b)
         if not 0.0 <= dot_range[0] < dot_range[1] <= 1.0:
             raise ValueError(f"AutoregressivePrior.sample: dot_range must satisfy 0 <= lo < hi <= 1, got {dot_range}")
         if temperature <= 0:
             raise ValueError(f"AutoregressivePrior.sample: temperature must be > 0, got {temperature}")
+        if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
+            raise ValueError(f"AutoregressivePrior.sample: n_candidates must be an int >= 1, got {n_candidates!r}")
         dev = text_embed.device
-        u = per_sample_rand(seeds, (n_candidates, c.n_components + 1), device=dev)  # (B, C, K+1)
-        u = u.transpose(0, 1).reshape(n_candidates * b, -1)
+        # every uniform of a caption's candidate, drawn up front from its own stream: (C * B, K + 1)
+        u = torch.cat([per_sample_rand(candidate_seeds(seeds, k), (c.n_components + 1,), device=dev)
+                       for k in range(n_candidates)])
         rep = lambda z: z.repeat(n_candidates, *([1] * (z.dim() - 1)))  # noqa: E731
         tokens, mask, emb = rep(text_tokens), rep(text_mask), rep(text_embed)
         lo, hi = int(dot_range[0] * c.n_dot_buckets), max(int(dot_range[0] * c.n_dot_buckets) + 1,
@@ -126,7 +157,12 @@ class AutoregressivePrior(Pretrained, nn.Module):
         n = tokens.shape[0]
         codes = torch.zeros(n, 0, dtype=torch.long, device=dev)
         drop = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(dev)
-        for k in range(c.n_components):
+        steps_k = range(c.n_components)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps_k = tqdm(steps_k, desc="ar prior", leave=False)
+        for k in steps_k:
             if guidance == 1.0:
                 logits = self(codes, tokens, mask, emb, dot)[:, -1]
             else:
@@ -134,10 +170,5 @@ class AutoregressivePrior(Pretrained, nn.Module):
                             torch.cat([emb, emb]), torch.cat([dot, dot]), drop)[:, -1]
                 cond, uncond = both.chunk(2)
                 logits = uncond + guidance * (cond - uncond)
-            cdf = torch.softmax(logits.float() / temperature, -1).cumsum(-1)          # (N, n)
-            nxt = torch.searchsorted(cdf, (u[:, k + 1] * cdf[:, -1])[:, None]).clamp_(max=c.n_buckets - 1)
-            codes = torch.cat([codes, nxt], dim=1)
+            codes = torch.cat([codes, sample_categorical(logits, u[:, k + 1], temperature)[:, None]], dim=1)
         return select_best(self.quantizer.decode(codes).view(n_candidates, b, -1), text_embed)
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)

@@ -3,16 +3,21 @@
 A decoder-only transformer with a causal mask over the sequence
 ``[encoded text tokens (L), z_t, timestep embedding, noised z_i, final query]``; the output at the
 final query predicts the *unnoised* z_i directly (mean-squared error on x0, Eq. 2 of the paper).
-Embeddings are scaled to unit variance (``embed_scale``, sqrt(D) for unit-norm CLIP embeddings
-unless fitted on data). Classifier-free guidance: the text conditioning (tokens and z_t) is replaced
-by learned null values with probability ``cond_drop_prob`` in training. Sampling draws
-``n_candidates`` (2, as in the paper) embeddings per caption and keeps the one with the larger
-dot product with z_t.
+The process is the diffusion core's ``GaussianDiffusion`` (by default cosine, 1000 steps, x0
+prediction, fixed-small variance, L_simple), sampled by the core's samplers (DDIM by default)
+with ``ClassifierFreeGuidance`` wrapping the network: the unconditional rows are the same call
+with the ``drop`` kwarg set, which swaps the text (tokens and z_t) for learned null values — the
+values the network was trained on with probability ``cond_drop_prob``.
+
+Embeddings are scaled to unit variance by the ``embed_scale`` buffer: sqrt(D) for unit-norm
+CLIP embeddings unless given to the constructor or fitted on data (:meth:`fit_embed_scale`);
+the config is never changed. Sampling draws ``n_candidates`` (2, as in the paper) embeddings per
+caption and keeps the one with the larger dot product with z_t.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -20,12 +25,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
-from dalle2_fast.models.prior.schedule import CosineSchedule
-from dalle2_fast.models.prior.transformer import CausalTransformer, TextConditioning, timestep_embedding
-from dalle2_fast.seeding import check_seeds, per_sample_randn
+from dalle2_fast.diffusion import ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, run_sampler
+from dalle2_fast.models.prior._v1 import convert_v1_diffusion_prior_config, convert_v1_state_dict
+from dalle2_fast.models.prior.conditioning import TextConditioning, candidate_seeds, select_best, text_fields
+from dalle2_fast.nn.embeddings import timestep_embedding
+from dalle2_fast.nn.transformer import Transformer
+from dalle2_fast.seeding import Draws, check_seeds
 
 
-@dataclass
+def prior_diffusion_config() -> DiffusionConfig:
+    """The prior's process: cosine schedule, 1000 steps, x0 prediction, fixed-small variance, L_simple."""
+    return DiffusionConfig(schedule="cosine", num_timesteps=1000, mean_type="x0", var_type="fixed_small",
+                           loss="simple")
+
+
+@dataclass(frozen=True)
 class DiffusionPriorConfig:
     clip_dim: int = 64          # D, CLIP embedding size
     text_width: int = 128       # W of CLIP text token features
@@ -33,36 +47,60 @@ class DiffusionPriorConfig:
     width: int = 256
     layers: int = 4
     heads: int = 4
-    timesteps: int = 1000
     cond_drop_prob: float = 0.1
-    embed_scale: float = 0.0    # 0: sqrt(clip_dim), unit variance for unit-norm embeddings
+    n_candidates: int = 2       # default best-of-n at sampling
+    diffusion: DiffusionConfig = field(default_factory=prior_diffusion_config)
+
+
+_BATCH_KEYS = ("image_embed", "text_tokens", "text_mask", "text_embed")
 
 
 @register_model("unclip_diffusion_prior")
 class DiffusionPrior(Pretrained, nn.Module):
-    """Network and cosine diffusion process of the prior; see the module docstring."""
+    """Network of the prior, with its process as ``self.diffusion``; see the module docstring.
+
+    embed_scale: the initial scale of the embeddings (None: sqrt(clip_dim)); a fitted or loaded
+    value lives in the ``embed_scale`` buffer."""
 
     config_class = DiffusionPriorConfig
 
-    def __init__(self, config: DiffusionPriorConfig):
+    def __init__(self, config: DiffusionPriorConfig, embed_scale: float | None = None):
         super().__init__()
-        self.config = config
-        c = config
+        c = self.config = config
+        if not 0.0 <= c.cond_drop_prob <= 1.0:
+            raise ValueError(f"DiffusionPriorConfig.cond_drop_prob must be in [0, 1], got {c.cond_drop_prob}")
+        if c.n_candidates < 1:
+            raise ValueError(f"DiffusionPriorConfig.n_candidates must be >= 1, got {c.n_candidates}")
+        if c.diffusion.var_type == "learned_range":
+            raise ValueError("DiffusionPriorConfig.diffusion.var_type='learned_range' needs variance outputs, "
+                             "and the prior outputs D values only: use 'fixed_small' or 'fixed_large'")
+        self.diffusion = GaussianDiffusion.from_config(c.diffusion)
         self.text = TextConditioning(c.text_width, c.text_len, c.clip_dim, c.width)
         self.time_mlp = nn.Sequential(nn.Linear(c.width, c.width), nn.SiLU(), nn.Linear(c.width, c.width))
         self.x_proj = nn.Linear(c.clip_dim, c.width)
         self.query = nn.Parameter(torch.randn(c.width) * 0.02)
-        self.transformer = CausalTransformer(c.width, c.layers, c.heads, c.text_len + 4)
+        self.transformer = Transformer(c.width, c.layers, c.heads, c.text_len + 4, causal=True)
         self.out = nn.Linear(c.width, c.clip_dim)
-        self.schedule = CosineSchedule(c.timesteps)
-        scale = c.embed_scale or math.sqrt(c.clip_dim)
-        self.register_buffer("embed_scale", torch.tensor(float(scale)))
+        scale = math.sqrt(c.clip_dim) if embed_scale is None else float(embed_scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"DiffusionPrior: embed_scale must be a finite number > 0, got {embed_scale}")
+        self.register_buffer("embed_scale", torch.tensor(scale))
 
+    # ---- checkpoints written before the redesign ------------------------------------------------
+    @classmethod
+    def _upgrade_config(cls, d: dict) -> dict:
+        return convert_v1_diffusion_prior_config(d)
+
+    @classmethod
+    def _upgrade_state_dict(cls, state: dict, config: DiffusionPriorConfig) -> dict:
+        return convert_v1_state_dict(state)
+
+    @torch.no_grad()
     def fit_embed_scale(self, image_embeds: torch.Tensor) -> float:
-        """Set the scale so the training image embeddings have unit variance per coordinate."""
+        """Set the ``embed_scale`` buffer so the training image embeddings (N, D) have unit
+        variance per coordinate; returns it."""
         s = float(1.0 / image_embeds.float().std().clamp_min(1e-8))
         self.embed_scale.fill_(s)
-        self.config.embed_scale = s
         return s
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
@@ -70,7 +108,8 @@ class DiffusionPrior(Pretrained, nn.Module):
         """Predicted x0 (scaled z_i): (B, D).
 
         x_t: (B, D) noised scaled embedding; t: (B,) timesteps; text_tokens: (B, L, W);
-        text_mask: (B, L) bool; text_embed: (B, D) unit-norm z_t; drop: (B,) bool, null the text.
+        text_mask: (B, L) bool True = real token; text_embed: (B, D) unit-norm z_t;
+        drop: (B,) bool, True = replace the text by the null conditioning.
         """
         b, d = x_t.shape
         if d != self.config.clip_dim:
@@ -80,79 +119,77 @@ class DiffusionPrior(Pretrained, nn.Module):
         x = self.x_proj(x_t)[:, None]
         q = self.query.to(x.dtype).expand(b, 1, -1)
         seq = torch.cat([tok, emb, tim, x, q], dim=1)  # (B, L + 4, width)
-        full_mask = torch.cat([mask, mask.new_ones(b, 4)], dim=1)
-        h = self.transformer(seq, key_padding_mask=~full_mask, causal=True)
+        full_mask = torch.cat([mask, mask.new_ones(b, 4)], dim=1)  # (B, L + 4), True = real
+        h = self.transformer(seq, key_padding_mask=~full_mask)
         return self.out(h[:, -1])
 
-    def loss(self, image_embed: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-             text_embed: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """MSE between the predicted and the true scaled z_i at a uniformly drawn timestep."""
-        b = image_embed.shape[0]
-        dev = image_embed.device
-        x0 = image_embed * self.embed_scale
-        t = torch.randint(0, self.config.timesteps, (b,), generator=generator).to(dev)
-        noise = torch.randn(x0.shape, generator=generator).to(dev, x0.dtype)
-        drop = (torch.rand(b, generator=generator) < self.config.cond_drop_prob).to(dev)
-        pred = self(self.schedule.q_sample(x0, t, noise), t, text_tokens, text_mask, text_embed, drop)
-        return F.mse_loss(pred, x0)
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """L_simple on x0 at a uniformly drawn step: {'loss', 'mse'} (means over the batch).
 
-    def _x0_rows(self, x, t, tokens, mask, emb, guidance: float) -> torch.Tensor:
-        """The predicted x0: (B, D), or with guidance != 1 (2B, D), conditional rows then
-        unconditional (text dropped) — combined by the DDIM step kernel."""
-        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        if guidance == 1.0:
-            return self(x, tt, tokens, mask, emb)
-        b = x.shape[0]
-        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x.device)
-        return self(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([tokens, tokens]), torch.cat([mask, mask]),
-                    torch.cat([emb, emb]), drop)
-
-    @torch.no_grad()
-    def sample(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_embed: torch.Tensor,
-               seeds: Sequence[int], steps: int = 64, guidance: float = 1.0, n_candidates: int = 2,
-               eta: float = 0.0, progress: bool = False) -> torch.Tensor:
-        """Unit-norm image embeddings z_i: (B, D), one per caption, deterministic per seed.
-
-        DDIM over ``steps`` respaced timesteps with classifier-free guidance ``guidance`` on the
-        predicted x0; of ``n_candidates`` draws the one with the largest z_i . z_t is kept.
+        batch: ``image_embed`` (B, D) unit-norm z_i, ``text_tokens`` (B, L, W), ``text_mask``
+        (B, L) bool True = real, ``text_embed`` (B, D) z_t; optional ``seeds`` (ItemSeeds) or
+        ``generator``, from which the step ("t"), the noise ("noise") and the text drop for
+        classifier-free guidance ("text_drop") are drawn per item.
         """
-        z = self.sample_candidates(text_tokens, text_mask, text_embed, seeds, steps, guidance, n_candidates,
-                                   eta, progress)
-        return select_best(z, text_embed)
+        missing = [k for k in _BATCH_KEYS if k not in batch]
+        if missing:
+            raise ValueError(f"DiffusionPrior.loss: batch is missing {missing} (needs {list(_BATCH_KEYS)})")
+        zi = batch["image_embed"]
+        if zi.dim() != 2 or zi.shape[1] != self.config.clip_dim:
+            raise ValueError(f"DiffusionPrior.loss: image_embed must be (B, {self.config.clip_dim}), "
+                             f"got {tuple(zi.shape)}")
+        x0 = zi * self.embed_scale
+        draws = Draws.of(batch, x0.shape[0], x0.device)
+        t = draws.randint("t", self.diffusion.num_timesteps)
+        noise = draws.randn("noise", x0.shape[1:], dtype=x0.dtype)
+        drop = draws.bernoulli("text_drop", self.config.cond_drop_prob)
+        kw = {"text_tokens": batch["text_tokens"], "text_mask": batch["text_mask"],
+              "text_embed": batch["text_embed"], "drop": drop}
+        terms = self.diffusion.training_losses(self, x0, t, noise=noise, model_kwargs=kw)
+        return {k: v.mean() for k, v in terms.items()}
 
     @torch.no_grad()
-    def sample_candidates(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_embed: torch.Tensor,
-                          seeds: Sequence[int], steps: int = 64, guidance: float = 1.0, n_candidates: int = 2,
-                          eta: float = 0.0, progress: bool = False) -> torch.Tensor:
-        """All ``n_candidates`` draws per caption, unit-norm: (n_candidates, B, D)."""
-        b, d = text_embed.shape[0], self.config.clip_dim
+    def sample(self, text, seeds: Sequence[int], *, steps: int | str | Sequence[int] | None = None,
+               guidance: float = 1.0, n_candidates: int | None = None, eta: float = 0.0, sampler: str = "ddim",
+               progress: bool = False) -> torch.Tensor:
+        """Unit-norm image embeddings z_i: (B, D), one per caption; z_i of caption i depends only
+        on ``seeds[i]``.
+
+        text: the captions' encoding, any object with ``.tokens`` (B, L, W), ``.mask`` (B, L)
+        and ``.embed`` (B, D) (the CLIP adapter's ``TextEncoding``). steps: the respacing
+        vocabulary (an int, "ddimN", section counts; None: every step of ``self.diffusion``).
+        guidance: classifier-free guidance scale on the predicted x0 (1: conditional only).
+        Of ``n_candidates`` draws (default ``config.n_candidates``) the one with the largest
+        z_i . z_t is kept. sampler: 'ddim' (with ``eta``), 'ddpm' or 'dpmpp'.
+        """
+        _, _, embed = text_fields(text)
+        cands = self.sample_candidates(text, seeds, steps=steps, guidance=guidance, n_candidates=n_candidates,
+                                       eta=eta, sampler=sampler, progress=progress)
+        return select_best(cands, embed)
+
+    @torch.no_grad()
+    def sample_candidates(self, text, seeds: Sequence[int], *, steps: int | str | Sequence[int] | None = None,
+                          guidance: float = 1.0, n_candidates: int | None = None, eta: float = 0.0,
+                          sampler: str = "ddim", progress: bool = False) -> torch.Tensor:
+        """All draws, unit-norm: (n_candidates, B, D); candidate c of caption i depends only on
+        ``seeds[i]`` and c. Arguments as :meth:`sample`."""
+        tokens, mask, embed = text_fields(text)
+        b, d = embed.shape[0], self.config.clip_dim
         seeds = check_seeds(seeds, b)
-        if n_candidates < 1:
-            raise ValueError(f"DiffusionPrior.sample: n_candidates must be >= 1, got {n_candidates}")
-        ts = self.schedule.respaced(steps)
-        dev = text_embed.device
-        noise = per_sample_randn(seeds, (n_candidates, len(ts) + 1, d), device=dev)  # (B, C, S+1, D)
-        noise = noise.transpose(0, 1).reshape(n_candidates * b, len(ts) + 1, d)      # candidate-major
-        rep = lambda z: z.repeat(n_candidates, *([1] * (z.dim() - 1)))  # noqa: E731
-        tokens, mask, emb = rep(text_tokens), rep(text_mask), rep(text_embed)
-        x = noise[:, 0]
-        it = enumerate(ts)
-        if progress:
-            from tqdm.auto import tqdm
-
-            it = tqdm(list(it), desc="prior", leave=False)
-        for i, t in it:
-            x0 = self._x0_rows(x, t, tokens, mask, emb, guidance)
-            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-            x = self.schedule.ddim_step(x, x0, t, t_prev, eta, noise[:, i + 1],
-                                        guidance=None if guidance == 1.0 else guidance)
-        return F.normalize(x.float(), dim=-1).view(n_candidates, b, d)
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
-
-
-def select_best(candidates: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
-    """Of candidates (C, B, D), the one per caption with the largest dot product with z_t (B, D)."""
-    best = (candidates * text_embed.float()[None]).sum(-1).argmax(0)  # (B,)
-    return candidates[best, torch.arange(candidates.shape[1], device=candidates.device)]
+        n_cand = self.config.n_candidates if n_candidates is None else n_candidates
+        if isinstance(n_cand, bool) or not isinstance(n_cand, int) or n_cand < 1:
+            raise ValueError(f"DiffusionPrior.sample: n_candidates must be an int >= 1, got {n_candidates!r}")
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
+            raise ValueError(f"DiffusionPrior.sample: guidance must be a finite number, got {guidance!r}")
+        all_seeds = [s for c in range(n_cand) for s in candidate_seeds(seeds, c)]  # candidate-major
+        rep = lambda z: z.repeat(n_cand, *([1] * (z.dim() - 1)))  # noqa: E731
+        dev = embed.device
+        kw = {"text_tokens": rep(tokens), "text_mask": rep(mask), "text_embed": rep(embed),
+              "drop": torch.zeros(n_cand * b, dtype=torch.bool, device=dev)}
+        denoiser = self
+        if guidance != 1.0:  # uncond rows: the same inputs with the text dropped
+            denoiser = ClassifierFreeGuidance(self, float(guidance),
+                                              {"drop": torch.ones(1, dtype=torch.bool, device=dev)})
+        x = run_sampler(sampler, denoiser, self.diffusion, (n_cand * b, d), steps=steps, eta=eta, model_kwargs=kw,
+                        seeds=all_seeds, progress=progress, device=dev)
+        return F.normalize(x.float(), dim=-1).view(n_cand, b, d)

@@ -1,0 +1,70 @@
+"""What the two unCLIP priors share besides the transformer: the text conditioning (with the
+classifier-free-guidance null values), per-candidate seeds and the best-of-n selection."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from dalle2_fast.seeding import MAX_SEED
+
+
+class TextConditioning(nn.Module):
+    """Projects CLIP text tokens (B, L, W_text) and z_t (B, D) to the prior's width, and replaces
+    them by learned null values where ``drop`` is True (classifier-free guidance, Ho & Salimans).
+
+    Returns (tokens (B, L, W), token mask (B, L) bool True = real, text embedding token (B, 1, W)).
+    """
+
+    def __init__(self, text_width: int, text_len: int, clip_dim: int, width: int):
+        super().__init__()
+        self.text_len = text_len
+        self.tok_proj = nn.Linear(text_width, width)
+        self.emb_proj = nn.Linear(clip_dim, width)
+        self.null_tokens = nn.Parameter(torch.randn(text_len, width) * 0.02)
+        self.null_emb = nn.Parameter(torch.randn(width) * 0.02)
+
+    def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_embed: torch.Tensor,
+                drop: torch.Tensor | None = None):
+        b, l, _ = text_tokens.shape
+        if l != self.text_len:
+            raise ValueError(f"TextConditioning: text_tokens must have L={self.text_len}, got {l}")
+        if text_mask.shape != (b, l):
+            raise ValueError(f"TextConditioning: text_mask must be ({b}, {l}), got {tuple(text_mask.shape)}")
+        tok = self.tok_proj(text_tokens)
+        emb = self.emb_proj(text_embed)
+        mask = text_mask.to(torch.bool)
+        if drop is not None:
+            d = drop.to(torch.bool).view(b, 1)
+            tok = torch.where(d[..., None], self.null_tokens.to(tok.dtype).expand(b, -1, -1), tok)
+            emb = torch.where(d, self.null_emb.to(emb.dtype).expand(b, -1), emb)
+            mask = mask | d
+        return tok, mask, emb[:, None]
+
+
+def text_fields(text) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens (B, L, W), mask (B, L) bool, embed (B, D)) of a text encoding: any object with
+    ``.tokens``, ``.mask`` and ``.embed`` (e.g. the CLIP adapter's ``TextEncoding``)."""
+    missing = [k for k in ("tokens", "mask", "embed") if not hasattr(text, k)]
+    if missing:
+        raise TypeError(f"text: expected an encoding with .tokens, .mask and .embed (e.g. "
+                        f"clip.encode_text(prompts)), got {type(text).__name__} without {missing}")
+    return text.tokens, text.mask, text.embed
+
+
+def candidate_seeds(seeds: Sequence[int], c: int) -> list[int]:
+    """The seeds of candidate ``c`` of each image: candidate 0 draws from the image's own seed,
+    candidate c > 0 from a seed derived from (seed, c) only — never from the batch."""
+    if c == 0:
+        return [int(s) for s in seeds]
+    return [(int(s) * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407 * c) % MAX_SEED for s in seeds]
+
+
+def select_best(candidates: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
+    """Of candidates (C, B, D), the one per caption with the largest dot product with z_t (B, D)."""
+    best = (candidates * text_embed.float()[None]).sum(-1).argmax(0)  # (B,)
+    return candidates[best, torch.arange(candidates.shape[1], device=candidates.device)]
+
+
+__all__ = ["TextConditioning", "candidate_seeds", "select_best", "text_fields"]
