@@ -12,8 +12,9 @@ from dalle2_fast.models.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenize
 from dalle2_fast.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from dalle2_fast.models.decoder import UnCLIPDecoder
 from dalle2_fast.models.prior import DiffusionPrior, DiffusionPriorConfig
-from dalle2_fast.pipeline import UnCLIPPipeline, make_grid, slerp, stage_seeds, to_pil
-from dalle2_fast.seeding import per_sample_randn
+from dalle2_fast.data.images import make_grid
+from dalle2_fast.pipeline import UnCLIPPipeline, slerp
+from dalle2_fast.seeding import per_sample_randn, stage_seeds
 from tests._toy_captions import PROMPTS, toy_batch
 
 
@@ -23,19 +24,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 class StubDecoder(nn.Module):
     """z_i -> a 8x8 image (linear map + per-seed noise); records the text it was given."""
 
+    image_size = 8
+
     def __init__(self, dim):
         super().__init__()
         self.lin = nn.Linear(dim, 3 * 8 * 8)
         self.texts = []
 
-    def sample(self, image_embed, text, seeds, steps, guidance, progress=False):
+    def sample(self, image_embed, text, *, seeds, steps, guidance, progress=False, **kw):
         self.texts.append(text)
         noise = per_sample_randn(seeds, (3, 8, 8))
         return torch.tanh(self.lin(image_embed).view(-1, 3, 8, 8) + 0.1 * noise)
 
 
 class StubUpsampler(nn.Module):
-    def sample(self, low_res, seeds, steps, progress=False):
+    factor = 2
+
+    def sample(self, low_res, *, seeds, steps, progress=False):
         up = F.interpolate(low_res, scale_factor=2, mode="nearest")
         return (up + 0.05 * per_sample_randn(seeds, up.shape[1:])).clamp(-1, 1)
 
@@ -83,7 +88,7 @@ def test_bad_arguments(pipe):
                      ({"decoder_guidance": float("nan")}, "decoder_guidance must be a finite number"),
                      ({"prior_guidance": -1.0}, "prior_guidance must be a finite number in"),
                      ({"num_images_per_prompt": 0}, "num_images_per_prompt must be an int >= 1"),
-                     ({"seed": -3}, "seed must be an int >= 0")):
+                     ({"seed": -3}, r"seed: expected an integer in \[0, 2\^63 - 1\]")):
         with pytest.raises(ValueError, match=what):
             pipe("a red square", **kw)
     with pytest.raises(ValueError, match="prompts"):
@@ -150,10 +155,28 @@ def test_prior_checkpoint_roundtrip(pipe, tmp_path):
         UnCLIPPipeline.from_pretrained(tmp_path)
 
 
-def test_grid_and_pil():
+def test_grid():
     imgs = torch.rand(5, 3, 4, 6)
     g = make_grid(imgs, nrow=3)
     assert g.shape == (3, 8, 18)
     torch.testing.assert_close(g[:, 4:8, 0:6], imgs[3])
-    pils = to_pil(imgs)
-    assert len(pils) == 5 and pils[0].size == (6, 4)
+    gp = make_grid(imgs, nrow=3, pad=1)
+    assert gp.shape == (3, 11, 22)
+    torch.testing.assert_close(gp[:, 6:10, 1:7], imgs[3])
+
+
+def test_iter_images_streams_a_call_in_order(pipe):
+    """The streaming API yields the same images as __call__, batch by batch, each with its index,
+    prompt and seed (seed + k); start/stop select a slice of the call (a shard or a resume)."""
+    prompts = ["a red square", "a blue square on the right"]
+    whole = pipe(prompts, num_images_per_prompt=3, seed=20)
+    got = [g for batch in pipe.iter_images(prompts, 3, seed=20, batch_size=4) for g in batch]
+    assert [(g.index, g.prompt, g.seed) for g in got] == [(k, prompts[k // 3], 20 + k) for k in range(6)]
+    torch.testing.assert_close(torch.stack([(g.image + 1) / 2 for g in got]).clamp(0, 1), whole)
+    part = [g for batch in pipe.iter_images(prompts, 3, seed=20, batch_size=2, start=2, stop=5) for g in batch]
+    assert [g.index for g in part] == [2, 3, 4]
+    torch.testing.assert_close(torch.stack([(g.image + 1) / 2 for g in part]).clamp(0, 1), whole[2:5],
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="start <= stop"):
+        next(pipe.iter_images(prompts, 3, start=4, stop=2))
+    assert pipe.settings(decoder_steps=7)["decoder_steps"] == 7 and pipe.image_size == 16
