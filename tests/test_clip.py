@@ -1,4 +1,5 @@
-"""dalle2_fast.clip: the open_clip adapter, the tiny shapes config, the word tokenizer, training."""
+"""dalle2_fast.models.clip: the open_clip adapter, the tiny shapes config, the word tokenizer;
+training through the one loop with the CLIP recipe's task."""
 import json
 
 import open_clip
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from dalle2_fast.models.clip import TINY_SHAPES_MODEL, ClipAdapter, WordTokenizer, register_configs
-from dalle2_fast.clip_train import ClipTrainConfig, train_clip, zero_shot_accuracy
+from dalle2_fast.eval.zero_shot import zero_shot_accuracy
 from tests._toy_captions import PROMPTS, toy_batch
 
 
@@ -101,10 +102,10 @@ def test_create_needs_matching_tokenizer():
 
 # ---- local weights only ----------------------------------------------------------------------------
 def test_save_load_roundtrip_is_open_clip_local_dir(clip, tmp_path):
-    clip.save(tmp_path / "c")
+    clip.save_pretrained(tmp_path / "c")
     cfg = json.loads((tmp_path / "c" / "open_clip_config.json").read_text())
     assert cfg["dalle2_fast"]["tokenizer"]["type"] == "word"
-    back = ClipAdapter.load(tmp_path / "c").eval()
+    back = ClipAdapter.from_pretrained(tmp_path / "c").eval()
     x, caps, _ = toy_batch(4, torch.Generator().manual_seed(2))
     torch.testing.assert_close(back.encode_image(x), clip.encode_image(x), rtol=0, atol=0)
     e1, e2 = back.encode_text(caps), clip.encode_text(caps)
@@ -116,17 +117,17 @@ def test_save_load_roundtrip_is_open_clip_local_dir(clip, tmp_path):
 
 def test_missing_weights_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="never downloaded"):
-        ClipAdapter.load(tmp_path / "nope")
+        ClipAdapter.from_pretrained(tmp_path / "nope")
     (tmp_path / "d").mkdir()
     with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
-        ClipAdapter.load(tmp_path / "d")
-    (tmp_path / "d" / "open_clip_config.json").write_text("{}")
+        ClipAdapter.from_pretrained(tmp_path / "d")
+    (tmp_path / "d" / "open_clip_config.json").write_text('{"model_cfg": {}}')
     with pytest.raises(FileNotFoundError, match="no weights"):
-        ClipAdapter.load(tmp_path / "d")
+        ClipAdapter.from_pretrained(tmp_path / "d")
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"")
     with pytest.raises(ValueError, match="model_name"):
-        ClipAdapter.load(f)
+        ClipAdapter.from_pretrained(f)
 
 
 @pytest.mark.parametrize("custom_text", [False, True])  # CLIP and CustomTextCLIP text paths
@@ -142,7 +143,7 @@ def test_any_architecture_from_a_weights_file(tmp_path, custom_text):
     open_clip.add_model_config(tmp_path / f"{name}.json")
     src = open_clip.create_model(name, load_weights=False)
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    ad = ClipAdapter.load(tmp_path / "w.safetensors", model_name=name).eval()
+    ad = ClipAdapter.from_pretrained(tmp_path / "w.safetensors", model_name=name).eval()
     enc = ad.encode_text(["a red circle", "two blue stars above"])
     assert enc.tokens.shape == (2, 16, 32) and enc.mask[0].sum() == 5
     torch.testing.assert_close(enc.embed, src.eval().encode_text(ad.tokenize(["a red circle", "two blue stars above"]),
@@ -151,40 +152,59 @@ def test_any_architecture_from_a_weights_file(tmp_path, custom_text):
 
 
 # ---- training ---------------------------------------------------------------------------------------
-def test_training_lowers_loss_and_learns_zero_shot(tok, tmp_path):
-    """A micro config of the same family (for test time) learns the toy captions in 40 steps."""
+def _micro_task(tok, tmp_path, n=256):
+    """The CLIP recipe's task on the toy captions with a micro config of the same family."""
+    from dalle2_fast.data.memory import InMemoryData
+    from dalle2_fast.recipes.clip import ClipTask
+
     cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32,
                                            "patch_size": 8},
            "text_cfg": {"context_length": 24, "vocab_size": 128, "width": 64, "heads": 2, "layers": 1}}
     (tmp_path / "test-micro-words.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(tmp_path / "test-micro-words.json")
-    torch.manual_seed(0)
-    clip = ClipAdapter.create("test-micro-words", tokenizer=tok)
-    g = torch.Generator().manual_seed(0)
 
-    def batches():
-        while True:
-            x, caps, _ = toy_batch(32, g)
-            yield x, caps
+    class Toy(ClipTask):
+        warmup = 5
 
+        def datasets(self, cfg):
+            x, caps, _ = toy_batch(n, torch.Generator().manual_seed(0))
+            return InMemoryData({"image": x, "caption": caps}, seed=cfg.seed), None
+
+        def build(self):
+            return ClipAdapter.create("test-micro-words", tokenizer=tok)
+
+        def evaluate(self, model, held, gen):
+            return {}
+
+    return Toy()
+
+
+def test_training_lowers_loss_and_learns_zero_shot(tok, tmp_path):
+    """A micro config of the same family (for test time) learns the toy captions in 40 steps of
+    the one training loop (warm-up + cosine, the logit scale clamped)."""
+    import csv
+
+    from dalle2_fast.models.clip import ClipAdapter as CA
+    from dalle2_fast.train.loop import TrainConfig, train
+
+    task = _micro_task(tok, tmp_path)
     x, _, labels = toy_batch(64, torch.Generator().manual_seed(123))
-    before = zero_shot_accuracy(clip.eval(), x, labels, PROMPTS)
-    losses = train_clip(clip, batches(), ClipTrainConfig(steps=40, lr=3e-3, warmup=5, seed=0))
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    torch.manual_seed(0)
+    before = zero_shot_accuracy(task.build().eval(), x, labels, PROMPTS)
+    out = train(task, TrainConfig(out=str(tmp_path / "run"), steps=40, batch_size=32, lr=3e-3, quiet=True,
+                                  sample_n=4, eval_size=4))
+    losses = [float(r["loss"]) for r in csv.DictReader(open(out / "loss.csv"))]
+    assert len(losses) == 40 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    clip = CA.from_pretrained(out / "final").eval()
     after = zero_shot_accuracy(clip, x, labels, PROMPTS)
     assert after >= 0.4 and after > before + 0.2, (before, after)  # 8 prompts: chance is 0.125
+    assert clip.model.logit_scale.exp() <= 100 + 1e-4
 
 
-def test_training_time_limit(tok):
+def test_training_time_limit(tok, tmp_path):
     """max_minutes stops the loop (the recipe's wall-clock budget): here after the first step."""
-    torch.manual_seed(0)
-    clip = ClipAdapter.create(TINY_SHAPES_MODEL, tokenizer=tok)
-    g = torch.Generator().manual_seed(0)
+    from dalle2_fast.train.loop import TrainConfig, train
 
-    def batches():
-        while True:
-            x, caps, _ = toy_batch(8, g)
-            yield x, caps
-
-    losses = train_clip(clip, batches(), ClipTrainConfig(steps=1000, max_minutes=0.0))
-    assert len(losses) == 1
+    out = train(_micro_task(tok, tmp_path, n=16), TrainConfig(out=str(tmp_path / "t"), steps=1000, batch_size=8,
+                                                              max_minutes=0.0, quiet=True, evaluate=False))
+    assert (out / "loss.csv").read_text().count("\n") == 2  # header + one step

@@ -15,9 +15,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def micro(seed=0, **kw):
-    return UnCLIPRecipe(seed=seed, n_train=64, base_res=16, upsample_res=(32,), clip=Stage(3, 16), prior=Stage(3, 16),
-                        decoder=Stage(2, 4), upsampler=Stage(2, 4), prior_width=32, prior_layers=1,
-                        decoder_channels=16, upsampler_channels=16, **kw)
+    base = dict(seed=seed, n_train=64, base_res=16, upsample_res=(32,), clip=Stage(3, 16), prior=Stage(3, 16),
+                decoder=Stage(2, 4), upsampler=Stage(2, 4), prior_width=32, prior_layers=1, decoder_channels=16,
+                upsampler_channels=16)
+    return UnCLIPRecipe(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
