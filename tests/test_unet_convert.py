@@ -10,7 +10,9 @@ from torch import nn
 import dalle2_fast
 from dalle2_fast.checkpoint import config_from_dict, load_state_strict, read_config
 from dalle2_fast.models.classifier import NoisyClassifier
+from dalle2_fast.diffusion import DiffusionConfig
 from dalle2_fast.models.decoder import DecoderConfig, UnCLIPDecoder
+from dalle2_fast.models.diffusion_model import DiffusionModel, DiffusionModelConfig
 from dalle2_fast.models.unet import UNet, UNetConfig, convert_v1_unet_state_dict
 from dalle2_fast.models.unet_configs import classifier_preset
 from dalle2_fast.models.upsampler import UnCLIPUpsampler
@@ -126,6 +128,16 @@ def test_v1_files_load_through_the_checkpoint_hooks(tmp_path):
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([3, 900])
     with torch.no_grad():
         torch.testing.assert_close(clf(x, t), clf_old(x, t), rtol=1e-5, atol=1e-5)
+    # a trained suite model (DiffusionModel: U-Net under `unet.`) written before the change
+    ucfg = CFG.replace(cond_dim=None, context_dim=None, cond_tokens=0, num_classes=4)
+    dcfg = DiffusionConfig(var_type="learned_range", loss="hybrid")
+    dm_old = DiffusionModel(DiffusionModelConfig(unet=ucfg, diffusion=dcfg, num_classes=3, p_uncond=0.1))
+    _randomize(_to_v1(dm_old.unet), seed=6)
+    dm_old.save_pretrained(tmp_path / "dm.safetensors")
+    dm = DiffusionModel.from_pretrained(tmp_path / "dm.safetensors").eval()
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([0, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(dm(x, t, y), dm_old.eval()(x, t, y), rtol=1e-5, atol=1e-5)
 
 
 def test_prefix_limits_the_conversion():
