@@ -296,6 +296,28 @@ def test_module_gradients_reach_parameters():
     assert x.grad.abs().sum() > 0
 
 
+def test_module_fits_parameter_dtypes():
+    """Autocast mixes dtypes: a bf16 embedding projection next to a float32 x (or an fp16 one
+    next to a bf16 x) is cast to float32 inside the module (the op takes x's dtype or float32
+    only); the result equals the all-float32 computation on the rounded embedding."""
+    torch.manual_seed(1)
+    m = AdaGN(16, num_groups=4, act="silu")
+    with torch.no_grad():
+        m.weight.normal_(1, 0.3)
+        m.bias.normal_(0, 0.3)
+    x = torch.randn(2, 16, 3, 5)
+    for xd, ed in ((torch.float32, torch.bfloat16), (torch.bfloat16, torch.float16)):
+        emb = torch.randn(2, 32).to(ed)
+        with pytest.raises(TypeError, match="float32"):  # what the module saves the caller from
+            adagn(x.to(xd), 4, m.weight, m.bias, *emb.chunk(2, dim=1), act="silu")
+        out = m(x.to(xd), emb)
+        assert out.dtype == xd
+        ref = adagn_ref(x.to(xd).double(), 4, m.weight.double(), m.bias.double(), *emb.double().chunk(2, dim=1),
+                        act="silu")
+        torch.testing.assert_close(out.double(), ref, rtol=2e-2 if xd != torch.float32 else 1e-5,
+                                   atol=2e-2 if xd != torch.float32 else 1e-5)
+
+
 # ----------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])

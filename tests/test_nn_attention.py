@@ -1,20 +1,25 @@
-"""nn.Attention: guided-diffusion checkpoint compatibility (both qkv orders), cross and
-concatenated context attention, padding and causality by perturbation, QK norm, bad config."""
+"""nn.Attention: guided-diffusion / GLIDE checkpoint compatibility through the interop's
+state-dict mapping (both qkv orders, head-major encoder_kv), cross and concatenated context
+attention, padding and causality by perturbation, QK norm, bad config."""
 import pytest
 import torch
+import torch.nn.functional as F
 
+from dalle2_fast.interop.guided_diffusion import attention_from_guided
 from dalle2_fast.nn import Attention
 from dalle2_fast.ops import attention_ref
 
 
 @pytest.mark.parametrize("new_order", [False, True])
 def test_matches_guided_diffusion_attention_block(new_order):
+    """Both of guided-diffusion's qkv orders land on our one layout through the interop's
+    state-dict mapping (the legacy order is head-major: its rows are permuted)."""
     unet = pytest.importorskip("guided_diffusion.unet")
     torch.manual_seed(0)
     block = unet.AttentionBlock(64, num_head_channels=16, use_new_attention_order=new_order).eval()
     torch.nn.init.normal_(block.proj_out.weight, std=0.05)  # zero-initialised in the peer
-    ours = Attention(64, dim_head=16, qkv_layout="new" if new_order else "legacy", backend="torch").eval()
-    ours.load_conv1d_qkv(block.qkv.weight, block.qkv.bias, block.proj_out.weight, block.proj_out.bias)
+    ours = Attention(64, dim_head=16, backend="torch").eval()
+    ours.load_state_dict(attention_from_guided(block.state_dict(), heads=4, head_major=not new_order), strict=True)
     x = torch.randn(2, 64, 5, 7)  # (B, C, H, W): 35 tokens, not a tile multiple
     with torch.no_grad():
         expect = block(x)
@@ -23,15 +28,53 @@ def test_matches_guided_diffusion_attention_block(new_order):
     torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
 
 
-def test_layouts_differ():
-    """The two layouts read the same weights differently (a flag that did nothing would pass
-    the peer test only for one order)."""
+def _glide_attention(x, enc, sd, heads):
+    """GLIDE / unCLIP's AttentionBlock core written out from its definition: conv1d projections,
+    head-major [head][q|k|v][c] qkv and [head][k|v][c] encoder_kv, each head's keys/values are
+    [encoder tokens; own tokens]. x: (B, C, T) normed tokens, enc: (B, Ce, Tc) -> (B, C, T)."""
+    B, C, T = x.shape
+    ch = C // heads
+    q, k, v = F.conv1d(x, sd["qkv.weight"], sd["qkv.bias"]).reshape(B * heads, 3 * ch, T).split(ch, dim=1)
+    ek, ev = F.conv1d(enc, sd["encoder_kv.weight"], sd["encoder_kv.bias"]).reshape(B * heads, 2 * ch, -1).split(ch, 1)
+    k, v = torch.cat([ek, k], dim=-1), torch.cat([ev, v], dim=-1)  # (B*heads, ch, Tc + T)
+    w = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / ch**0.5, dim=-1)
+    a = torch.einsum("bts,bcs->bct", w, v).reshape(B, C, T)
+    return F.conv1d(a, sd["proj_out.weight"], sd["proj_out.bias"])
+
+
+def test_glide_encoder_kv_head_major():
+    """GLIDE-style context attention (head-major qkv AND encoder_kv) maps onto 'concat' mode:
+    the same numbers as the written-out original, and not with the permutation left out."""
+    torch.manual_seed(5)
+    C, Ce, heads = 48, 20, 3
+    sd = {"qkv.weight": torch.randn(3 * C, C, 1) / C**0.5, "qkv.bias": torch.randn(3 * C) * 0.1,
+          "encoder_kv.weight": torch.randn(2 * C, Ce, 1) / Ce**0.5, "encoder_kv.bias": torch.randn(2 * C) * 0.1,
+          "proj_out.weight": torch.randn(C, C, 1) / C**0.5, "proj_out.bias": torch.randn(C) * 0.1}
+    x, enc = torch.randn(2, C, 13), torch.randn(2, Ce, 6)
+    ours = Attention(C, heads=heads, context_dim=Ce, context_mode="concat", backend="torch")
+    ours.load_state_dict(attention_from_guided(sd, heads, head_major=True), strict=True)
+    with torch.no_grad():
+        got = ours(x.transpose(1, 2), enc.transpose(1, 2)).transpose(1, 2)
+        torch.testing.assert_close(got, _glide_attention(x, enc, sd, heads), rtol=1e-5, atol=1e-5)
+        ours.load_state_dict(attention_from_guided(sd, heads, head_major=False))
+        wrong = ours(x.transpose(1, 2), enc.transpose(1, 2)).transpose(1, 2)
+    assert not torch.allclose(wrong, got, atol=1e-3)
+
+
+def test_concat_mode_without_context_is_self_attention():
+    """The U-Net calls its context-capable blocks without context too: 'concat' mode then
+    attends to x alone (the context projection unused); 'cross' mode refuses."""
     torch.manual_seed(1)
-    a = Attention(32, heads=4, qkv_layout="new", backend="torch")
-    b = Attention(32, heads=4, qkv_layout="legacy", backend="torch")
-    b.load_state_dict(a.state_dict())
+    m = Attention(32, heads=4, context_dim=8, context_mode="concat", backend="torch")
+    plain = Attention(32, heads=4, backend="torch")
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if "context" not in k})
     x = torch.randn(2, 9, 32)
-    assert not torch.allclose(a(x), b(x), atol=1e-3)
+    torch.testing.assert_close(m(x), plain(x))
+    assert not torch.allclose(m(x, torch.randn(2, 3, 8)), plain(x), atol=1e-4)  # context does act
+    with pytest.raises(ValueError, match="context_mask must be"):
+        m(x, context_mask=torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="without context_dim"):
+        plain(x, torch.randn(2, 3, 8))
 
 
 def test_heads_by_count_or_by_channels():
@@ -43,8 +86,8 @@ def test_heads_by_count_or_by_channels():
         Attention(64)
     with pytest.raises(ValueError, match="multiple of dim_head"):
         Attention(64, dim_head=24)
-    with pytest.raises(ValueError, match="qkv_layout"):
-        Attention(64, heads=2, qkv_layout="old")
+    with pytest.raises(ValueError, match="context_mode"):
+        Attention(64, heads=2, context_dim=8, context_mode="prefix")
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])

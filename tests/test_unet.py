@@ -10,7 +10,7 @@ from dalle2_fast.checkpoint import CheckpointError
 from dalle2_fast.models.classifier import ClassifierConfig, NoisyClassifier
 from dalle2_fast.models.unet import UNet, UNetConfig
 from dalle2_fast.models.unet_configs import CLASSIFIER_PRESETS, UNET_PRESETS, classifier_preset, unet_preset
-from dalle2_fast.nn.unet_blocks import timestep_embedding
+from dalle2_fast.nn.embeddings import timestep_embedding
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,6 +85,23 @@ def test_classifier_adaptive_pool():
                            attention_resolutions=(8,), num_head_channels=None, num_heads=2, pool="adaptive")
     out = _wake(NoisyClassifier(cfg))(torch.randn(2, 3, 16, 16), torch.tensor([1, 2]))
     assert out.shape == (2, 4) and out.abs().sum() > 0
+
+
+def test_built_from_the_nn_layers():
+    """Every norm of the U-Net and the classifier is an nn.AdaGN and every spatial attention an
+    nn.Attention (one module each, shared with the rest of the package); no plain GroupNorm or
+    private attention projection is left."""
+    from dalle2_fast.nn import AdaGN, Attention
+    from dalle2_fast.nn.unet_blocks import AttentionBlock, ResBlock
+
+    for model in (UNet(SMALL.replace(context_dim=8)), NoisyClassifier(classifier_preset("classifier-32"))):
+        mods = list(model.modules())
+        assert not any(type(m) is torch.nn.GroupNorm for m in mods)
+        blocks = [m for m in mods if isinstance(m, AttentionBlock)]
+        assert blocks and all(isinstance(b.norm, AdaGN) and isinstance(b.attn, Attention) for b in blocks)
+        res = [m for m in mods if isinstance(m, ResBlock)]
+        assert res and all(isinstance(r.norm1, AdaGN) and isinstance(r.norm2, AdaGN) for r in res)
+        assert isinstance(model.out_norm, AdaGN)
 
 
 def test_timestep_embedding_formula():
@@ -261,18 +278,18 @@ def test_save_load_roundtrip_with_config(tmp_path):
     """One safetensors file carries weights and the typed config; loading needs nothing else."""
     cfg = SMALL.replace(context_dim=8, cond_dim=4, channel_mult=(1, 2))
     model = _wake(UNet(cfg)).eval()
-    model.save(tmp_path / "unet.safetensors")
-    back = UNet.load(tmp_path / "unet.safetensors").eval()
+    model.save_pretrained(tmp_path / "unet.safetensors")
+    back = UNet.from_pretrained(tmp_path / "unet.safetensors").eval()
     assert back.config == cfg
     x, t, y = _batch(cfg)
     args = (x, t, y, torch.randn(2, 4), torch.randn(2, 3, 8))
     with torch.no_grad():
         assert torch.equal(back(*args), model(*args))
     clf = NoisyClassifier(classifier_preset("classifier-32", model_channels=32, num_classes=3))
-    clf.save(tmp_path / "clf.safetensors")
-    assert NoisyClassifier.load(tmp_path / "clf.safetensors").config == clf.config
+    clf.save_pretrained(tmp_path / "clf.safetensors")
+    assert NoisyClassifier.from_pretrained(tmp_path / "clf.safetensors").config == clf.config
     with pytest.raises(CheckpointError, match="NoisyClassifier"):  # the wrong kind of file
-        UNet.load(tmp_path / "clf.safetensors")
+        UNet.from_pretrained(tmp_path / "clf.safetensors")
 
 
 def test_compile_fullgraph_no_graph_breaks():

@@ -215,7 +215,7 @@ def _close_rel(a, b, what="", tol=2e-5):
 def test_gradients_match_reference():
     """Training through our model is training through theirs: the input gradient and every
     parameter gradient (mapped into their layout, qkv rows permuted) agree."""
-    from dalle2_fast.models.openai_ckpt import _key_map
+    from dalle2_fast.interop.guided_diffusion import _key_map
 
     flags = dict(GUIDED["adm128"], channel_mult="1,2,2", image_size=32, num_res_blocks=1)
     ref = _guided(flags, seed=11)

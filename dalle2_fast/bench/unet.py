@@ -3,9 +3,9 @@ ADM-64-like U-Net (the ``adm-64`` preset: channel_mult 1,2,3,4, 3 res blocks, at
 32/16/8, AdaGN, BigGAN up/down) at reduced width, CPU float32 (GPU: bfloat16 autocast).
 
 Variants, timed in the same run:
-- ``auto``: our UNet with the default kernel dispatch (today every norm / attention goes through
-  ``nn._compat``'s plain PyTorch; once ``ops.adagn`` / ``ops.attention`` are swapped in there it
-  picks the fast backends);
+- ``auto``: our UNet with the default kernel dispatch (every norm is an ``nn.AdaGN`` on
+  ``ops.adagn``, every attention an ``nn.Attention`` on ``ops.attention``: the fastest available
+  backends);
 - ``torch-backend`` (baseline): the same model with ``DALLE2_FAST_BACKEND=torch`` forced;
 - ``channels-last``: ``auto`` with the model and input in channels-last memory format;
 - ``guided-diffusion`` (peer, when ``guided-diffusion-sdk`` is installed): OpenAI's reference

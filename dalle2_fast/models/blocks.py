@@ -7,7 +7,10 @@ import torch
 from torch import nn
 
 
-class ResBlock(nn.Module):
+class ConvResidual(nn.Module):
+    """x + conv1x1(ReLU(conv3x3(ReLU(x)))) (van den Oord et al. 2017): the VQ family's residual
+    block, named apart from the U-Net's embedding-conditioned ``nn.unet_blocks.ResBlock``."""
+
     def __init__(self, ch: int, mid: int | None = None):
         super().__init__()
         mid = mid or max(ch // 2, 16)
@@ -25,7 +28,7 @@ class ConvEncoder(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(in_ch, ch, 3, padding=1)]
         for _ in range(n_down):
             layers += [nn.ReLU(), nn.Conv2d(ch, ch, 4, stride=2, padding=1)]
-        layers += [ResBlock(ch) for _ in range(n_res)]
+        layers += [ConvResidual(ch) for _ in range(n_res)]
         layers += [nn.ReLU(), nn.Conv2d(ch, out_ch, 1)]
         self.net = nn.Sequential(*layers)
 
@@ -39,7 +42,7 @@ class ConvDecoder(nn.Module):
     def __init__(self, in_ch: int, ch: int, out_ch: int, n_up: int, n_res: int):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_ch, ch, 3, padding=1)]
-        layers += [ResBlock(ch) for _ in range(n_res)]
+        layers += [ConvResidual(ch) for _ in range(n_res)]
         for _ in range(n_up):
             layers += [nn.ReLU(), nn.ConvTranspose2d(ch, ch, 4, stride=2, padding=1)]
         layers += [nn.ReLU(), nn.Conv2d(ch, out_ch, 3, padding=1)]

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from dalle2_fast.checkpoint import Pretrained, load_pretrained, register_model, save_pretrained
-from dalle2_fast.models.unet import build_encoder, time_embed_mlp, validate_trunk
-from dalle2_fast.nn.unet_blocks import AttentionPool2d, GroupNorm, TimestepSequential, _zero, timestep_embedding
+from dalle2_fast.checkpoint import Pretrained, register_model
+from dalle2_fast.models.unet import build_encoder, convert_v1_unet_state_dict, time_embed_mlp, validate_trunk
+from dalle2_fast.nn.adagn import AdaGN
+from dalle2_fast.nn.embeddings import timestep_embedding
+from dalle2_fast.nn.unet_blocks import AttentionPool2d, TimestepSequential, _zero
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class NoisyClassifier(nn.Module, Pretrained):
         self.time_embed = time_embed_mlp(cfg.model_channels)
         self.input_blocks, self.middle_block, chans, ds = build_encoder(cfg, emb_dim)
         ch = chans[-1]
-        self.out_norm = GroupNorm(cfg.num_groups, ch)
+        self.out_norm = AdaGN(ch, cfg.num_groups, act="silu")
         if cfg.pool == "attention":
             self.pool = AttentionPool2d(cfg.image_size // ds, ch, cfg.num_head_channels, cfg.num_classes)
         else:
@@ -99,31 +100,28 @@ class NoisyClassifier(nn.Module, Pretrained):
         h = x
         for block in self.input_blocks:
             h = block(h, emb)
-        h = self.out_norm(self.middle_block(h, emb), act="silu")
+        h = self.out_norm(self.middle_block(h, emb))
         if cfg.pool == "attention":
             return self.pool(h)
         return self.pool(h.mean(dim=(2, 3), keepdim=True)).flatten(1)
 
-    def save(self, path) -> None:
-        """``checkpoint.save_pretrained`` (a ``.safetensors`` path: one file with the config)."""
-        save_pretrained(self, path)
-
     @classmethod
-    def load(cls, path, map_location: str = "cpu") -> "NoisyClassifier":
-        """``checkpoint.load_pretrained`` of a NoisyClassifier checkpoint (any other model raises)."""
-        return load_pretrained(path, expected_cls=cls, map_location=map_location)
+    def _upgrade_state_dict(cls, state: dict, config) -> dict:
+        """Checkpoints of the v1 attention-block layout load unchanged (the U-Net's conversion;
+        the pooling head's own keys are the same in both layouts)."""
+        return convert_v1_unet_state_dict(state)
 
     @classmethod
     def from_guided_diffusion(cls, state_dict_or_path, **flags) -> "NoisyClassifier":
         """Load a guided-diffusion classifier checkpoint given its published flags
         (image_size, classifier_width, classifier_depth, classifier_attention_resolutions,
         classifier_use_scale_shift_norm, classifier_resblock_updown, classifier_pool)."""
-        from dalle2_fast.models.openai_ckpt import classifier_from_openai
+        from dalle2_fast.interop.guided_diffusion import classifier_from_openai
 
         return classifier_from_openai(state_dict_or_path, flags)
 
     def to_guided_diffusion_state_dict(self) -> dict:
         """This classifier's weights in guided-diffusion's EncoderUNetModel key layout."""
-        from dalle2_fast.models.openai_ckpt import to_openai_state_dict
+        from dalle2_fast.interop.guided_diffusion import to_openai_state_dict
 
         return to_openai_state_dict(self, use_new_attention_order=False)

@@ -24,7 +24,7 @@ from torch import nn
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.diffusion import (ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, ddim_invert, respace,
                                    run_sampler)
-from dalle2_fast.models.unet import UNet, UNetConfig
+from dalle2_fast.models.unet import UNet, UNetConfig, convert_v1_unet_state_dict
 from dalle2_fast.seeding import Draws, check_seeds
 
 
@@ -75,6 +75,11 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         self.unet = UNet(u)
         self.text_proj = nn.Sequential(nn.LayerNorm(c.text_width), nn.Linear(c.text_width, u.context_dim))
         self.diffusion = GaussianDiffusion.from_config(c.diffusion)
+
+    @classmethod
+    def _upgrade_state_dict(cls, state: dict, config) -> dict:
+        """Files with the U-Net's v1 attention-block keys (the shipped weights) load unchanged."""
+        return convert_v1_unet_state_dict(state, prefix="unet.")
 
     def forward(self, x, t, image_embed, text_tokens, text_mask):  # noqa: D102
         # text context (B, L, context_dim), padding mask True = padded; the U-Net prepends the

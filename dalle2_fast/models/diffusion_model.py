@@ -20,7 +20,7 @@ from torch import nn
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.diffusion import (SAMPLERS, ClassifierFreeGuidance, ClassifierGuidance, DiffusionConfig,
                                    GaussianDiffusion, respace, run_sampler)
-from dalle2_fast.models.unet import UNet, UNetConfig
+from dalle2_fast.models.unet import UNet, UNetConfig, convert_v1_unet_state_dict
 from dalle2_fast.seeding import Draws, check_seeds
 
 
@@ -78,6 +78,12 @@ class DiffusionModel(nn.Module, Pretrained):
         if kind is not None:
             raw.setdefault("num_classes", {"none": 0, "shape": 5, "colour": 6, "class": 30}.get(kind, 0))
         return raw
+
+    @classmethod
+    def _upgrade_state_dict(cls, state: dict, config) -> dict:
+        """Checkpoints with the U-Net's v1 attention-block keys (written before the U-Net moved
+        onto nn.Attention) load unchanged."""
+        return convert_v1_unet_state_dict(state, prefix="unet.")
 
     @property
     def num_labels(self) -> int:

@@ -16,28 +16,52 @@
   (B, T, context_dim) that every attention block attends to besides its own tokens.
 
 The layout (input_blocks / middle_block / output_blocks, skip connections popped in reverse)
-is guided-diffusion's, so its checkpoints load with a key rename (see ``openai_ckpt``).
+is guided-diffusion's, so its checkpoints load with a key rename and a few tensor transforms
+(:mod:`dalle2_fast.interop.guided_diffusion`).
+
+State-dict layout v2 (this version): an attention block holds ``norm`` and ``attn``
+(:class:`dalle2_fast.nn.Attention`: ``attn.to_qkv``, ``attn.to_context_kv``, ``attn.to_out``).
+Checkpoints written before (v1: ``qkv``, ``context_kv``, ``proj_out`` directly on the block, the
+same tensors) load through :func:`convert_v1_unet_state_dict`, applied by ``_upgrade_state_dict``.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle2_fast.checkpoint import Pretrained, load_pretrained, register_model, save_pretrained
-from dalle2_fast.nn.unet_blocks import (
-    AttentionBlock,
-    Downsample,
-    GroupNorm,
-    ResBlock,
-    TimestepSequential,
-    Upsample,
-    _zero,
-    timestep_embedding,
-)
+from dalle2_fast.checkpoint import Pretrained, register_model
+from dalle2_fast.nn.adagn import AdaGN
+from dalle2_fast.nn.embeddings import timestep_embedding
+from dalle2_fast.nn.unet_blocks import AttentionBlock, Downsample, ResBlock, TimestepSequential, Upsample, _zero
+
+# v1 -> v2 attention-block keys: <block>.{qkv,context_kv,proj_out}.* -> <block>.attn.{to_qkv,...}.*
+_V1_ATTN = {"qkv": "attn.to_qkv", "context_kv": "attn.to_context_kv", "proj_out": "attn.to_out"}
+_V1_KEY = re.compile(r"^((?:input_blocks|middle_block|output_blocks)\.(?:.*\.)?)"
+                     r"(qkv|context_kv|proj_out)\.(weight|bias)$")
+
+
+def convert_v1_unet_state_dict(state: dict, prefix: str = "") -> dict:
+    """A :class:`UNet` state dict of layout v1 (attention blocks with ``qkv``, ``context_kv``,
+    ``proj_out`` Linear layers of their own) -> layout v2 (those layers inside ``attn``, an
+    :class:`~dalle2_fast.nn.Attention`: ``to_qkv``, ``to_context_kv``, ``to_out``). The tensors
+    are the same objects (v1 already used the [q|k|v][head][c] channel order); only keys under
+    ``prefix`` + the U-Net's blocks change, so v2 dicts, other prefixes and the classifier's
+    ``pool.qkv`` pass through untouched (the function is idempotent). Pure: returns a new dict."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            m = _V1_KEY.match(key[len(prefix):])
+            if m is not None:
+                key = f"{prefix}{m.group(1)}{_V1_ATTN[m.group(2)]}.{m.group(3)}"
+        if key in out:
+            raise KeyError(f"convert_v1_unet_state_dict: {key!r} appears in both the old and the new layout")
+        out[key] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -213,7 +237,7 @@ class UNet(nn.Module, Pretrained):
                     )
                     ds //= 2
                 self.output_blocks.append(TimestepSequential(layers))
-        self.out_norm = GroupNorm(cfg.num_groups, ch)
+        self.out_norm = AdaGN(ch, cfg.num_groups, act="silu")
         self.out_conv = _zero(nn.Conv2d(int(cfg.channel_mult[0] * mc), cfg.final_out_channels, 3, padding=1))
         self.set_checkpointing(cfg.use_checkpoint)
 
@@ -289,22 +313,18 @@ class UNet(nn.Module, Pretrained):
         h = self.middle_block(h, emb, context, context_mask)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)
-        return self.out_conv(self.out_norm(h, act="silu"))
-
-    def save(self, path) -> None:
-        """``checkpoint.save_pretrained`` (a ``.safetensors`` path: one file with the config)."""
-        save_pretrained(self, path)
+        return self.out_conv(self.out_norm(h))
 
     @classmethod
-    def load(cls, path, map_location: str = "cpu") -> "UNet":
-        """``checkpoint.load_pretrained`` of a UNet checkpoint (any other model raises)."""
-        return load_pretrained(path, expected_cls=cls, map_location=map_location)
+    def _upgrade_state_dict(cls, state: dict, config) -> dict:
+        """Checkpoints of layout v1 (see the module docstring) load unchanged."""
+        return convert_v1_unet_state_dict(state)
 
     @classmethod
     def from_guided_diffusion(cls, state_dict_or_path, **flags) -> "UNet":
         """Load a guided-diffusion (ADM) checkpoint given its published flags; see
-        :func:`dalle2_fast.models.openai_ckpt.unet_from_openai`."""
-        from dalle2_fast.models.openai_ckpt import unet_from_openai
+        :func:`dalle2_fast.interop.guided_diffusion.unet_from_openai`."""
+        from dalle2_fast.interop.guided_diffusion import unet_from_openai
 
         return unet_from_openai(state_dict_or_path, flags, source="guided")
 
@@ -315,13 +335,13 @@ class UNet(nn.Module, Pretrained):
 
         Note for samplers: improved-diffusion defaults to ``rescale_timesteps=True``, i.e. its
         models were trained on t * 1000 / diffusion_steps (a float), not the integer step."""
-        from dalle2_fast.models.openai_ckpt import unet_from_openai
+        from dalle2_fast.interop.guided_diffusion import unet_from_openai
 
         return unet_from_openai(state_dict_or_path, flags, source="improved")
 
     def to_guided_diffusion_state_dict(self, use_new_attention_order: bool = False) -> dict:
         """This model's weights in guided-diffusion's key layout (and, by default, its legacy
         qkv layout; pass ``use_new_attention_order=True`` for models built with that flag)."""
-        from dalle2_fast.models.openai_ckpt import to_openai_state_dict
+        from dalle2_fast.interop.guided_diffusion import to_openai_state_dict
 
         return to_openai_state_dict(self, use_new_attention_order)

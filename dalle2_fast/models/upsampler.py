@@ -20,7 +20,7 @@ from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.diffusion import DiffusionConfig, GaussianDiffusion, run_sampler
-from dalle2_fast.models.unet import UNet, UNetConfig
+from dalle2_fast.models.unet import UNet, UNetConfig, convert_v1_unet_state_dict
 from dalle2_fast.nn.unet_blocks import AttentionBlock
 from dalle2_fast.seeding import Draws, check_seeds
 
@@ -74,6 +74,11 @@ class UnCLIPUpsampler(Pretrained, nn.Module):
         for k in ("augment", "blur_sigma", "train_crop"):
             raw.pop(k, None)
         return raw
+
+    @classmethod
+    def _upgrade_state_dict(cls, state: dict, config) -> dict:
+        """Files with the U-Net's v1 attention-block keys load unchanged."""
+        return convert_v1_unet_state_dict(state, prefix="unet.")
 
     @property
     def factor(self) -> int:

@@ -9,6 +9,15 @@ Drop-in for guided-diffusion's ``out_norm`` + ``use_scale_shift_norm`` step::
     h = silu(h)
 
 becomes ``h = AdaGN(C, act="silu")(h, emb_out)`` (one fused kernel, see ``ops.adagn``).
+
+Every norm of the U-Net family (ResBlocks, attention blocks, the output head, the noisy
+classifier) is this module; without an embedding it is ``nn.GroupNorm`` (+ act) with the same
+``weight`` / ``bias`` parameter names, so state dicts are those of ``nn.GroupNorm``.
+
+Mixed precision: under autocast x arrives in bf16/fp16 (or stays float32 where no autocast op
+produced it) while the affine is float32 and scale/shift come from an autocast Linear;
+``ops.adagn`` takes parameters in x's dtype or float32, so anything else is cast to float32
+here (statistics are float32 either way).
 """
 from __future__ import annotations
 
@@ -16,6 +25,12 @@ import torch
 from torch import nn
 
 from dalle2_fast.ops import adagn
+
+
+def _fit(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """A parameter in a dtype ``ops.adagn`` accepts: x's dtype or float32 (e.g. a bf16 scale
+    from an autocast Linear next to a float32 x becomes float32)."""
+    return t if t is None or t.dtype in (x.dtype, torch.float32) else t.float()
 
 
 class AdaGN(nn.Module):
@@ -67,7 +82,8 @@ class AdaGN(nn.Module):
 
     def forward(self, x: torch.Tensor, emb=None) -> torch.Tensor:
         scale, shift = self._split(x, emb)
-        return adagn(x, self.num_groups, self.weight, self.bias, scale, shift, self.eps, self.act, self.backend)
+        w, b = _fit(self.weight, x), _fit(self.bias, x)
+        return adagn(x, self.num_groups, w, b, _fit(scale, x), _fit(shift, x), self.eps, self.act, self.backend)
 
     def extra_repr(self) -> str:
         return (f"{self.channels}, num_groups={self.num_groups}, eps={self.eps}, act={self.act!r}, "

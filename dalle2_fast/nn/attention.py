@@ -13,17 +13,12 @@ Attention kinds:
   causal alignment of ``ops.attention`` lets every query see all context tokens plus the x
   tokens up to itself.
 
-``qkv_layout`` says how the fused projection's 3 * inner output channels are split, for
-loading guided-diffusion / GLIDE / unCLIP checkpoints (their 1x1 conv1d weights (3C, C, 1)
-are our Linear weights with the last dim squeezed: see ``load_conv1d_qkv``):
-- ``'new'`` — guided-diffusion ``QKVAttention`` (``use_new_attention_order=True``):
-  ``qkv.view(B, T, 3, heads, dim_head)``, i.e. channels ordered [q|k|v][head][c]
-  (guided-diffusion: ``qkv.chunk(3, dim=1)`` then ``view(B * heads, ch, T)``);
-- ``'legacy'`` — guided-diffusion ``QKVAttentionLegacy`` and GLIDE's ``QKVAttention``:
-  ``qkv.view(B, T, heads, 3, dim_head)``, i.e. channels ordered [head][q|k|v][c]
-  (guided-diffusion: ``qkv.reshape(B * heads, 3 * ch, T).split(ch, dim=1)``).
-The context key/value projection follows the same rule with 2 in place of 3 ([k|v][head][c]
-for 'new', [head][k|v][c] for 'legacy', GLIDE's ``encoder_kv``).
+One internal channel layout: the fused projection's 3 * inner output channels are ordered
+[q|k|v][head][c] (``qkv.view(B, T, 3, heads, dim_head)``; guided-diffusion's "new attention
+order"), and a context key/value projection's 2 * inner channels [k|v][head][c]. Checkpoints in
+other layouts (guided-diffusion's legacy ``QKVAttentionLegacy``, GLIDE / unCLIP's head-major
+``qkv`` and ``encoder_kv``, their 1x1 conv1d weights) are mapped onto this one by a state-dict
+transform in :mod:`dalle2_fast.interop.guided_diffusion`, never by a second code path here.
 
 Optional QK normalisation (``qk_norm=True``): LayerNorm over each head's channels of q and k
 before the dot product (Dehghani et al. 2023, ViT-22B), which keeps logits bounded.
@@ -35,19 +30,16 @@ from torch import nn
 
 from dalle2_fast.ops import attention
 
-_LAYOUTS = ("new", "legacy")
 _CONTEXT_MODES = ("cross", "concat")
 
 
-def _split_heads(t: torch.Tensor, parts: int, heads: int, layout: str) -> list[torch.Tensor]:
-    """(B, T, parts * heads * dh) -> ``parts`` tensors (B, heads, T, dh) (views, no copy)."""
+def _split_heads(t: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor, ...]:
+    """(B, T, parts * heads * dh) in the [part][head][c] layout -> ``parts`` tensors
+    (B, heads, T, dh) (views, no copy)."""
     B, T, C = t.shape
-    dh = C // (parts * heads)
-    if layout == "new":
-        t = t.view(B, T, parts, heads, dh)  # [part][head][c]
-        return [t[:, :, i].transpose(1, 2) for i in range(parts)]  # (B, heads, T, dh)
-    t = t.view(B, T, heads, parts, dh)  # [head][part][c]
-    return [t[:, :, :, i].transpose(1, 2) for i in range(parts)]  # (B, heads, T, dh)
+    t = t.view(B, T, parts, heads, C // (parts * heads))  # [part][head][c]
+    # unbind, not indexing: backward then stacks the parts into one buffer (no zero-filled copies)
+    return t.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, T, dh) each
 
 
 class Attention(nn.Module):
@@ -57,7 +49,6 @@ class Attention(nn.Module):
     context_dim: channels of context tokens (B, Tc, context_dim); None for self-attention.
     context_mode: 'cross' (attend to context only) or 'concat' (attend to [context; x]).
     qk_norm: LayerNorm on each head's q and k.
-    qkv_layout: 'new' or 'legacy' channel order of the fused projections (module docstring).
     causal: causal self-attention (bottom-right aligned when context is concatenated).
     bias: biases in the projections.
     backend: forwarded to ``ops.attention``.
@@ -71,7 +62,6 @@ class Attention(nn.Module):
         context_dim: int | None = None,
         context_mode: str = "cross",
         qk_norm: bool = False,
-        qkv_layout: str = "new",
         causal: bool = False,
         bias: bool = True,
         backend: str | None = None,
@@ -89,13 +79,11 @@ class Attention(nn.Module):
             dim_head = dim // heads
         if heads < 1 or dim_head < 1:
             raise ValueError(f"Attention: heads and dim_head must be >= 1, got {heads} and {dim_head}")
-        if qkv_layout not in _LAYOUTS:
-            raise ValueError(f"Attention: qkv_layout must be one of {_LAYOUTS}, got {qkv_layout!r}")
         if context_mode not in _CONTEXT_MODES:
             raise ValueError(f"Attention: context_mode must be one of {_CONTEXT_MODES}, got {context_mode!r}")
         self.dim, self.heads, self.dim_head = dim, heads, dim_head
         self.context_dim, self.context_mode = context_dim, context_mode
-        self.qkv_layout, self.causal, self.backend = qkv_layout, causal, backend
+        self.causal, self.backend = causal, backend
         inner = heads * dim_head
         if context_dim is not None and context_mode == "cross":
             self.to_q = nn.Linear(dim, inner, bias=bias)
@@ -112,23 +100,26 @@ class Attention(nn.Module):
         self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, dim); context: (B, Tc, context_dim) when the module has a context_dim;
-        context_mask: optional (B, Tc) bool, True = padded context token; key_padding_mask:
-        optional (B, T) bool, True = padded x token, ignored as a key (self-attention and
-        'concat' mode; with ``causal`` every query must still see a key, e.g. token 0 unpadded).
-        -> (B, T, dim)."""
+        """x: (B, T, dim); context: (B, Tc, context_dim), required in 'cross' mode, optional in
+        'concat' mode (None: plain self-attention over x); context_mask: optional (B, Tc) bool,
+        True = padded context token; key_padding_mask: optional (B, T) bool, True = padded x
+        token, ignored as a key (self-attention and 'concat' mode; with ``causal`` every query
+        must still see a key, e.g. token 0 unpadded). -> (B, T, dim)."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"Attention: x must be (B, T, {self.dim}), got {tuple(x.shape)}")
-        if (context is None) != (self.context_dim is None):
-            raise ValueError(
-                "Attention: context must be given exactly when the module was built with context_dim "
-                f"(context_dim={self.context_dim}, got context={'None' if context is None else tuple(context.shape)})"
-            )
+        if context is not None and self.context_dim is None:
+            raise ValueError(f"Attention: context given (shape {tuple(context.shape)}) but the module was built "
+                             "without context_dim")
+        if context is None and self.context_dim is not None and self.context_mode == "cross":
+            raise ValueError(f"Attention: context must be given in 'cross' mode (context_dim={self.context_dim})")
         if context is not None and (context.dim() != 3 or context.shape[-1] != self.context_dim
                                     or context.shape[0] != x.shape[0]):
-            raise ValueError(f"Attention: context must be (B={x.shape[0]}, Tc, {self.context_dim}), got {tuple(context.shape)}")
-        if context_mask is not None and context is None:
-            raise ValueError("Attention: context_mask given without context")
+            raise ValueError(f"Attention: context must be (B={x.shape[0]}, Tc, {self.context_dim}), "
+                             f"got {tuple(context.shape)}")
+        if context_mask is not None and (context is None or tuple(context_mask.shape) != tuple(context.shape[:2])):
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"Attention: context_mask must be (B, Tc) matching context, got "
+                             f"{tuple(context_mask.shape)} with context {got}")
         if key_padding_mask is not None:
             if context is not None and self.context_mode == "cross":
                 raise ValueError("Attention: key_padding_mask masks x tokens as keys; in 'cross' mode the keys "
@@ -136,57 +127,28 @@ class Attention(nn.Module):
             if tuple(key_padding_mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(f"Attention: key_padding_mask must be (B, T) = {tuple(x.shape[:2])}, "
                                  f"got {tuple(key_padding_mask.shape)}")
-        H, L = self.heads, self.qkv_layout
-        mask = context_mask if context is not None else key_padding_mask
+        B, T, H = x.shape[0], x.shape[1], self.heads
+        mask = context_mask if context is not None else key_padding_mask  # (B, Tc) or (B, T), True = padded
+        mask = None if mask is None else mask.to(torch.bool)
         if context is None:
-            q, k, v = _split_heads(self.to_qkv(x), 3, H, L)  # each (B, H, T, dh)
+            q, k, v = _split_heads(self.to_qkv(x), 3, H)  # each (B, H, T, dh)
         elif self.context_mode == "cross":
-            q = self.to_q(x).view(x.shape[0], x.shape[1], H, self.dim_head).transpose(1, 2)  # (B, H, T, dh)
-            k, v = _split_heads(self.to_kv(context), 2, H, L)  # (B, H, Tc, dh)
+            q = self.to_q(x).view(B, T, H, self.dim_head).transpose(1, 2)  # (B, H, T, dh)
+            k, v = _split_heads(self.to_kv(context), 2, H)  # (B, H, Tc, dh)
         else:  # concat: keys/values are [context; x]
-            q, k, v = _split_heads(self.to_qkv(x), 3, H, L)
-            ck, cv = _split_heads(self.to_context_kv(context), 2, H, L)
-            k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)  # (B, H, Tc + T, dh)
+            q, k, v = _split_heads(self.to_qkv(x), 3, H)
+            ck, cv = _split_heads(self.to_context_kv(context), 2, H)  # (B, H, Tc, dh)
+            k, v = torch.cat([ck.to(k.dtype), k], dim=2), torch.cat([cv.to(v.dtype), v], dim=2)  # (B, H, Tc + T, dh)
             if mask is not None or key_padding_mask is not None:  # (B, Tc + T), True = padded
-                own = key_padding_mask if key_padding_mask is not None else x.new_zeros(x.shape[:2], dtype=torch.bool)
+                own = (key_padding_mask.to(torch.bool) if key_padding_mask is not None
+                       else torch.zeros(B, T, dtype=torch.bool, device=x.device))
                 ctx = mask if mask is not None else own.new_zeros(context.shape[:2])
-                mask = torch.cat([ctx.to(torch.bool), own.to(torch.bool)], dim=1)
+                mask = torch.cat([ctx, own], dim=1)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         out = attention(q, k, v, causal=self.causal, key_padding_mask=mask, backend=self.backend)  # (B, H, T, dh)
-        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], H * self.dim_head)  # (B, T, inner)
+        out = out.transpose(1, 2).reshape(B, T, H * self.dim_head)  # (B, T, inner)
         return self.to_out(out)
-
-    @torch.no_grad()
-    def load_conv1d_qkv(
-        self,
-        qkv_weight: torch.Tensor,
-        qkv_bias: torch.Tensor | None,
-        proj_weight: torch.Tensor,
-        proj_bias: torch.Tensor | None,
-        encoder_kv_weight: torch.Tensor | None = None,
-        encoder_kv_bias: torch.Tensor | None = None,
-    ) -> None:
-        """Load guided-diffusion / GLIDE ``AttentionBlock`` weights: ``qkv`` conv1d (3C, C, 1),
-        ``proj_out`` conv1d (C, C, 1), optional ``encoder_kv`` conv1d (2C, Ce, 1). Build this
-        module with the matching ``qkv_layout`` (their ``use_new_attention_order``). The block's
-        GroupNorm and residual live outside this module."""
-        if not hasattr(self, "to_qkv"):
-            raise ValueError("Attention.load_conv1d_qkv: needs a fused qkv projection (self or concat mode)")
-        for lin, w, b in ((self.to_qkv, qkv_weight, qkv_bias), (self.to_out, proj_weight, proj_bias)):
-            w = w.squeeze(-1) if w.dim() == 3 else w
-            if w.shape != lin.weight.shape:
-                raise ValueError(f"Attention.load_conv1d_qkv: weight {tuple(w.shape)} does not match {tuple(lin.weight.shape)}")
-            lin.weight.copy_(w)
-            if lin.bias is not None and b is not None:
-                lin.bias.copy_(b)
-        if encoder_kv_weight is not None:
-            if not hasattr(self, "to_context_kv"):
-                raise ValueError("Attention.load_conv1d_qkv: encoder_kv given but the module has no concat context")
-            w = encoder_kv_weight.squeeze(-1) if encoder_kv_weight.dim() == 3 else encoder_kv_weight
-            self.to_context_kv.weight.copy_(w)
-            if self.to_context_kv.bias is not None and encoder_kv_bias is not None:
-                self.to_context_kv.bias.copy_(encoder_kv_bias)
 
 
 __all__ = ["Attention"]

@@ -1,16 +1,15 @@
 """Building blocks of the DDPM / Improved DDPM / ADM U-Net family (and its noisy classifier).
 
-- ``timestep_embedding``: sinusoidal embedding of (possibly fractional) timesteps (Ho et al.
-  2020, Sec. 4 / Vaswani et al. 2017), in the (cos, sin) order guided-diffusion uses.
 - ``ResBlock``: GN-SiLU-conv, embedding injected by addition (DDPM) or AdaGN
   (``use_scale_shift_norm``, ADM), GN-SiLU-dropout-conv, skip; optional BigGAN-style
   up/down-sampling inside the block (ADM, Sec. 3 "BigGAN residual blocks").
-- ``AttentionBlock``: multi-head self-attention over the H*W positions; with ``context_dim``
-  the tokens attend to concat(projected context tokens, own tokens) as GLIDE does.
+- ``AttentionBlock``: GroupNorm, then :class:`~dalle2_fast.nn.Attention` over the H*W
+  positions, then the residual; with ``context_dim`` the tokens attend to
+  concat(context tokens, own tokens) as GLIDE does (``context_mode='concat'``).
 - ``AttentionPool2d``: CLIP-style attention pooling (the ADM classifier head).
 
-Every norm goes through ``_compat._adagn`` and every attention through
-``_compat._attention`` so the fused kernels swap in at one place.
+Every norm is an :class:`~dalle2_fast.nn.AdaGN` (the fused ``ops.adagn`` kernel; the
+dtype fitting for autocast lives there) and every attention goes through ``ops.attention``.
 """
 from __future__ import annotations
 
@@ -19,15 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dalle2_fast.nn._compat import _adagn, _attention
-from dalle2_fast.nn.embeddings import timestep_embedding  # noqa: F401  (re-exported)
-
-
-class GroupNorm(nn.GroupNorm):
-    """GroupNorm whose forward is the (Ada)GN op: ``act(GN(x) * (1 + scale) + shift)``."""
-
-    def forward(self, x, scale=None, shift=None, act=None):  # noqa: D102
-        return _adagn(x, self.num_groups, self.weight, self.bias, scale, shift, self.eps, act)
+from dalle2_fast.nn.adagn import AdaGN
+from dalle2_fast.nn.attention import Attention
+from dalle2_fast.ops import attention
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -81,10 +74,10 @@ class ResBlock(nn.Module):
         if updown not in (None, "up", "down"):
             raise ValueError(f"ResBlock: updown must be None, 'up' or 'down', got {updown!r}")
         self.updown, self.use_scale_shift_norm = updown, use_scale_shift_norm
-        self.norm1 = GroupNorm(num_groups, channels)
+        self.norm1 = AdaGN(channels, num_groups, act="silu")
         self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_channels, out_channels * (2 if use_scale_shift_norm else 1))
-        self.norm2 = GroupNorm(num_groups, out_channels)
+        self.norm2 = AdaGN(out_channels, num_groups, act="silu")
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
@@ -98,24 +91,23 @@ class ResBlock(nn.Module):
 
     def forward(self, x, emb):
         """x: (B, C, H, W), emb: (B, E) -> (B, out_channels, H', W')."""
-        h = self.conv1(self._resample(self.norm1(x, act="silu")))
+        h = self.conv1(self._resample(self.norm1(x)))
         x = self._resample(x)
         e = self.emb_proj(F.silu(emb)).to(h.dtype)  # (B, out) or (B, 2 out)
         if self.use_scale_shift_norm:
-            scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h, scale, shift, act="silu")
+            h = self.norm2(h, e)  # AdaGN: (scale, shift) = e.chunk(2)
         else:
-            h = self.norm2(h + e[:, :, None, None], act="silu")
+            h = self.norm2(h + e[:, :, None, None])  # the add is not fusable into the norm
         return self.skip(x) + self.conv2(self.dropout(h))
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over spatial positions, optionally with cross-attention to context.
+    """x + Attention(GroupNorm(x)) over the H*W positions, optionally also attending to context.
 
     x: (B, C, H, W); context: (B, T, context_dim) tokens; context_mask: (B, T) bool, True =
-    padded. Heads: ``num_head_channels`` per head if given, else ``num_heads``. The fused
-    qkv projection's output channels are laid out (3, heads, head_dim) ("new attention
-    order"); the checkpoint converter permutes the legacy (heads, 3, head_dim) layout.
+    padded. Heads: ``num_head_channels`` per head if given, else ``num_heads``. Parameters:
+    ``norm`` (an :class:`AdaGN` without embedding) and ``attn`` (an :class:`Attention` in
+    'concat' mode, its output projection zero-initialised as in guided-diffusion).
     """
 
     def __init__(
@@ -137,25 +129,14 @@ class AttentionBlock(nn.Module):
         if num_heads < 1 or channels % num_heads:
             raise ValueError(f"AttentionBlock: channels ({channels}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
-        self.norm = GroupNorm(num_groups, channels)
-        self.qkv = nn.Linear(channels, 3 * channels)
-        self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
-        self.proj_out = _zero(nn.Linear(channels, channels))
+        self.norm = AdaGN(channels, num_groups)
+        self.attn = Attention(channels, heads=num_heads, context_dim=context_dim or None, context_mode="concat")
+        _zero(self.attn.to_out)
 
     def forward(self, x, context=None, context_mask=None):  # noqa: D102
         b, c, hh, ww = x.shape
-        nh, d = self.num_heads, c // self.num_heads
         tok = self.norm(x).flatten(2).transpose(1, 2)  # (B, T, C); a view for channels-last
-        q, k, v = self.qkv(tok).view(b, -1, 3, nh, d).permute(2, 0, 3, 1, 4)  # each (B, nh, T, d)
-        mask = None
-        if self.context_kv is not None and context is not None:
-            ck, cv = self.context_kv(context).view(b, -1, 2, nh, d).permute(2, 0, 3, 1, 4)  # (B, nh, Tc, d)
-            k, v = torch.cat([ck.to(k.dtype), k], dim=2), torch.cat([cv.to(v.dtype), v], dim=2)
-            if context_mask is not None:
-                own = torch.zeros(b, hh * ww, dtype=torch.bool, device=x.device)
-                mask = torch.cat([context_mask.to(torch.bool), own], dim=1)  # (B, Tc + T)
-        a = _attention(q, k, v, key_padding_mask=mask)  # (B, nh, T, d)
-        out = self.proj_out(a.transpose(1, 2).reshape(b, hh * ww, c))  # (B, T, C)
+        out = self.attn(tok, context, context_mask if context is not None else None)  # (B, T, C)
         return x + out.transpose(1, 2).reshape(b, c, hh, ww).to(x.dtype)
 
 
@@ -185,7 +166,7 @@ class AttentionPool2d(nn.Module):
         tok = tok + self.positional_embedding.to(tok.dtype)
         nh, d = self.num_heads, c // self.num_heads
         q, k, v = self.qkv(tok).view(b, -1, 3, nh, d).permute(2, 0, 3, 1, 4)  # (B, nh, T+1, d)
-        a = _attention(q[:, :, :1], k, v)  # only the pooled query is needed: (B, nh, 1, d)
+        a = attention(q[:, :, :1], k, v)  # only the pooled query is needed: (B, nh, 1, d)
         return self.proj(a.transpose(1, 2).reshape(b, c))
 
 

@@ -5,14 +5,20 @@ top of each project's argparse defaults exactly as its scripts do; the diffusion
 often ride along (diffusion_steps, noise_schedule, ...) are accepted and ignored; any other
 name is an error. in_channels, out_channels and the class count are read off the weights.
 
-Layout differences handled here (our modules keep one layout each):
-- ResBlock: ``in_layers.0/.2``, ``emb_layers.1``, ``out_layers.0/.3``, ``skip_connection`` <->
-  ``norm1``, ``conv1``, ``emb_proj``, ``norm2``, ``conv2``, ``skip``; ``Downsample.op`` <-> ``conv``.
-- Attention: their 1x1 Conv1d (out, in, 1) <-> our Linear (out, in). Their legacy order
-  (``use_new_attention_order=False``, and all of improved-diffusion) lays the qkv channels out
-  as (heads, 3, head_dim); ours is always (3, heads, head_dim): rows are permuted on the way.
-- Head: ``out.0`` / ``out.2`` <-> ``out_norm`` / ``out_conv``; classifier ``out.2`` attention
-  pool (positional_embedding (C, T+1), qkv_proj, c_proj) or ``out.3`` (adaptive) <-> ``pool``.
+The mapping is a rename table plus three explicit tensor transforms (our modules keep one
+layout each; ``_key_map`` pairs every key of ours with theirs and the two transforms):
+- renames: ResBlock ``in_layers.0/.2``, ``emb_layers.1``, ``out_layers.0/.3``,
+  ``skip_connection`` <-> ``norm1``, ``conv1``, ``emb_proj``, ``norm2``, ``conv2``, ``skip``;
+  ``Downsample.op`` <-> ``conv``; AttentionBlock ``qkv``, ``encoder_kv``, ``proj_out`` <->
+  ``attn.to_qkv``, ``attn.to_context_kv``, ``attn.to_out``; head ``out.0`` / ``out.2`` <->
+  ``out_norm`` / ``out_conv``; classifier ``out.2`` attention pool (``qkv_proj``, ``c_proj``)
+  or ``out.3`` (adaptive) <-> ``pool`` (``qkv``, ``proj``).
+- conv1d <-> linear: their 1x1 Conv1d weight (out, in, 1) <-> our Linear weight (out, in);
+  the pool's positional_embedding (C, T+1) <-> ours (T+1, C).
+- head-major <-> part-major: their legacy order (``use_new_attention_order=False``, all of
+  improved-diffusion, and GLIDE / unCLIP's ``QKVAttention`` including its ``encoder_kv``) lays
+  the fused projection's channels out as [head][part][c]; ours is always [part][head][c]
+  (parts = q, k, v or k, v): rows are permuted on the way (:func:`attention_from_guided`).
 improved-diffusion's U-Net is guided-diffusion's with no resblock_updown, legacy attention and
 heads given by count only; its default channel_mult differs (it also has 32x32: (1, 2, 2, 2)).
 Its diffusion defaults to ``rescale_timesteps=True`` (the model sees t * 1000 / T); guided-
@@ -160,6 +166,8 @@ def classifier_config_from_flags(flags: dict, sd: dict) -> ClassifierConfig:
 # ---- key / tensor mapping -------------------------------------------------------------------
 _RES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "emb_proj": "emb_layers.1", "norm2": "out_layers.0",
         "conv2": "out_layers.3", "skip": "skip_connection"}
+# their attention-block layer -> (ours inside the block, parts of a fused projection; 0 = not fused)
+_ATTN = {"qkv": ("attn.to_qkv", 3), "encoder_kv": ("attn.to_context_kv", 2), "proj_out": ("attn.to_out", 0)}
 
 
 def _conv1d(w):  # our Linear weight (out, in) -> their Conv1d weight (out, in, 1); biases pass
@@ -170,16 +178,34 @@ def _unconv1d(w):
     return w[..., 0] if w.dim() == 3 else w
 
 
-def _qkv_to_legacy(heads):  # rows (3, heads, d) -> (heads, 3, d)
-    return lambda w: _conv1d(w.reshape(3, heads, -1, *w.shape[1:]).transpose(0, 1).reshape(w.shape))
+def _swap_head_part(w: torch.Tensor, first: int, second: int) -> torch.Tensor:
+    """Rows (first, second, c) -> (second, first, c) of a fused projection (weight or bias)."""
+    return w.reshape(first, second, -1, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
 
 
-def _qkv_from_legacy(heads):
-    def f(w):
-        w = _unconv1d(w)
-        return w.reshape(heads, 3, -1, *w.shape[1:]).transpose(0, 1).reshape(w.shape)
+def _fused(parts: int, heads: int, head_major: bool):
+    """(ours -> theirs, theirs -> ours) for one tensor of an attention projection with ``parts``
+    fused parts (0: a plain projection); ``head_major``: theirs is [head][part][c]."""
+    if not parts or not head_major:
+        return _conv1d, _unconv1d
+    return (lambda w: _conv1d(_swap_head_part(w, parts, heads)),  # [part][head] -> [head][part]
+            lambda w: _swap_head_part(_unconv1d(w), heads, parts))  # [head][part] -> [part][head]
 
-    return f
+
+def attention_from_guided(state: dict, heads: int, head_major: bool) -> dict:
+    """One guided-diffusion / GLIDE / unCLIP ``AttentionBlock``'s projections -> the state dict
+    of our :class:`~dalle2_fast.nn.Attention` (``context_mode='concat'``).
+
+    state: ``qkv.{weight,bias}`` (conv1d (3C, C, 1)), ``proj_out.*`` (C, C, 1), optionally
+    ``encoder_kv.*`` (2C, Ce, 1), keys relative to the block (its ``norm.*`` is ignored: the
+    norm lives outside the attention). head_major: their channel order is [head][part][c]
+    (``use_new_attention_order=False``, improved-diffusion, GLIDE) rather than [part][head][c]."""
+    out = {}
+    for theirs, (ours, parts) in _ATTN.items():
+        for s in ("weight", "bias"):
+            if f"{theirs}.{s}" in state:
+                out[f"{ours[len('attn.'):]}.{s}"] = _fused(parts, heads, head_major)[1](state[f"{theirs}.{s}"])
+    return out
 
 
 def _same(w):
@@ -204,16 +230,13 @@ def _key_map(model, new_order: bool) -> dict:
         elif isinstance(m, Downsample):
             prefix_map[p + "conv."] = p + "op."
         elif isinstance(m, AttentionBlock):
-            if m.context_kv is not None:
+            if m.attn.context_dim is not None:
                 raise ValueError("to_guided_diffusion_state_dict: guided-diffusion has no cross-attention "
                                  "(context_dim); this model cannot be exported to its layout")
-            if new_order:
-                fwd, inv = _conv1d, _unconv1d
-            else:
-                fwd, inv = _qkv_to_legacy(m.num_heads), _qkv_from_legacy(m.num_heads)
-            for s in ("weight", "bias"):
-                special[p + "qkv." + s] = (p + "qkv." + s, fwd, inv)
-                special[p + "proj_out." + s] = (p + "proj_out." + s, _conv1d, _unconv1d)
+            for theirs, (ours, parts) in _ATTN.items():
+                fwd, inv = _fused(parts, m.num_heads, head_major=not new_order)
+                for s in ("weight", "bias"):
+                    special[f"{p}{ours}.{s}"] = (f"{p}{theirs}.{s}", fwd, inv)
         elif isinstance(m, AttentionPool2d):
             t = prefix_map[p]
             special[p + "positional_embedding"] = (t + "positional_embedding", lambda w: w.t(), lambda w: w.t())

@@ -1,0 +1,10 @@
+"""Importers and exporters between our models and other projects' checkpoints.
+
+- :mod:`dalle2_fast.interop.guided_diffusion`: OpenAI guided-diffusion / improved-diffusion U-Nets
+  and noisy classifiers (load and export), and the GLIDE / unCLIP attention layouts.
+
+Each importer is a rename table plus a few explicit tensor transforms, tested against the
+original implementation. Models reach these through thin classmethods
+(``UNet.from_guided_diffusion``, ...) that import this package lazily; nothing below ``models``
+imports it.
+"""
