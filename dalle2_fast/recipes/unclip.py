@@ -222,10 +222,12 @@ class PriorStage(_EmbeddingStage):
         from dalle2_fast.models.clip import TextEncoding
 
         d = {k: v[:64] for k, v in self.data.items()}
-        z = model.sample(TextEncoding(d["text_tokens"], d["text_mask"], d["text_embed"]), list(range(64)),
+        m = len(d["image_embed"])
+        z = model.sample(TextEncoding(d["text_tokens"], d["text_mask"], d["text_embed"]), list(range(m)),
                          steps=PIPELINE_DEFAULTS["prior_steps"])
         cos = z @ d["image_embed"].T
-        return {"prior_cos_true": float(cos.diag().mean()), "prior_cos_other": float(cos.fill_diagonal_(0).sum() / (64 * 63))}
+        return {"prior_cos_true": float(cos.diag().mean()),
+                "prior_cos_other": float(cos.fill_diagonal_(0).sum() / max(1, m * (m - 1)))}
 
 
 class DecoderStage(_EmbeddingStage):
