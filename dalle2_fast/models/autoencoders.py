@@ -18,7 +18,7 @@ from dalle2_fast.models.blocks import ConvDecoder, ConvEncoder, check_image, che
 from dalle2_fast.seeding import check_seeds, per_sample_rand, per_sample_randn
 
 
-@dataclass
+@dataclass(frozen=True)
 class AEConfig:
     resolution: int = 32
     in_channels: int = 3
@@ -29,7 +29,7 @@ class AEConfig:
     z_dim: int = 0  # 0: spatial latent; > 0: vector latent of this size
 
 
-@dataclass
+@dataclass(frozen=True)
 class DAEConfig(AEConfig):
     corruption: str = "gaussian"  # 'gaussian' or 'mask'
     noise_std: float = 0.3  # gaussian: x + noise_std * eps
@@ -37,7 +37,7 @@ class DAEConfig(AEConfig):
     mask_patch: int = 4
 
 
-@dataclass
+@dataclass(frozen=True)
 class VAEConfig(AEConfig):
     z_dim: int = 64
     beta: float = 1.0  # weight of the KL term (beta-VAE, Higgins et al. 2017)

@@ -15,7 +15,7 @@ from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.seeding import check_seeds, per_sample_randn
 
 
-@dataclass
+@dataclass(frozen=True)
 class GANConfig:
     resolution: int = 32  # 4 * 2^k, k >= 1
     channels: int = 3

@@ -14,7 +14,7 @@ from dalle2_fast.models.blocks import ConvDecoder, ConvEncoder, check_image, che
 from dalle2_fast.nn import VectorQuantizer
 
 
-@dataclass
+@dataclass(frozen=True)
 class VQVAEConfig:
     resolution: int = 32
     in_channels: int = 3

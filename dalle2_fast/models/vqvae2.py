@@ -17,7 +17,7 @@ from dalle2_fast.models.blocks import ConvDecoder, ConvEncoder, check_image, che
 from dalle2_fast.models.vqvae import init_codebook, make_quantizer
 
 
-@dataclass
+@dataclass(frozen=True)
 class VQVAE2Config:
     """Defaults measured on 32x32 shapes: 27.7 dB held-out PSNR after 6 CPU minutes, with both
     levels in use (perplexity ~200 bottom / ~180 top of 256); with 16x16 bottom codes the top
