@@ -209,9 +209,10 @@ def _write(args, stream, total: int, image_meta, grid_meta: dict, nrow=None, sca
             for g in batch:
                 save_png(g.image, out / f"{g.index:06d}.png", image_meta(g))
                 done += 1
-            _say(args, f"  {batch[-1].index + 1}/{total} images, {done / max(time.time() - t0, 1e-9):.2f} images/s "
-                       f"(rank {info.rank})" if info.enabled else
-                 f"  {batch[-1].index + 1}/{total} images, {done / max(time.time() - t0, 1e-9):.2f} images/s")
+            rate = done / max(time.time() - t0, 1e-9)
+            left = (total / info.world - done) / max(rate, 1e-9)
+            _say(args, f"  {batch[-1].index + 1}/{total} images, {rate:.2f} images/s, ~{max(left, 0):.0f} s left"
+                       + (f" (rank {info.rank})" if info.enabled else ""))
         D.barrier(info)
         if info.is_main:
             print(f"wrote {total} images to {out}" + (f" ({info.world} ranks)" if info.enabled else ""))
@@ -222,6 +223,9 @@ def _write(args, stream, total: int, image_meta, grid_meta: dict, nrow=None, sca
         for g in batch:
             images.append(g.image.float().cpu())
             seeds.append(g.seed)
+        rate = len(images) / max(time.time() - t0, 1e-9)
+        _say(args, f"  {len(images)}/{total} images, {rate:.2f} images/s, "
+                   f"~{(total - len(images)) / max(rate, 1e-9):.0f} s left")
     x = torch.stack(images)
     if inputs is not None:  # autoencoders: each input next to its reconstruction
         x = torch.stack([inputs(seeds), x], 1).flatten(0, 1)
