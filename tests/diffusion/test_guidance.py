@@ -8,7 +8,7 @@ from dalle2_fast.diffusion import (ClassifierFreeGuidance, ClassifierGuidance, C
                                    ImageGuidance, clip_x0, cosine_betas, ddim_sample, ddpm_sample, gram_matrix,
                                    respace)
 from dalle2_fast.ops import dynamic_threshold_values
-from tests.test_samplers import exact_denoiser
+from tests.diffusion.test_samplers import exact_denoiser
 
 
 def cond_model(base, learned=False):

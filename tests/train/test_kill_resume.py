@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEPS, EVERY = 60, 7
 ARGS = ["train", "dae", "--steps", str(STEPS), "--ckpt-every", str(EVERY), "--resolution", "16",
         "--batch-size", "4", "--eval-size", "4", "--sample-n", "2", "--set", "channels=8", "--ema", "0.9", "--quiet"]

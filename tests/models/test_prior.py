@@ -1,6 +1,6 @@
 """unCLIP priors: the diffusion prior on the diffusion core (process, loss with per-item draws,
 DDIM + classifier-free guidance against Eq. 12 written out, best of n), the PCA quantiser and the
-AR prior. Checkpoints of the old layout: tests/test_prior_v1.py."""
+AR prior. Checkpoints of the old layout: tests/models/test_prior_v1.py."""
 import dataclasses
 import math
 from dataclasses import dataclass
