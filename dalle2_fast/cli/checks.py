@@ -64,6 +64,22 @@ def check_out_dir(name: str, path: str | Path) -> Path:
     return p
 
 
+def ensure_writable(name: str, directory: str | Path) -> Path:
+    """Create ``directory`` (and its parents) and prove a file can be written there, right before
+    work starts: what os.access cannot tell (read-only mounts, /proc, quotas) shows here, not
+    after the work is done."""
+    import tempfile
+
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{name}: cannot write under {str(d)!r} ({e.strerror or e})") from None
+    return d
+
+
 def refuse_unused(args, dests, why: str) -> None:
     """Options that do not apply to this mode must not be given (they would be silently ignored)."""
     given = [flag(d) for d in dests if getattr(args, d, None) is not None]
@@ -72,4 +88,4 @@ def refuse_unused(args, dests, why: str) -> None:
 
 
 __all__ = ["flag", "check_count", "check_finite", "check_positive", "check_seed_arg", "check_prompts",
-           "check_out_dir", "refuse_unused", "MAX_PROMPT_CHARS"]
+           "check_out_dir", "ensure_writable", "refuse_unused", "MAX_PROMPT_CHARS"]

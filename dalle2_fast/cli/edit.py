@@ -60,6 +60,11 @@ def _prepare(args, paths):
         check_finite("--decoder-guidance", args.decoder_guidance, 0, 100)
     check_output_path("-o/--out", args.out)
     images = [load_image(p, name=f"IMAGE {p}") for p in paths]
+    from pathlib import Path
+
+    from dalle2_fast.cli.checks import ensure_writable
+
+    ensure_writable("-o/--out", Path(args.out).parent if str(Path(args.out).parent) else ".")
     pipe = UnCLIPPipeline.from_pretrained(args.pipeline)
     kw = {k: getattr(args, k) for k in ("decoder_steps", "upsampler_steps", "decoder_guidance")
           if getattr(args, k) is not None}

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from dalle2_fast.cli.checks import (check_count, check_finite, check_out_dir, check_prompts, check_seed_arg,
-                                    refuse_unused)
+                                    ensure_writable, refuse_unused)
 
 PROMPT_OPTS = ("pipeline", "prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance", "decoder_guidance")
 CKPT_OPTS = ("sampler", "steps", "eta", "guidance", "scale", "classifier", "label", "temperature", "metrics")
@@ -90,6 +90,16 @@ def run(args) -> int:
     return _prompts(args)
 
 
+def _probe_output(args) -> None:
+    """Every flag is checked: prove the output can be written before any model loads."""
+    if args.images_dir is not None:
+        ensure_writable("--images-dir", args.images_dir)
+    else:
+        ensure_writable("-o/--out", Path(args.out).parent if str(Path(args.out).parent) else ".")
+    if getattr(args, "metrics", None):
+        ensure_writable("--metrics", Path(args.metrics).parent if str(Path(args.metrics).parent) else ".")
+
+
 def _say(args, msg: str) -> None:
     if not args.quiet:
         print(msg, flush=True)
@@ -116,6 +126,7 @@ def _prompts(args) -> int:
             check_finite("--" + k.replace("_", "-"), getattr(args, k), 0, 100)
     if args.pipeline is not None and not Path(args.pipeline).is_dir():
         raise FileNotFoundError(f"--pipeline: no such directory {args.pipeline!r}")
+    _probe_output(args)
     pipe = UnCLIPPipeline.from_pretrained(args.pipeline)
     opts = {k: getattr(args, k) for k in PROMPT_OPTS[1:] if getattr(args, k) is not None}
     settings = pipe.settings(**opts)
@@ -147,6 +158,7 @@ def _checkpoint(args) -> int:
         from dalle2_fast.data.images import check_output_path
 
         check_output_path("--metrics", args.metrics, (".json",))
+    _probe_output(args)
     sampler = CheckpointSampler(args.checkpoint, **opts)
     settings = sampler.settings
     if args.metrics is not None and not hasattr(sampler.model, "diffusion"):

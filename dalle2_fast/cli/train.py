@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 from types import SimpleNamespace
 
-from dalle2_fast.cli.checks import check_count, check_out_dir, check_positive, check_seed_arg, refuse_unused
+from dalle2_fast.cli.checks import (check_count, check_out_dir, check_positive, check_seed_arg, ensure_writable,
+                                    refuse_unused)
 
 LOOP_OPTS = ("steps", "batch_size", "lr", "resume", "ckpt_every", "keep_last", "eval_size", "sample_n", "ema")
 SUITE_OPTS = ("resolution", "data", "set", "vqvae", "classes", "bpd_n", "sample_steps")
@@ -113,6 +114,7 @@ def run(args) -> int:
             raise ValueError(f"--vqvae: no such checkpoint {opts.vqvae!r}")
         cfg = _loop_config(args, out, {})
         task = make_task(args.model, opts)
+    ensure_writable("--out", out)
     train(task, cfg)
     return 0
 
@@ -136,6 +138,7 @@ def _unclip(args, out: str) -> int:
         bad = [s for s in args.stages if s not in stage_names(r)]
         if bad:
             raise ValueError(f"--stages: unknown stages {bad}; this recipe has {stage_names(r)}")
+    ensure_writable("--out", out)
     pipe = train_unclip(r, out, progress=not args.quiet, stages=args.stages)
     print(f"{out}/pipeline" if pipe is not None else
           f"stages {args.stages} done; rerun without --stages to assemble the pipeline")

@@ -104,6 +104,13 @@ def test_bad_arguments(pipe):
         pipe.text_diff(x, "a red square", "", n=2)
     with pytest.raises(ValueError, match="max_angle"):
         pipe.text_diff(x, "a red square", "a blue square", n=2, max_angle=3.0)
+    with pytest.raises(ValueError, match="max_angle"):  # a bool is not an angle
+        pipe.text_diff(x, "a red square", "a blue square", n=2, max_angle=True)
+    # every manipulation follows the one seed rule and refuses what __call__ refuses
+    for call in (lambda: pipe.variations(x, n=1, seed=-1), lambda: pipe.interpolate(x, x, n=2, seed=-1),
+                 lambda: pipe.text_diff(x, "a", "b", n=1, seed=-1), lambda: pipe.variations(x, n=1, seed=2**63)):
+        with pytest.raises(ValueError, match=r"seed: expected an integer in \[0, 2\^63 - 1\]"):
+            call()
 
 
 def test_slerp():
