@@ -385,20 +385,20 @@ def load_latest_training_state(run_dir: str | Path, model: torch.nn.Module,
                                ema: torch.nn.Module | None = None) -> tuple[Path, dict] | None:
     """Resume from the newest intact ``checkpoints/step_*`` of ``run_dir``: returns (its path,
     its state record), or None when the run has no training checkpoint at all. A newer one that
-    cannot be read (truncated optim.pt, corrupt weights, bad state.json, ...) is skipped with a
-    ``CheckpointWarning`` naming the file and the reason; when none is intact, a CheckpointError
-    lists every checkpoint found and why each failed."""
+    cannot be read (truncated optim.pt, corrupt weights, bad state.json, ...) is skipped, and one
+    ``CheckpointWarning`` names each skipped file with the reason; when none is intact, a
+    CheckpointError lists every checkpoint found and why each failed."""
     steps = training_states(run_dir)
     failures = []
     for ck in reversed(steps):
         try:
             state = load_training_state(ck, model, optimizers, ema=ema)
         except CheckpointError as e:
-            failures.append(f"{ck.name}: {e}")
-            warnings.warn(f"resume: skipping unreadable training checkpoint: {e}", CheckpointWarning, stacklevel=2)
+            failures.append(str(e))
             continue
         if failures:
-            warnings.warn(f"resume: continuing from {ck} (step {state['step']}), the newest intact checkpoint",
+            warnings.warn(f"resume: skipped {len(failures)} unreadable training checkpoint(s) ({' | '.join(failures)}); "
+                          f"continuing from {ck} (step {state['step']}), the newest intact one",
                           CheckpointWarning, stacklevel=2)
         return ck, state
     if failures:

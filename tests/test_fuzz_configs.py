@@ -4,13 +4,16 @@ config), and the cases of the adversarial pass turned into tests. Each load eith
 (a harmless mutation) or raises CheckpointError with a one-line message naming config.json —
 never a torch error from a model constructor, never another exception type."""
 import copy
+import dataclasses
 import json
 import random
 
 import pytest
 import torch
 
-from dalle2_fast.checkpoint import CheckpointError, load_pretrained
+from safetensors.torch import save_file
+
+from dalle2_fast.checkpoint import CheckpointError, load_pretrained, register_model
 from dalle2_fast.diffusion.gaussian import DiffusionConfig
 from dalle2_fast.models import AEConfig, AutoEncoder, VAE, VAEConfig
 from dalle2_fast.models.diffusion_model import DiffusionModel, DiffusionModelConfig
@@ -128,8 +131,33 @@ def test_nested_config_messages_name_the_path(saved, tmp_path):
     rec["config"]["unet"]["num_groups"] = 3  # in range, but the dataclass's own check refuses it
     refused(_with_config(saved, tmp_path, "dm", rec), "config.unet: ValueError: UNetConfig: channels 8")
     rec = _record(saved, "dm")
-    rec["config"]["label_kind"] = "bogus"  # a string; only the constructor knows the names
-    refused(_with_config(saved, tmp_path, "dm", rec), "config does not build a DiffusionModel: ValueError: label kind")
+    rec["config"]["label_kind"] = "bogus"
+    refused(_with_config(saved, tmp_path, "dm", rec), "config: ValueError: label kind must be one of")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExplodingConfig:
+    width: int = 4
+
+
+@register_model("test_fuzz_exploding")
+class _Exploding(torch.nn.Module):
+    """A config that passes every rule but whose constructor raises a torch error."""
+    config_class = _ExplodingConfig
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.w = torch.nn.Parameter(torch.empty(config.width - 5))  # "negative dimension" for width < 5
+
+
+def test_constructor_error_becomes_checkpoint_error(tmp_path):
+    d = tmp_path / "x"
+    d.mkdir()
+    save_file({}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({"model_type": "test_fuzz_exploding", "format_version": 1,
+                                               "config": {"width": 4}}))
+    refused(d, "config does not build a _Exploding: RuntimeError")
 
 
 JUNK = [-1, 0, 1, 3, 2**24 + 1, 2**63, -(2**63), 0.5, -0.5, 1e308, "x", "", None, True, False, [], [1, 2], {},
