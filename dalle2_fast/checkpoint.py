@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from dalle2_fast.files import (CheckpointError, build_config, check_value, load_safetensors, parse_json_object,
                                read_json_object, read_safetensors_header, sniff)
 from dalle2_fast.files import config_from_dict  # noqa: F401  (re-exported: the public name since v1)
-from dalle2_fast.files.formats import describe
+from dalle2_fast.files.formats import describe, one_line
 
 FORMAT_VERSION = 1
 MODEL_REGISTRY: dict[str, type] = {}
@@ -126,7 +126,7 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], wh
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, TypeError) as e:  # e.g. a dtype that cannot be copied
-        raise CheckpointError(f"{where}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        raise CheckpointError(f"{where}: {one_line(e)}") from None
 
 
 def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
@@ -226,7 +226,7 @@ def load_pretrained(path: str | Path, expected_cls: type | None = None, map_loca
         try:
             raw = cls._upgrade_config(dict(raw))
         except Exception as e:  # noqa: BLE001 - the hook met a config it cannot read
-            raise CheckpointError(f"{where}: config: cannot be upgraded ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{where}: config: cannot be upgraded ({type(e).__name__}: {one_line(e)})") from None
     config = build_config(cls.config_class, raw, where, "config")  # messages: "<file>: config.unet.x: ..."
     wfile = path if path.is_file() else path / "model.safetensors"
     if not wfile.exists():
@@ -236,14 +236,13 @@ def load_pretrained(path: str | Path, expected_cls: type | None = None, map_loca
     try:
         model = cls(config)
     except (Exception, MemoryError) as e:  # noqa: BLE001 - the config passed the generic rules only
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{where}: config does not build a {cls.__name__}: {type(e).__name__}: {msg}") from None
+        raise CheckpointError(f"{where}: config does not build a {cls.__name__}: {type(e).__name__}: {one_line(e)}") from None
     state = load_safetensors(wfile)
     if hasattr(cls, "_upgrade_state_dict"):  # older state-dict layouts (renamed keys), converted on load
         try:
             state = cls._upgrade_state_dict(state, config)
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{wfile}: tensors cannot be upgraded ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{wfile}: tensors cannot be upgraded ({type(e).__name__}: {one_line(e)})") from None
     load_state_strict(model, state, str(wfile))
     return model.to(map_location)
 
@@ -317,8 +316,7 @@ def _read_optim(path: Path) -> dict:
     try:
         blob = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt zip, refused global, truncated record
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{f}: unreadable torch archive ({type(e).__name__}: {msg[:200]})") from None
+        raise CheckpointError(f"{f}: unreadable torch archive ({type(e).__name__}: {one_line(e, 200)})") from None
     ok = (isinstance(blob, dict) and isinstance(blob.get("optimizers"), dict) and isinstance(blob.get("rng"), dict)
           and isinstance(blob["rng"].get("torch"), torch.Tensor) and blob["rng"]["torch"].dtype == torch.uint8
           and all(isinstance(v, dict) for v in blob["optimizers"].values()))
@@ -370,13 +368,13 @@ def load_training_state(path: str | Path, model: torch.nn.Module,
         try:
             o.load_state_dict(blob["optimizers"][k])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise CheckpointError(f"{path / 'optim.pt'}: optimizer {k!r} does not match: {e}") from None
+            raise CheckpointError(f"{path / 'optim.pt'}: optimizer {k!r} does not match: {one_line(e)}") from None
     try:
         torch.set_rng_state(blob["rng"]["torch"])
         if "cuda" in blob["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
     except (RuntimeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / 'optim.pt'}: bad RNG state: {e}") from None
+        raise CheckpointError(f"{path / 'optim.pt'}: bad RNG state: {one_line(e)}") from None
     return state
 
 
@@ -397,7 +395,8 @@ def load_latest_training_state(run_dir: str | Path, model: torch.nn.Module,
             failures.append(str(e))
             continue
         if failures:
-            warnings.warn(f"resume: skipped {len(failures)} unreadable training checkpoint(s) ({' | '.join(failures)}); "
+            skipped = " | ".join(failures)
+            warnings.warn(f"resume: skipped {len(failures)} unreadable training checkpoint(s) ({skipped}); "
                           f"continuing from {ck} (step {state['step']}), the newest intact one",
                           CheckpointWarning, stacklevel=2)
         return ck, state

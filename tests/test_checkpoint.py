@@ -153,8 +153,10 @@ CORRUPTIONS = {  # file in the newest checkpoint -> how it is damaged
                  lambda p: torch.save({"optimizers": 5, "rng": {}}, p)],
     "model.safetensors": [lambda p: p.write_bytes(p.read_bytes()[:-10]), lambda p: p.write_bytes(b"PK\x03\x04junk")],
     "ema.safetensors": [lambda p: p.write_bytes(p.read_bytes()[:40])],
-    "state.json": [lambda p: p.write_text("{"), lambda p: p.write_text('{"step": "3", "data_position": 6, "extra": {}}'),
-                   lambda p: p.write_text('{"step": 3, "extra": {}}'), lambda p: p.unlink()],
+    "state.json": [lambda p: p.write_text("{"),
+                   lambda p: p.write_text('{"step": "3", "data_position": 6, "extra": {}}'),
+                   lambda p: p.write_text('{"step": 3, "extra": {}}'),
+                   lambda p: p.unlink()],
 }
 
 

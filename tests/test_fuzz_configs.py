@@ -81,9 +81,12 @@ def test_config_field_mutations(saved, tmp_path, key, value, says):
 
 
 @pytest.mark.parametrize("text, says", [
-    ('{"model_type": "vae", "format_version": 1, "config": {"beta": NaN}}', "config.beta: expected a finite float, got float nan"),
-    ('{"model_type": "vae", "format_version": 1, "config": {"beta": Infinity}}', "config.beta: expected a finite float"),
-    ('{"model_type": "vae", "format_version": 1, "config": {"beta": 1e400}}', "config.beta: expected a finite float"),
+    ('{"model_type": "vae", "format_version": 1, "config": {"beta": NaN}}',
+     "config.beta: expected a finite float, got float nan"),  # the NaN beta
+    ('{"model_type": "vae", "format_version": 1, "config": {"beta": Infinity}}',
+     "config.beta: expected a finite float"),
+    ('{"model_type": "vae", "format_version": 1, "config": {"beta": 1e400}}',
+     "config.beta: expected a finite float"),
 ])
 def test_non_finite_floats(saved, tmp_path, text, says):
     refused(_with_config(saved, tmp_path, "vae", text), says)

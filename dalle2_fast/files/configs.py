@@ -26,7 +26,7 @@ import types
 import typing
 from pathlib import Path
 
-from dalle2_fast.files.formats import CheckpointError, _is_int, _short, read_json_object
+from dalle2_fast.files.formats import CheckpointError, _is_int, _short, one_line, read_json_object
 
 MAX_CONFIG_INT = 1 << 24
 SIZE_FIELDS = frozenset({
@@ -140,7 +140,7 @@ def build_config(cls, d, where: str, path: str = ""):
     try:
         return cls(**kw)
     except Exception as e:  # noqa: BLE001 - a __post_init__ check of the dataclass itself
-        raise CheckpointError(f"{where}: {label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise CheckpointError(f"{where}: {label}: {type(e).__name__}: {one_line(e)}") from None
 
 
 def config_from_dict(cls, d, where: str | None = None):

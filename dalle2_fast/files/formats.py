@@ -31,7 +31,7 @@ class CheckpointError(RuntimeError):
     not match the model it is loaded into. The message is one line and names the file."""
 
 
-def _one_line(e: BaseException | str, limit: int = 300) -> str:
+def one_line(e: BaseException | str, limit: int = 300) -> str:
     text = str(e).strip().splitlines()
     text = text[0] if text else type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -45,7 +45,7 @@ def _size(path: Path) -> int:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: does not exist") from None
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot be read ({_one_line(e)})") from None
+        raise CheckpointError(f"{path}: cannot be read ({one_line(e)})") from None
 
 
 def _read(path: Path, offset: int, n: int) -> bytes:
@@ -54,7 +54,7 @@ def _read(path: Path, offset: int, n: int) -> bytes:
             f.seek(offset)
             return f.read(n)
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot be read ({_one_line(e)})") from None
+        raise CheckpointError(f"{path}: cannot be read ({one_line(e)})") from None
 
 
 # ----------------------------------------------------------------------------- sniffing
@@ -140,11 +140,11 @@ def _loads(text: str | bytes, where: str):
             text = text.decode("utf-8")
         return json.loads(text, object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError as e:
-        raise CheckpointError(f"{where}: not UTF-8 text ({_one_line(e)})") from None
+        raise CheckpointError(f"{where}: not UTF-8 text ({one_line(e)})") from None
     except RecursionError:
         raise CheckpointError(f"{where}: JSON nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, duplicate keys, over-long integer literals
-        raise CheckpointError(f"{where}: not valid JSON ({_one_line(e)})") from None
+        raise CheckpointError(f"{where}: not valid JSON ({one_line(e)})") from None
 
 
 def _wrong_kind(path: Path, kind: str, expected: str) -> CheckpointError:
@@ -224,7 +224,7 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
     try:
         return load_file(str(path), device=device)
     except Exception as e:  # noqa: BLE001 - the header was valid, so this is I/O or a library limit
-        raise CheckpointError(f"{path}: safetensors could not read the data ({_one_line(e)})") from None
+        raise CheckpointError(f"{path}: safetensors could not read the data ({one_line(e)})") from None
 
 
 # ----------------------------------------------------------------------------- JSON
