@@ -84,9 +84,9 @@ def adagn_problems(draw):
     x = torch.randn(B, C, *spatial, generator=g)
     params = dict(weight=torch.randn(C, generator=g), bias=torch.randn(C, generator=g),
                   scale=0.5 * torch.randn(B, C, generator=g), shift=torch.randn(B, C, generator=g))
-    target = draw(st.sampled_from(["x", "weight", "bias", "scale", "shift", "x"]))
-    t = x if target == "x" else params[target]
-    _spray(draw, t, 2)
+    for t in (x, *params.values()):  # each input non-finite somewhere with probability 1/2
+        if draw(st.booleans()):
+            _spray(draw, t, 2)
     for name in ("weight", "bias", "scale", "shift"):
         if draw(st.integers(0, 3)) == 0:
             params[name] = None
@@ -124,6 +124,35 @@ def test_adagn_nonfinite(backend, problem):
     torch.testing.assert_close(y.double()[fin], ref[fin], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+@pytest.mark.parametrize("act", [None, "silu"])
+@pytest.mark.parametrize("where", ["x", "weight", "bias", "scale", "shift"])
+def test_adagn_nonfinite_cases(backend, act, where):
+    """One NaN / +Inf / -Inf in each input: the cases where the C++ and Triton kernels differed
+    from the reference (an Inf scale folded into inf - inf = NaN; silu(-inf) = -inf; an Inf in
+    x whose group variance was clamped from NaN to 0)."""
+    if backend not in cpu_backends(adagn_family):
+        pytest.skip("not built")
+    for val in NONFINITE:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 4, 3, 3, generator=g)
+        params = dict(weight=torch.randn(4, generator=g), bias=torch.randn(4, generator=g),
+                      scale=0.5 * torch.randn(2, 4, generator=g), shift=torch.randn(2, 4, generator=g))
+        if where == "x":
+            x[0, 1, 1, 1] = val
+        elif where in ("weight", "bias"):
+            params[where][1] = val
+        else:
+            params[where][0, 1] = val
+        for xx in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, :1, :1]):
+            y = adagn(xx, 2, act=act, backend=backend, **params)
+            ref = adagn_ref(xx, 2, act=act, upcast=True, **params)
+            assert torch.equal(_pattern(y), _pattern(ref)), (where, val, act)
+    if where == "x":  # a channel's first element is the kernels' shift: an Inf after it made m2 = inf - inf
+        x = torch.tensor([[[1.5410, float("inf")]]])
+        assert torch.isnan(adagn(x, 1, act=act, backend=backend)).all()
+
+
 # ----------------------------------------------------------------------------- sampling steps
 @pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
 @settings(max_examples=40, **SETTINGS)
@@ -145,3 +174,22 @@ def test_sampling_nonfinite(backend, B, dims, kind, pred, clip, cfg, seed, data)
         assert torch.equal(_pattern(got), _pattern(want)), "NaN / +Inf / -Inf where the reference has them"
         fin = torch.isfinite(want)
         torch.testing.assert_close(got[fin].double(), want[fin].double(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+@pytest.mark.parametrize("clip", ["static", "dynamic"])
+def test_sampling_clip_keeps_nan(backend, clip):
+    """A NaN x0 is never clipped to the bound (the Triton min/max returned the bound), and a NaN
+    dynamic threshold makes its sample NaN (the C++ kernel skipped clipping)."""
+    if backend not in cpu_backends(sampling_family):
+        pytest.skip("not built")
+    g = torch.Generator().manual_seed(0)
+    for kind in ("ddpm", "ddim", "dpmpp_2m"):
+        for what in ("x", "m"):
+            x, mo, coefs, guid, extra = _inputs((2, 3, 4), kind, False, False, g, torch.float32)
+            (x if what == "x" else mo)[0, 1, 2] = float("nan")
+            out, x0 = _call(kind, x, mo, coefs, guid, extra, "eps", clip, False, backend)
+            ref, ref_x0 = _ref(kind, x, mo, coefs, guid, extra, "eps", clip, False, upcast=True)
+            assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out[0, 1, 2])
+            assert torch.equal(torch.isnan(x0), torch.isnan(ref_x0))
+            assert not torch.isnan(out[1]).any()
