@@ -120,9 +120,25 @@ def _finite_or_zero(t: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
 
 
-def _apply_poison(out: torch.Tensor, poison: torch.Tensor) -> torch.Tensor:
+def _apply_poison(out: torch.Tensor, poison: torch.Tensor | None) -> torch.Tensor:
     """NaN where ``poison``; a product (not a select) so that gradients through it are NaN too."""
-    return out * torch.where(poison, float("nan"), 1.0).to(out.dtype)
+    return out if poison is None else out * torch.where(poison, float("nan"), 1.0).to(out.dtype)
+
+
+def _nonfinite_guard(q, k, v, causal, key_padding_mask, scale):
+    """(q, k, v, scale, poison) for math that must only see finite numbers: non-finite entries
+    zeroed, a non-finite scale replaced by 1, and ``poison`` (None when nothing is poisoned).
+
+    Eager on the CPU, one sum per input proves the common all-finite case cheaply (a finite sum
+    means every entry is finite; a sum that overflows only takes the exact path needlessly) and
+    skips the elementwise work, which on a small CPU costs as much as the attention itself.
+    Elsewhere (GPU, torch.compile) the exact path runs unconditionally: no data-dependent branch."""
+    if (q.device.type == "cpu" and not torch.compiler.is_compiling() and math.isfinite(scale)
+            and bool(torch.isfinite(sum(t.sum(dtype=torch.float32) for t in (q, k, v))))):
+        return q, k, v, scale, None
+    poison = _poisoned(q, k, v, causal, key_padding_mask, scale)
+    return (_finite_or_zero(q), _finite_or_zero(k), _finite_or_zero(v), scale if math.isfinite(scale) else 1.0,
+            poison)
 
 
 def attention_ref(
@@ -148,9 +164,7 @@ def attention_ref(
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
     scale = D**-0.5 if scale is None else float(scale)
-    poison = _poisoned(q, k, v, causal, key_padding_mask, scale)
-    q, k, v = _finite_or_zero(q), _finite_or_zero(k), _finite_or_zero(v)
-    scale = scale if math.isfinite(scale) else 1.0
+    q, k, v, scale, poison = _nonfinite_guard(q, k, v, causal, key_padding_mask, scale)
     dt = torch.float64 if (upcast or q.dtype == torch.float64) else torch.float32
     if Sk == 0:  # every row sees no key: zeros, still connected to the graph
         return (q.to(dt) * 0.0).to(q.dtype)
@@ -230,9 +244,7 @@ def _attention_torch(q, k, v, key_padding_mask, causal, scale):
 def _attention_sdpa(q, k, v, key_padding_mask, causal, scale):
     # SDPA's own handling of non-finite input differs from ours (a NaN row comes out as zeros,
     # a NaN key behind padding leaks): it only ever sees finite inputs, _poisoned marks NaN.
-    poison = _poisoned(q, k, v, causal, key_padding_mask, scale)
-    q, k, v = _finite_or_zero(q), _finite_or_zero(k), _finite_or_zero(v)
-    scale = scale if math.isfinite(scale) else 1.0
+    q, k, v, scale, poison = _nonfinite_guard(q, k, v, causal, key_padding_mask, scale)
     return _apply_poison(_sdpa_finite(q, k, v, key_padding_mask, causal, scale), poison)
 
 
