@@ -14,7 +14,8 @@ next power of two and the extra columns are masked loads (zeros), never stored.
 Non-finite inputs (ops/attention.py, attention.h): the forward keeps per row "saw a key" and
 "poisoned" (non-finite q, scale, or k of a key it sees) flags; a key tile holding a non-finite
 v takes a rare path that poisons the columns of the rows that see it (a 0/1 matrix product)
-and zeroes it for P V. Poisoned outputs are NaN, poisoned rows' lse NaN.
+and zeroes it for P V. Poisoned outputs are NaN, poisoned rows' lse NaN. On finite input the
+only extra work per key tile is a finiteness reduction over the k and v tiles.
 """
 from __future__ import annotations
 
@@ -89,10 +90,12 @@ def _fwd_kernel(
         kv_mask = (offs_n[:, None] < SK) & dmask[None, :]
         k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
         s = _scores(q, k, offs_m, offs_n, PAD + b * spb, SQ, SK, qk_scale, HAS_PAD, CAUSAL, PREC)
-        vis = _visible(offs_m, offs_n, PAD + b * spb, SQ, SK, HAS_PAD, CAUSAL)
-        seen = tl.maximum(seen, tl.max(vis.to(tl.int32), 1))
         kbad = tl.max(_not_finite(k).to(tl.int32), 1)  # (BLOCK_N,)
-        row_bad += tl.max((vis & (kbad[None, :] > 0)).to(tl.int32), 1)
+        if tl.max(kbad, 0) + tl.max(row_bad, 0) > 0:  # rare: a poisoned row, or a bad key in this tile
+            # "saw a key" only matters for poisoned rows, and a row poisoned here sees this tile's key
+            vis = _visible(offs_m, offs_n, PAD + b * spb, SQ, SK, HAS_PAD, CAUSAL)
+            seen = tl.maximum(seen, tl.max(vis.to(tl.int32), 1))
+            row_bad += tl.max((vis & (kbad[None, :] > 0)).to(tl.int32), 1)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row hidden so far: no NaN
         p = tl.math.exp2(s - m_safe[:, None])
@@ -102,6 +105,7 @@ def _fwd_kernel(
         acc = acc * alpha[:, None]
         vbad = _not_finite(v)
         if tl.max(tl.max(vbad.to(tl.int32), 1), 0) > 0:  # rare: poison the columns, zero v for P V
+            vis = _visible(offs_m, offs_n, PAD + b * spb, SQ, SK, HAS_PAD, CAUSAL)
             hits = tl.dot(vis.to(tl.float32), vbad.to(tl.float32), input_precision=PREC)
             acc = acc + tl.where(hits > 0.0, float("nan"), 0.0)
             v = tl.where(vbad, 0.0, v).to(v.dtype)
