@@ -36,6 +36,13 @@ FORMAT_VERSION = 1
 MODEL_REGISTRY: dict[str, type] = {}
 
 
+class CheckpointMismatch(CheckpointError):
+    """An intact training checkpoint that does not fit the caller (no EMA where one is kept, no
+    state for a named optimizer): resume refuses at once instead of falling back, since an older
+    checkpoint of the same run would not fit either, and since under DDP only rank 0 passes an
+    EMA, falling back on it would let ranks resume from different steps."""
+
+
 class CheckpointWarning(UserWarning):
     """A training checkpoint was skipped because it cannot be read (resume fell back to an older one)."""
 
@@ -345,7 +352,7 @@ def load_training_state(path: str | Path, model: torch.nn.Module,
     is restored; any defect is a CheckpointError naming the file."""
     path = Path(path)
     if ema is not None and not (path / "ema.safetensors").exists():
-        raise CheckpointError(f"{path}: no EMA weights (ema.safetensors) in this checkpoint: "
+        raise CheckpointMismatch(f"{path}: no EMA weights (ema.safetensors) in this checkpoint: "
                               f"it was written by a run without an EMA of the weights (--ema 0)")
     for f in ("state.json", "optim.pt", "model.safetensors"):
         if not (path / f).exists():
@@ -360,7 +367,7 @@ def load_training_state(path: str | Path, model: torch.nn.Module,
     blob = _read_optim(path)
     missing = sorted(set(optimizers) - set(blob["optimizers"]))
     if missing:
-        raise CheckpointError(f"{path}: no optimizer state for {missing}")
+        raise CheckpointMismatch(f"{path}: no optimizer state for {missing}")
     load_state_strict(model, weights, str(path))
     if ema is not None:
         load_state_strict(ema, ema_weights, str(path / "ema.safetensors"))
@@ -385,12 +392,15 @@ def load_latest_training_state(run_dir: str | Path, model: torch.nn.Module,
     its state record), or None when the run has no training checkpoint at all. A newer one that
     cannot be read (truncated optim.pt, corrupt weights, bad state.json, ...) is skipped, and one
     ``CheckpointWarning`` names each skipped file with the reason; when none is intact, a
-    CheckpointError lists every checkpoint found and why each failed."""
+    CheckpointError lists every checkpoint found and why each failed. A CheckpointMismatch (the
+    checkpoint is intact but lacks the EMA or an optimizer the caller has) is raised at once."""
     steps = training_states(run_dir)
     failures = []
     for ck in reversed(steps):
         try:
             state = load_training_state(ck, model, optimizers, ema=ema)
+        except CheckpointMismatch:
+            raise
         except CheckpointError as e:
             failures.append(str(e))
             continue

@@ -215,3 +215,16 @@ def test_optim_truncated_at_many_points(tmp_path):
         with pytest.raises(CheckpointError, match="optim.pt") as info:
             load_training_state(tmp_path / "checkpoints" / "step_00000001", m, opts)
         assert "\n" not in str(info.value)
+
+
+def test_resume_refuses_a_caller_mismatch_at_once(tmp_path):
+    """No EMA in the checkpoints of a run that keeps one is a mismatch, not damage: no fall-back
+    (under DDP only rank 0 has the EMA; falling back there would split the ranks)."""
+    from dalle2_fast.checkpoint import CheckpointMismatch, load_latest_training_state
+
+    _run_with_checkpoints(tmp_path, steps=(1, 2), ema=False)
+    m, opts, ema = _fresh(ema=True)
+    with pytest.raises(CheckpointMismatch, match=r"step_00000002: no EMA weights"):
+        load_latest_training_state(tmp_path, m, opts, ema=ema)
+    with pytest.raises(CheckpointMismatch, match="no optimizer state for"):
+        load_latest_training_state(tmp_path, m, {"other": opts["model"]})
