@@ -8,7 +8,12 @@ Training state for exact ``--resume`` lives in ``<run>/checkpoints/step_XXXXXXXX
 ``optim.pt`` (optimizer states, torch RNG states), ``state.json`` (step, data position,
 extras) and, when training keeps one, ``ema.safetensors`` (the state of a
 ``torch.optim.swa_utils.AveragedModel``: the averaged weights and ``n_averaged``); the last N
-are kept.
+are kept. ``load_latest_training_state`` resumes from the newest intact one, warning about
+(and skipping) newer ones that cannot be read.
+
+Every file is read through ``dalle2_fast.files`` (format sniffing, bounded headers, typed config
+validation): whatever is wrong with a file, the error is a one-line ``CheckpointError`` naming
+it. ``docs/reliability.md`` lists what is checked where.
 """
 from __future__ import annotations
 
@@ -16,19 +21,30 @@ import dataclasses
 import json
 import os
 import shutil
-import struct
-import typing
+import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from dalle2_fast.files import (CheckpointError, build_config, check_value, load_safetensors, parse_json_object,
+                               read_json_object, read_safetensors_header, sniff)
+from dalle2_fast.files import config_from_dict  # noqa: F401  (re-exported: the public name since v1)
+from dalle2_fast.files.formats import describe, one_line
 
 FORMAT_VERSION = 1
 MODEL_REGISTRY: dict[str, type] = {}
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated, or does not match the model it is loaded into."""
+class CheckpointMismatch(CheckpointError):
+    """An intact training checkpoint that does not fit the caller (no EMA where one is kept, no
+    state for a named optimizer): resume refuses at once instead of falling back, since an older
+    checkpoint of the same run would not fit either, and since under DDP only rank 0 passes an
+    EMA, falling back on it would let ranks resume from different steps."""
+
+
+class CheckpointWarning(UserWarning):
+    """A training checkpoint was skipped because it cannot be read (resume fell back to an older one)."""
 
 
 def register_model(name: str):
@@ -48,30 +64,6 @@ def config_to_dict(cfg) -> dict:
     if not dataclasses.is_dataclass(cfg):
         raise TypeError(f"config_to_dict: expected a dataclass instance, got {type(cfg).__name__}")
     return dataclasses.asdict(cfg)
-
-
-def config_from_dict(cls, d: dict):
-    """Build dataclass ``cls`` from ``d``; unknown keys or wrongly typed values raise (configs
-    never silently revert to defaults); missing keys take the field defaults."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise CheckpointError(f"{cls.__name__}: unknown config keys {unknown}; known: {sorted(names)}")
-    kw = {}
-    for k, v in d.items():
-        t = hints[k]
-        origin = typing.get_origin(t)
-        if dataclasses.is_dataclass(t) and isinstance(v, dict):
-            v = config_from_dict(t, v)
-        if origin is tuple and isinstance(v, list):
-            v = tuple(v)
-        if t is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        if t in (int, float, str, bool) and not (type(v) is t):
-            raise CheckpointError(f"{cls.__name__}.{k}: expected {t.__name__}, got {type(v).__name__} {v!r}")
-        kw[k] = v
-    return cls(**kw)
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -112,35 +104,18 @@ def _state_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def check_safetensors(path: Path) -> None:
-    """Raise CheckpointError if ``path`` is not a complete safetensors file."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
-        (n,) = struct.unpack("<Q", head)
-        raw = f.read(n)
-    if len(raw) < n:
-        raise CheckpointError(f"{path}: truncated safetensors file (header says {n} bytes, file has {size})")
-    try:
-        header = json.loads(raw)
-    except ValueError as e:
-        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if size < 8 + n + end:
-        raise CheckpointError(f"{path}: truncated safetensors file: expected {8 + n + end} bytes, found {size}")
+    """Raise CheckpointError unless ``path`` is a complete, well-formed safetensors file."""
+    read_safetensors_header(path)
 
 
-def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Load ``state`` into ``model``; missing, unexpected or mis-shaped tensors raise one
-    CheckpointError that lists them all."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+def _mismatch(where: str, model_name: str, own: dict, theirs: dict) -> None:
+    """CheckpointError listing missing, unexpected and mis-shaped tensors (name -> shape maps)."""
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(theirs[k])} vs model {tuple(own[k])}"
+              for k in sorted(set(own) & set(theirs)) if tuple(theirs[k]) != tuple(own[k])]
     if missing or unexpected or shapes:
-        msg = [f"{where}: checkpoint does not match {type(model).__name__}"]
+        msg = [f"{where}: checkpoint does not match {model_name}"]
         if missing:
             msg.append(f"missing tensors ({len(missing)}): {missing[:10]}")
         if unexpected:
@@ -148,7 +123,17 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], wh
         if shapes:
             msg.append(f"mis-shaped tensors ({len(shapes)}): {shapes[:10]}")
         raise CheckpointError("; ".join(msg))
-    model.load_state_dict(state, strict=True)
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``state`` into ``model``; missing, unexpected or mis-shaped tensors raise one
+    CheckpointError that lists them all."""
+    own = {k: v.shape for k, v in model.state_dict().items()}
+    _mismatch(where, type(model).__name__, own, {k: v.shape for k, v in state.items()})
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, TypeError) as e:  # e.g. a dtype that cannot be copied
+        raise CheckpointError(f"{where}: {one_line(e)}") from None
 
 
 def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
@@ -169,30 +154,66 @@ def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
     return path
 
 
+def _config_file(path: Path) -> str:
+    """Where a checkpoint's config record lives, for messages."""
+    return f"{path}: metadata 'dalle2_fast'" if path.is_file() else str(path / "config.json")
+
+
 def read_config(path: str | Path) -> dict:
-    """The checkpoint's {'model_type', 'format_version', 'config'} record."""
+    """The checkpoint's validated {'model_type', 'format_version', 'config'} record."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    where = _config_file(path)
     if path.is_file():
-        check_safetensors(path)
-        from safetensors import safe_open
-        with safe_open(str(path), "pt") as f:
-            md = f.metadata() or {}
+        md = read_safetensors_header(path).metadata
         if "dalle2_fast" not in md:
             raise CheckpointError(f"{path}: no 'dalle2_fast' metadata (model type and config) in this file")
-        return json.loads(md["dalle2_fast"])
-    cfg = path / "config.json"
-    if not cfg.exists():
-        raise CheckpointError(f"{path}: missing config.json (a checkpoint directory holds config.json + model.safetensors)")
-    try:
-        rec = json.loads(cfg.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{cfg}: not valid JSON ({e}); truncated?") from None
+        rec = parse_json_object(md["dalle2_fast"], where)
+    else:
+        cfg = path / "config.json"
+        if not cfg.exists():
+            raise CheckpointError(f"{path}: missing config.json (a checkpoint directory holds config.json + "
+                                  "model.safetensors)")
+        rec = read_json_object(cfg)
+    unknown = sorted(set(rec) - {"model_type", "format_version", "config"})
+    if unknown:
+        raise CheckpointError(f"{where}: unknown keys {unknown}; known: ['config', 'format_version', 'model_type']")
     for k in ("model_type", "config"):
         if k not in rec:
-            raise CheckpointError(f"{cfg}: missing key {k!r}")
+            raise CheckpointError(f"{where}: missing key {k!r}")
+    check_value(str, rec["model_type"], where, "model_type")
+    check_value(dict, rec["config"], where, "config")
+    version = rec.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise CheckpointError(f"{where}: format_version: expected int >= 0, got {type(version).__name__} {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{where}: format_version {version} is newer than this package's {FORMAT_VERSION}; "
+                              "upgrade dalle2_fast to read it")
     return rec
+
+
+_META_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool}
+
+
+def _check_weights_fit(cls, config, header, wfile: Path) -> None:
+    """Compare the weights file's tensor names and shapes with a model built on the meta device
+    (no memory): a config that disagrees with its weights (say channels=4096 for a 64-wide file)
+    is refused before the real model allocates anything. Skipped when a model cannot be built
+    on the meta device; the real construction and the strict load then report."""
+    try:
+        with torch.device("meta"):
+            own = {k: v.shape for k, v in cls(config).state_dict().items()}
+            theirs = {k: torch.empty(shape, dtype=_META_DTYPES.get(dt, torch.float32))
+                      for k, (dt, shape, _) in header.tensors.items()}
+            if hasattr(cls, "_upgrade_state_dict"):
+                theirs = cls._upgrade_state_dict(theirs, config)
+            theirs = {k: v.shape for k, v in theirs.items()}
+    except Exception:  # noqa: BLE001 - not meta-constructible; the real path below explains errors
+        return
+    _mismatch(str(wfile), cls.__name__, own, theirs)
 
 
 def load_pretrained(path: str | Path, expected_cls: type | None = None, map_location: str | torch.device = "cpu"):
@@ -201,25 +222,34 @@ def load_pretrained(path: str | Path, expected_cls: type | None = None, map_loca
 
     path = Path(path)
     rec = read_config(path)
-    if rec.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {rec['format_version']} is newer than this package's {FORMAT_VERSION}")
+    where = _config_file(path)
     cls = MODEL_REGISTRY.get(rec["model_type"])
     if cls is None:
-        raise CheckpointError(f"{path}: unknown model_type {rec['model_type']!r}; known: {sorted(MODEL_REGISTRY)}")
+        raise CheckpointError(f"{where}: unknown model_type {rec['model_type']!r}; known: {sorted(MODEL_REGISTRY)}")
     if expected_cls is not None and not issubclass(cls, expected_cls):
         raise CheckpointError(f"{path}: holds a {cls.__name__} ({rec['model_type']}), not a {expected_cls.__name__}")
     raw = rec["config"]
     if hasattr(cls, "_upgrade_config"):  # older config layouts of this model type, converted on load
-        raw = cls._upgrade_config(dict(raw))
-    config = config_from_dict(cls.config_class, raw)
-    model = cls(config)
+        try:
+            raw = cls._upgrade_config(dict(raw))
+        except Exception as e:  # noqa: BLE001 - the hook met a config it cannot read
+            raise CheckpointError(f"{where}: config: cannot be upgraded ({type(e).__name__}: {one_line(e)})") from None
+    config = build_config(cls.config_class, raw, where, "config")  # messages: "<file>: config.unet.x: ..."
     wfile = path if path.is_file() else path / "model.safetensors"
     if not wfile.exists():
         raise CheckpointError(f"{path}: missing model.safetensors")
-    check_safetensors(wfile)
-    state = load_file(str(wfile))
+    header = read_safetensors_header(wfile)
+    _check_weights_fit(cls, config, header, wfile)
+    try:
+        model = cls(config)
+    except (Exception, MemoryError) as e:  # noqa: BLE001 - the config passed the generic rules only
+        raise CheckpointError(f"{where}: config does not build a {cls.__name__}: {type(e).__name__}: {one_line(e)}") from None
+    state = load_safetensors(wfile)
     if hasattr(cls, "_upgrade_state_dict"):  # older state-dict layouts (renamed keys), converted on load
-        state = cls._upgrade_state_dict(state, config)
+        try:
+            state = cls._upgrade_state_dict(state, config)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{wfile}: tensors cannot be upgraded ({type(e).__name__}: {one_line(e)})") from None
     load_state_strict(model, state, str(wfile))
     return model.to(map_location)
 
@@ -271,34 +301,116 @@ def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module,
     return final
 
 
+def training_states(run_dir: str | Path) -> list[Path]:
+    """Every ``checkpoints/step_*`` directory of a run, oldest first (temp dirs excluded)."""
+    root = Path(run_dir) / "checkpoints"
+    return sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
+
+
 def latest_training_state(run_dir: str | Path) -> Path | None:
-    steps = sorted((Path(run_dir) / "checkpoints").glob("step_*"))
+    """The newest ``step_*`` directory, intact or not (see ``load_latest_training_state``)."""
+    steps = training_states(run_dir)
     return steps[-1] if steps else None
+
+
+def _read_optim(path: Path) -> dict:
+    """``optim.pt``: a torch zip archive read with ``weights_only=True`` (no code runs), holding
+    {'optimizers': {name: state_dict}, 'rng': {'torch': ByteTensor, ...}}."""
+    f = path / "optim.pt"
+    kind = sniff(f)
+    if kind != "torch-zip":
+        raise CheckpointError(f"{f}: this is {describe(kind)}, not a torch.save archive (truncated or overwritten?)")
+    try:
+        blob = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt zip, refused global, truncated record
+        raise CheckpointError(f"{f}: unreadable torch archive ({type(e).__name__}: {one_line(e, 200)})") from None
+    ok = (isinstance(blob, dict) and isinstance(blob.get("optimizers"), dict) and isinstance(blob.get("rng"), dict)
+          and isinstance(blob["rng"].get("torch"), torch.Tensor) and blob["rng"]["torch"].dtype == torch.uint8
+          and all(isinstance(v, dict) for v in blob["optimizers"].values()))
+    if not ok:
+        raise CheckpointError(f"{f}: expected {{'optimizers': {{name: state_dict}}, 'rng': {{'torch': uint8 tensor}}}}")
+    return blob
+
+
+def _read_state_json(path: Path) -> dict:
+    f = path / "state.json"
+    rec = read_json_object(f)
+    for k in ("step", "data_position", "extra"):
+        if k not in rec:
+            raise CheckpointError(f"{f}: missing key {k!r}")
+    for k in ("step", "data_position"):
+        if isinstance(rec[k], bool) or not isinstance(rec[k], int) or rec[k] < 0:
+            raise CheckpointError(f"{f}: {k}: expected int >= 0, got {type(rec[k]).__name__} {rec[k]!r}")
+    check_value(dict, rec["extra"], str(f), "extra")
+    return rec
 
 
 def load_training_state(path: str | Path, model: torch.nn.Module,
                         optimizers: dict[str, torch.optim.Optimizer], ema: torch.nn.Module | None = None) -> dict:
     """Restore weights, optimizer states, RNG states and (``ema`` given) the averaged model;
-    returns {'step', 'data_position', 'extra'}."""
+    returns {'step', 'data_position', 'extra'}. Every file is read and checked before anything
+    is restored; any defect is a CheckpointError naming the file."""
     path = Path(path)
     if ema is not None and not (path / "ema.safetensors").exists():
-        raise CheckpointError(f"{path}: no EMA weights (ema.safetensors) in this checkpoint: "
+        raise CheckpointMismatch(f"{path}: no EMA weights (ema.safetensors) in this checkpoint: "
                               f"it was written by a run without an EMA of the weights (--ema 0)")
     for f in ("state.json", "optim.pt", "model.safetensors"):
         if not (path / f).exists():
             raise CheckpointError(f"{path}: incomplete training checkpoint, missing {f}")
-    check_safetensors(path / "model.safetensors")
-    load_state_strict(model, load_file(str(path / "model.safetensors")), str(path))
-    if ema is not None:
-        check_safetensors(path / "ema.safetensors")
-        load_state_strict(ema, load_file(str(path / "ema.safetensors")), str(path / "ema.safetensors"))
-    blob = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
+    state = _read_state_json(path)
+    weights = load_safetensors(path / "model.safetensors")
+    ema_weights = None
+    if (path / "ema.safetensors").exists():  # checked even when not restored: every rank agrees on "intact"
+        read_safetensors_header(path / "ema.safetensors")
+        if ema is not None:
+            ema_weights = load_safetensors(path / "ema.safetensors")
+    blob = _read_optim(path)
     missing = sorted(set(optimizers) - set(blob["optimizers"]))
     if missing:
-        raise CheckpointError(f"{path}: no optimizer state for {missing}")
+        raise CheckpointMismatch(f"{path}: no optimizer state for {missing}")
+    load_state_strict(model, weights, str(path))
+    if ema is not None:
+        load_state_strict(ema, ema_weights, str(path / "ema.safetensors"))
     for k, o in optimizers.items():
-        o.load_state_dict(blob["optimizers"][k])
-    torch.set_rng_state(blob["rng"]["torch"])
-    if "cuda" in blob["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
-    return json.loads((path / "state.json").read_text())
+        try:
+            o.load_state_dict(blob["optimizers"][k])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{path / 'optim.pt'}: optimizer {k!r} does not match: {one_line(e)}") from None
+    try:
+        torch.set_rng_state(blob["rng"]["torch"])
+        if "cuda" in blob["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / 'optim.pt'}: bad RNG state: {one_line(e)}") from None
+    return state
+
+
+def load_latest_training_state(run_dir: str | Path, model: torch.nn.Module,
+                               optimizers: dict[str, torch.optim.Optimizer],
+                               ema: torch.nn.Module | None = None) -> tuple[Path, dict] | None:
+    """Resume from the newest intact ``checkpoints/step_*`` of ``run_dir``: returns (its path,
+    its state record), or None when the run has no training checkpoint at all. A newer one that
+    cannot be read (truncated optim.pt, corrupt weights, bad state.json, ...) is skipped, and one
+    ``CheckpointWarning`` names each skipped file with the reason; when none is intact, a
+    CheckpointError lists every checkpoint found and why each failed. A CheckpointMismatch (the
+    checkpoint is intact but lacks the EMA or an optimizer the caller has) is raised at once."""
+    steps = training_states(run_dir)
+    failures = []
+    for ck in reversed(steps):
+        try:
+            state = load_training_state(ck, model, optimizers, ema=ema)
+        except CheckpointMismatch:
+            raise
+        except CheckpointError as e:
+            failures.append(str(e))
+            continue
+        if failures:
+            skipped = " | ".join(failures)
+            warnings.warn(f"resume: skipped {len(failures)} unreadable training checkpoint(s) ({skipped}); "
+                          f"continuing from {ck} (step {state['step']}), the newest intact one",
+                          CheckpointWarning, stacklevel=2)
+        return ck, state
+    if failures:
+        raise CheckpointError(f"{Path(run_dir) / 'checkpoints'}: no intact training checkpoint among {len(steps)}: "
+                              + " | ".join(failures))
+    return None

@@ -26,6 +26,8 @@ FORBIDDEN = {
              "bench"},
     "seeding": {"ops", "nn", "diffusion", "models", "interop", "pipeline", "generate", "recipes", "train", "cli",
                 "serve", "data", "eval", "bench"},
+    "files": {"ops", "nn", "diffusion", "models", "interop", "pipeline", "generate", "recipes", "train", "cli",
+              "serve", "data", "eval", "bench", "checkpoint"},
     "checkpoint": {"nn", "diffusion", "interop", "pipeline", "generate", "recipes", "train", "cli", "serve", "data",
                    "eval", "bench"},
     "pipeline": {"generate", "recipes", "train", "cli", "serve", "bench"},

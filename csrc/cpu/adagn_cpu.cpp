@@ -94,11 +94,11 @@ AGN_INLINE void fwd_tile_nchw(const Args<scalar_t, acc_t>& a, int64_t tile) {
   for (int64_t cl = 0; cl < a.Cg; ++cl) {
     const int64_t c = c0 + cl;
     const FwdCoef<acc_t> f = fwd_coef(mean, rstd, a.w[c], a.b[c], a.scale[bi * a.C + c], a.shift[bi * a.C + c]);
-    const acc_t fm = f.mean, fa = f.a, fc = f.c;
+    const acc_t fm = f.mean, fa = f.a, fc = f.c, fg = f.g, fs = f.shift;
     const scalar_t* xc = xs + cl * Sp;
     scalar_t* yc = ys + cl * Sp;
 #pragma omp simd
-    for (int64_t s = 0; s < Sp; ++s) yc[s] = st<scalar_t>(activate<SILU>((ld(xc[s]) - fm) * fa + fc));
+    for (int64_t s = 0; s < Sp; ++s) yc[s] = st<scalar_t>(activate<SILU>(pre_act_xm(ld(xc[s]) - fm, fa, fc, fg, fs)));
   }
 }
 
@@ -112,7 +112,7 @@ AGN_INLINE void bwd_tile_nchw(const Args<scalar_t, acc_t>& a, int64_t tile) {
   for (int64_t cl = 0; cl < a.Cg; ++cl) {
     const int64_t c = c0 + cl, bc = bi * a.C + c;
     const FwdCoef<acc_t> f = fwd_coef(mean, rstd, a.w[c], a.b[c], a.scale[bc], a.shift[bc]);
-    const acc_t fa = f.a, fc = f.c;
+    const acc_t fa = f.a, fc = f.c, fg = f.g, fs = f.shift;
     const scalar_t* xc = a.x + off + cl * Sp;
     const scalar_t* dyc = a.dy + off + cl * Sp;
     double S = 0, T = 0;
@@ -122,7 +122,7 @@ AGN_INLINE void bwd_tile_nchw(const Args<scalar_t, acc_t>& a, int64_t tile) {
 #pragma omp simd reduction(+ : t1, t2)
       for (int64_t s = s0; s < s1e; ++s) {
         const acc_t xm = ld(xc[s]) - mean;
-        const acc_t dh = act_backward<SILU>(xm * fa + fc, acc_t(ld(dyc[s])));
+        const acc_t dh = act_backward<SILU>(pre_act_xm(xm, fa, fc, fg, fs), acc_t(ld(dyc[s])));
         t1 += dh;
         t2 += dh * xm;
       }
@@ -141,14 +141,14 @@ AGN_INLINE void bwd_tile_nchw(const Args<scalar_t, acc_t>& a, int64_t tile) {
     const int64_t c = c0 + cl, bc = bi * a.C + c;
     const FwdCoef<acc_t> f = fwd_coef(mean, rstd, a.w[c], a.b[c], a.scale[bc], a.shift[bc]);
     const BwdCoef<acc_t> k = bwd_coef(mean, rstd, a.w[c] * (acc_t(1) + a.scale[bc]), acc_t(su / n), acc_t(sv / n));
-    const acc_t fa = f.a, fc = f.c, kg = k.g, ku = k.u, kq = k.q;
+    const acc_t fa = f.a, fc = f.c, fg = f.g, fs = f.shift, kg = k.g, ku = k.u, kq = k.q;
     const scalar_t* xc = a.x + off + cl * Sp;
     const scalar_t* dyc = a.dy + off + cl * Sp;
     scalar_t* dxc = a.out + off + cl * Sp;
 #pragma omp simd
     for (int64_t s = 0; s < Sp; ++s) {
       const acc_t xm = ld(xc[s]) - mean;
-      const acc_t dh = act_backward<SILU>(xm * fa + fc, acc_t(ld(dyc[s])));
+      const acc_t dh = act_backward<SILU>(pre_act_xm(xm, fa, fc, fg, fs), acc_t(ld(dyc[s])));
       dxc[s] = st<scalar_t>(rstd * (kg * dh - ku) + kq * xm);  // grad_x in adagn.h
     }
   }
@@ -163,7 +163,7 @@ AGN_INLINE void fwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
   const int64_t c0 = g0 * a.Cg, cb = ng * a.Cg, C = a.C, Sp = a.Sp;
   const scalar_t* xb = a.x + bi * Sp * C + c0;
   scalar_t* yb = a.out + bi * Sp * C + c0;
-  std::vector<acc_t> buf(3 * cb, acc_t(0));
+  std::vector<acc_t> buf(5 * cb, acc_t(0));
   std::vector<double> wide(2 * cb, 0.0);  // running sums: chunks of kRowChunk rows fold into double
   acc_t *k = buf.data(), *t1 = k + cb, *t2 = t1 + cb;
   double *s1 = wide.data(), *s2 = s1 + cb;
@@ -186,7 +186,7 @@ AGN_INLINE void fwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
     }
   }
   // Per-group merge, then per-channel coefficients: reuse k (mean), t1 (a), t2 (c).
-  acc_t *fmean = k, *fa = t1, *fc = t2;
+  acc_t *fmean = k, *fa = t1, *fc = t2, *fg = t2 + cb, *fs = fg + cb;
   for (int64_t gl = 0; gl < ng; ++gl) {
     Moments<double> gm{0, 0, 0};
     for (int64_t j = gl * a.Cg; j < (gl + 1) * a.Cg; ++j)
@@ -200,13 +200,16 @@ AGN_INLINE void fwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
       fmean[j] = f.mean;
       fa[j] = f.a;
       fc[j] = f.c;
+      fg[j] = f.g;
+      fs[j] = f.shift;
     }
   }
   for (int64_t r = 0; r < Sp; ++r) {
     const scalar_t* row = xb + r * C;
     scalar_t* orow = yb + r * C;
 #pragma omp simd
-    for (int64_t j = 0; j < cb; ++j) orow[j] = st<scalar_t>(activate<SILU>((ld(row[j]) - fmean[j]) * fa[j] + fc[j]));
+    for (int64_t j = 0; j < cb; ++j)
+      orow[j] = st<scalar_t>(activate<SILU>(pre_act_xm(ld(row[j]) - fmean[j], fa[j], fc[j], fg[j], fs[j])));
   }
 }
 
@@ -217,10 +220,10 @@ AGN_INLINE void bwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
   const int64_t g0 = blk * a.gpb, ng = std::min(a.gpb, a.G - g0);
   const int64_t c0 = g0 * a.Cg, cb = ng * a.Cg, C = a.C, Sp = a.Sp;
   const int64_t off = bi * Sp * C + c0;
-  std::vector<acc_t> buf(8 * cb, acc_t(0));
+  std::vector<acc_t> buf(10 * cb, acc_t(0));
   std::vector<double> wide(2 * cb, 0.0);  // running sums of dh, dh * (x - mean)
   acc_t *fm = buf.data(), *fa = fm + cb, *fc = fa + cb, *t1 = fc + cb, *t2 = t1 + cb;
-  acc_t *kg = t2 + cb, *kq = kg + cb, *kr = kq + cb;
+  acc_t *kg = t2 + cb, *kq = kg + cb, *kr = kq + cb, *fg = kr + cb, *fs = fg + cb;
   double *S = wide.data(), *T = S + cb;
   for (int64_t j = 0; j < cb; ++j) {
     const int64_t c = c0 + j, bg = bi * a.G + c / a.Cg;
@@ -228,6 +231,8 @@ AGN_INLINE void bwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
     fm[j] = f.mean;
     fa[j] = f.a;
     fc[j] = f.c;
+    fg[j] = f.g;
+    fs[j] = f.shift;
   }
   for (int64_t r0 = 0; r0 < Sp; r0 += kRowChunk) {
     const int64_t r1 = std::min(Sp, r0 + kRowChunk);
@@ -238,7 +243,7 @@ AGN_INLINE void bwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
 #pragma omp simd
       for (int64_t j = 0; j < cb; ++j) {
         const acc_t xm = ld(xr[j]) - fm[j];
-        const acc_t dh = act_backward<SILU>(xm * fa[j] + fc[j], acc_t(ld(dyr[j])));
+        const acc_t dh = act_backward<SILU>(pre_act_xm(xm, fa[j], fc[j], fg[j], fs[j]), acc_t(ld(dyr[j])));
         t1[j] += dh;
         t2[j] += dh * xm;
       }
@@ -281,7 +286,7 @@ AGN_INLINE void bwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
 #pragma omp simd
     for (int64_t j = 0; j < cb; ++j) {
       const acc_t xm = ld(xr[j]) - fm[j];
-      const acc_t dh = act_backward<SILU>(xm * fa[j] + fc[j], acc_t(ld(dyr[j])));
+      const acc_t dh = act_backward<SILU>(pre_act_xm(xm, fa[j], fc[j], fg[j], fs[j]), acc_t(ld(dyr[j])));
       dxr[j] = st<scalar_t>(kr[j] * (kg[j] * dh - ku[j]) + kq[j] * xm);  // grad_x in adagn.h
     }
   }

@@ -63,11 +63,16 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, con
   const at::Tensor pad = pad_bytes(mask);
   const uint8_t* pad_p = pad.defined() ? pad.data_ptr<uint8_t>() : nullptr;
   const int64_t n_mblk = (Sq + kBM - 1) / kBM;
+  const bool scale_bad = !is_finite(scale);
 
   at::parallel_for(0, B * H * n_mblk, 1, [&](int64_t begin, int64_t end) {
     at::AutoDispatchBelowADInplaceOrView below_autograd_worker;
     at::Tensor s_buf = at::empty({kBM, kBN}, fopt);
+    at::Tensor v_buf;  // a v tile with non-finite entries zeroed, allocated on first need
     std::vector<float> m(kBM), l(kBM), alpha(kBM);
+    // Non-finite bookkeeping (attention.h): per row "saw a key" / "poisoned", per key of the
+    // tile "k / v has a non-finite entry", per output element "poisoned column".
+    std::vector<char> seen(kBM), row_bad(kBM), kbad(kBN), vbad(kBN), col_bad;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / n_mblk, m0 = (task % n_mblk) * kBM;
       const int64_t b = bh / H, bm = std::min(kBM, Sq - m0);
@@ -76,9 +81,30 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, con
       at::Tensor acc = out[b][bh % H].narrow(0, m0, bm);     // (bm, D), accumulates in place
       std::fill(m.begin(), m.end(), neg_inf());
       std::fill(l.begin(), l.end(), 0.0f);
+      std::fill(seen.begin(), seen.end(), 0);
+      const float* qp = qb.data_ptr<float>();
+      for (int64_t i = 0; i < bm; ++i) {
+        bool bad = scale_bad;
+        for (int64_t d = 0; d < D; ++d) bad = bad || !is_finite(qp[i * D + d]);
+        row_bad[i] = bad;
+      }
+      bool any_col_bad = false;
       const int64_t kend = causal ? causal_key_end(m0 + bm - 1, Sq, Sk) : Sk;
       for (int64_t n0 = 0; n0 < kend; n0 += kBN) {
         const int64_t bn = std::min(kBN, kend - n0);
+        const float* kp = kh.data_ptr<float>() + n0 * D;
+        const float* vp = vh.data_ptr<float>() + n0 * D;
+        bool tile_vbad = false;
+        for (int64_t j = 0; j < bn; ++j) {
+          bool kb = false, vb = false;
+          for (int64_t d = 0; d < D; ++d) {
+            kb = kb || !is_finite(kp[j * D + d]);
+            vb = vb || !is_finite(vp[j * D + d]);
+          }
+          kbad[j] = kb;
+          vbad[j] = vb;
+          tile_vbad = tile_vbad || vb;
+        }
         at::Tensor s = s_buf.narrow(0, 0, bm).narrow(1, 0, bn);
         at::mm_out(s, qb, kh.narrow(0, n0, bn).t());  // (bm, bn) raw dot products
         float* sp = s.data_ptr<float>();
@@ -90,6 +116,10 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, con
           for (int64_t j = 0; j < bn; ++j) {
             const int64_t kj = n0 + j;
             const bool hidden = kj >= vis_end || (pad_p && pad_p[b * Sk + kj]);
+            if (!hidden) {
+              seen[i] = 1;
+              row_bad[i] = row_bad[i] || kbad[j];
+            }
             row[j] = hidden ? neg_inf() : row[j] * scale;
             tmax = std::max(tmax, row[j]);
           }
@@ -103,14 +133,37 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, con
           float* arow = acc.data_ptr<float>() + i * D;
           for (int64_t d = 0; d < D; ++d) arow[d] *= alpha[i];
         }
-        acc.addmm_(s, vh.narrow(0, n0, bn));  // acc += P V
+        if (!tile_vbad) {
+          acc.addmm_(s, vh.narrow(0, n0, bn));  // acc += P V
+          continue;
+        }
+        // Rare path: a non-finite v poisons the columns of the rows that see its key, and is
+        // zeroed for the product (a hidden key's P = 0 would still give 0 * NaN = NaN).
+        if (!v_buf.defined()) v_buf = at::empty({kBN, D}, fopt);
+        if (!any_col_bad) col_bad.assign(kBM * D, 0);
+        any_col_bad = true;
+        float* vz = v_buf.data_ptr<float>();
+        for (int64_t j = 0; j < bn; ++j)
+          for (int64_t d = 0; d < D; ++d) vz[j * D + d] = is_finite(vp[j * D + d]) ? vp[j * D + d] : 0.0f;
+        for (int64_t i = 0; i < bm; ++i) {
+          const int64_t vis_end = causal ? causal_key_end(m0 + i, Sq, Sk) : Sk;
+          for (int64_t j = 0; j < bn; ++j) {
+            const int64_t kj = n0 + j;
+            if (!vbad[j] || kj >= vis_end || (pad_p && pad_p[b * Sk + kj])) continue;
+            for (int64_t d = 0; d < D; ++d) col_bad[i * D + d] |= !is_finite(vp[j * D + d]);
+          }
+        }
+        acc.addmm_(s, v_buf.narrow(0, 0, bn));
       }
       float* lse_p = lse.data_ptr<float>() + bh * Sq + m0;
       for (int64_t i = 0; i < bm; ++i) {
         const float inv = finish_inv_sum(l[i]);
+        const bool poisoned = seen[i] && row_bad[i];
         float* arow = acc.data_ptr<float>() + i * D;
-        for (int64_t d = 0; d < D; ++d) arow[d] *= inv;
-        lse_p[i] = finish_lse(m[i], l[i]);
+        for (int64_t d = 0; d < D; ++d) {
+          arow[d] = finish_out(arow[d], inv, poisoned || (any_col_bad && col_bad[i * D + d]));
+        }
+        lse_p[i] = finish_lse_row(m[i], l[i], poisoned);
       }
     }
   });

@@ -129,8 +129,9 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& x, const a
     float bd = part_d[i];
     long long bj = code_split > 1 ? part_j[i] : out_idx[i];
     for (int s = 1; s < code_split; ++s) merge_best(part_d[s * N + i], part_j[s * N + i], bd, bj);
-    out_idx[i] = bj;
-    out_d[i] = finish_sqdist(xs[i], bd);
+    long long j = 0;
+    finish_row(xs[i], bd, bj, j, out_d[i]);
+    out_idx[i] = j;
   }
   return {idx, sqd};
 }

@@ -37,7 +37,10 @@ using namespace dalle2_fast::adagn;
 
 constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
-constexpr int kCoef = 8;  // per-(b, c) coefficient slots: mean, a, c, rstd, g, u, q, (pad)
+// per-(b, c) coefficient slots: FwdCoef (mean, a, c, g, shift), then BwdCoef's rstd, g, u, q
+constexpr int kCoef = 10;
+constexpr int kFwdCoefs = 5;
+constexpr int kAllCoefs = 9;
 constexpr int64_t kNchwChunk = 2048;  // positions per warp before splitting a channel
 constexpr int64_t kNhwcChunk = 256;   // rows per block before splitting
 constexpr int kTileC = 32, kTileR = 8;  // NHWC reduction block: channels x rows
@@ -62,6 +65,15 @@ __device__ __forceinline__ Moments<acc_t> warp_merge(Moments<acc_t> m) {
   return m;
 }
 
+template <typename acc_t>
+__device__ __forceinline__ void store_fwd_coef(acc_t* slot, const FwdCoef<acc_t>& f) {
+  slot[0] = f.mean;
+  slot[1] = f.a;
+  slot[2] = f.c;
+  slot[3] = f.g;
+  slot[4] = f.shift;
+}
+
 // ------------------------------------------------------------------ pass 1: reductions
 // MODE 0: partial Moments of x -> part[3 * (bc * splits + sp) + {0,1,2}] = (n, mean, m2).
 // MODE 1: partial sums of dh and dh * (x - mean) -> part[3 * (...) + {0,1}].
@@ -73,7 +85,7 @@ __device__ __forceinline__ void accumulate(acc_t v, acc_t dyv, acc_t k, const ac
     r2 += d * d;
   } else {
     const acc_t xm = v - cf[0];
-    const acc_t dh = act_backward<SILU>(xm * cf[1] + cf[2], dyv);
+    const acc_t dh = act_backward<SILU>(pre_act_xm(xm, cf[1], cf[2], cf[3], cf[4]), dyv);
     r1 += dh;
     r2 += dh * xm;
   }
@@ -91,11 +103,10 @@ reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ 
   const int64_t s0 = sp * chunk, s1 = std::min(S, s0 + chunk);
   const scalar_t* xc = x + bc * S;
   const scalar_t* dyc = MODE == 1 ? dy + bc * S : nullptr;
-  acc_t cf[3] = {0, 0, 0};
+  acc_t cf[kFwdCoefs] = {0, 0, 0, 0, 0};
   if constexpr (MODE == 1) {
-    cf[0] = coef[bc * kCoef + 0];
-    cf[1] = coef[bc * kCoef + 1];
-    cf[2] = coef[bc * kCoef + 2];
+#pragma unroll
+    for (int i = 0; i < kFwdCoefs; ++i) cf[i] = coef[bc * kCoef + i];
   }
   const acc_t k = (MODE == 0 && s0 < s1) ? static_cast<acc_t>(xc[s0]) : acc_t(0);
   acc_t r1 = 0, r2 = 0;
@@ -133,11 +144,10 @@ reduce_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ 
   const bool valid = c < C;
   const int64_t base = b * S * C + c;
   const int64_t bc = b * C + c;
-  acc_t cf[3] = {0, 0, 0};
+  acc_t cf[kFwdCoefs] = {0, 0, 0, 0, 0};
   if (MODE == 1 && valid) {
-    cf[0] = coef[bc * kCoef + 0];
-    cf[1] = coef[bc * kCoef + 1];
-    cf[2] = coef[bc * kCoef + 2];
+#pragma unroll
+    for (int i = 0; i < kFwdCoefs; ++i) cf[i] = coef[bc * kCoef + i];
   }
   const acc_t k = (MODE == 0 && valid && s0 < s1) ? static_cast<acc_t>(x[base + s0 * C]) : acc_t(0);
   acc_t r1 = 0, r2 = 0;
@@ -205,9 +215,7 @@ fwd_finalize_kernel(const acc_t* __restrict__ part, ParamPtrs<acc_t> p, acc_t* _
   for (int64_t cl = lane; cl < Cg; cl += 32) {
     const int64_t c = g * Cg + cl, bc = b * C + c;
     const FwdCoef<acc_t> f = fwd_coef(mean, rstd, p.w[c], p.b[c], p.scale[bc], p.shift[bc]);
-    coef[bc * kCoef + 0] = f.mean;
-    coef[bc * kCoef + 1] = f.a;
-    coef[bc * kCoef + 2] = f.c;
+    store_fwd_coef(coef + bc * kCoef, f);
   }
 }
 
@@ -219,9 +227,7 @@ __global__ void bwd_prep_kernel(const acc_t* __restrict__ mean, const acc_t* __r
   if (bc >= B * C) return;
   const int64_t b = bc / C, c = bc % C, bg = b * G + c / (C / G);
   const FwdCoef<acc_t> f = fwd_coef(mean[bg], rstd[bg], p.w[c], p.b[c], p.scale[bc], p.shift[bc]);
-  coef[bc * kCoef + 0] = f.mean;
-  coef[bc * kCoef + 1] = f.a;
-  coef[bc * kCoef + 2] = f.c;
+  store_fwd_coef(coef + bc * kCoef, f);
 }
 
 // One warp per (b, g): per-channel S, T; dscale, dshift; dx coefficients.
@@ -259,10 +265,10 @@ bwd_finalize_kernel(const acc_t* __restrict__ part, const acc_t* __restrict__ me
   for (int64_t cl = lane; cl < Cg; cl += 32) {
     const int64_t c = g * Cg + cl, bc = b * C + c;
     const BwdCoef<acc_t> k = bwd_coef(mu, rs, p.w[c] * (acc_t(1) + p.scale[bc]), su / n, sv / n);
-    coef[bc * kCoef + 3] = k.rstd;
-    coef[bc * kCoef + 4] = k.g;
-    coef[bc * kCoef + 5] = k.u;
-    coef[bc * kCoef + 6] = k.q;
+    coef[bc * kCoef + 5] = k.rstd;
+    coef[bc * kCoef + 6] = k.g;
+    coef[bc * kCoef + 7] = k.u;
+    coef[bc * kCoef + 8] = k.q;
   }
 }
 
@@ -286,12 +292,12 @@ __global__ void param_grad_kernel(const acc_t* __restrict__ Sbc, const acc_t* __
 // ------------------------------------------------------------------ pass 3: element-wise
 template <bool BWD, bool SILU, typename scalar_t, typename acc_t>
 __device__ __forceinline__ scalar_t elementwise(acc_t v, acc_t dyv, const acc_t* cf) {
-  const FwdCoef<acc_t> f{cf[0], cf[1], cf[2]};
+  const FwdCoef<acc_t> f{cf[0], cf[1], cf[2], cf[3], cf[4]};
   if constexpr (!BWD) {
     return static_cast<scalar_t>(activate<SILU>(pre_act(v, f)));
   } else {
     const acc_t dh = act_backward<SILU>(pre_act(v, f), dyv);
-    const BwdCoef<acc_t> k{cf[0], cf[3], cf[4], cf[5], cf[6]};
+    const BwdCoef<acc_t> k{cf[0], cf[5], cf[6], cf[7], cf[8]};
     return static_cast<scalar_t>(grad_x(v, dh, k));
   }
 }
@@ -304,9 +310,9 @@ __global__ void __launch_bounds__(kThreads)
 apply_nchw_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy, const acc_t* __restrict__ coef,
                   scalar_t* __restrict__ out, int64_t S) {
   const int64_t bc = blockIdx.x;
-  acc_t cf[7];
+  acc_t cf[kAllCoefs];
 #pragma unroll
-  for (int i = 0; i < 7; ++i) cf[i] = (BWD || i < 3) ? coef[bc * kCoef + i] : acc_t(0);
+  for (int i = 0; i < kAllCoefs; ++i) cf[i] = (BWD || i < kFwdCoefs) ? coef[bc * kCoef + i] : acc_t(0);
   const int64_t base = bc * S;
   const int64_t s0 = static_cast<int64_t>(blockIdx.y) * kThreads * kNchwPerThread + threadIdx.x;
 #pragma unroll
@@ -332,9 +338,9 @@ apply_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ d
     const int64_t row = row0 + r;
     const int64_t b = row / S;
     const acc_t* cfp = coef + (b * C + c) * kCoef;
-    acc_t cf[7];
+    acc_t cf[kAllCoefs];
 #pragma unroll
-    for (int i = 0; i < 7; ++i) cf[i] = (BWD || i < 3) ? cfp[i] : acc_t(0);
+    for (int i = 0; i < kAllCoefs; ++i) cf[i] = (BWD || i < kFwdCoefs) ? cfp[i] : acc_t(0);
     const int64_t idx = row * C + c;
     const acc_t dyv = BWD ? static_cast<acc_t>(dy[idx]) : acc_t(0);
     out[idx] = elementwise<BWD, SILU, scalar_t>(static_cast<acc_t>(x[idx]), dyv, cf);

@@ -73,6 +73,21 @@ __device__ __forceinline__ void load_tile(float* dst, int ld, const T* __restric
   }
 }
 
+// load_tile that also reports whether this thread staged a non-finite value.
+template <typename T>
+__device__ __forceinline__ bool load_tile_nf(float* dst, int ld, const T* __restrict__ src, Str st, int64_t b,
+                                             int64_t h, int64_t row0, int rows, int64_t S, int D, int DP) {
+  bool bad = false;
+  for (int e = threadIdx.x; e < rows * DP; e += kThreads) {
+    const int r = e / DP, d = e % DP;
+    const int64_t gr = row0 + r;
+    const float x = (gr < S && d < D) ? static_cast<float>(src[b * st.b + h * st.h + gr * st.s + d * st.d]) : 0.f;
+    dst[r * ld + d] = x;
+    bad = bad || !is_finite(x);
+  }
+  return bad;
+}
+
 __device__ __forceinline__ bool key_padded(const uint8_t* __restrict__ pad, int64_t b, int64_t j, int64_t Sk) {
   return j >= Sk || (pad != nullptr && pad[b * Sk + j] != 0);
 }
@@ -91,14 +106,26 @@ attn_fwd_kernel(const T* __restrict__ q, Str sq, const T* __restrict__ k, Str sk
   const int64_t bh = blockIdx.x / n_mblk, b = bh / H, h = bh % H;
   const int64_t m0 = (blockIdx.x % n_mblk) * C::BM;
   load_tile(Qs, DP, q, sq, b, h, m0, C::BM, Sq, D, DP);
+  __syncthreads();
 
+  // Non-finite bookkeeping (attention.h): per row "saw a key", "poisoned" (q, scale, or the k
+  // of a key it sees is non-finite) and a bit per owned output column "a v it sees is".
   float m[C::RPW], l[C::RPW], acc[C::RPW][C::C];
+  bool seen[C::RPW], row_bad[C::RPW];
+  unsigned col_bad[C::RPW];
 #pragma unroll
   for (int r = 0; r < C::RPW; ++r) {
     m[r] = neg_inf();
     l[r] = 0.f;
+    seen[r] = false;
+    col_bad[r] = 0u;
+    bool qbad = !is_finite(scale);
 #pragma unroll
-    for (int c = 0; c < C::C; ++c) acc[r][c] = 0.f;
+    for (int c = 0; c < C::C; ++c) {
+      acc[r][c] = 0.f;
+      qbad = qbad || !is_finite(Qs[(warp * C::RPW + r) * DP + lane + 32 * c]);
+    }
+    row_bad[r] = __any_sync(kFull, qbad);
   }
   const int64_t last_row = (m0 + C::BM < Sq ? m0 + C::BM : Sq) - 1;
   const int64_t kend = causal ? causal_key_end(last_row, Sq, Sk) : Sk;
@@ -106,23 +133,29 @@ attn_fwd_kernel(const T* __restrict__ q, Str sq, const T* __restrict__ k, Str sk
   for (int64_t n0 = 0; n0 < kend; n0 += C::BN) {
     __syncthreads();  // the previous tile is consumed
     load_tile(Ks, DP + 1, k, sk, b, h, n0, C::BN, Sk, D, DP);
-    load_tile(Vs, DP, v, sv, b, h, n0, C::BN, Sk, D, DP);
-    __syncthreads();
+    const bool v_nf = load_tile_nf(Vs, DP, v, sv, b, h, n0, C::BN, Sk, D, DP);
+    const int tile_vbad = __syncthreads_or(v_nf);  // block-uniform
     float s[C::RPW];
+    bool kfin = true;  // this lane's key has a finite k
 #pragma unroll
     for (int r = 0; r < C::RPW; ++r) s[r] = 0.f;
 #pragma unroll 8
     for (int d = 0; d < DP; ++d) {
       const float kd = Ks[lane * (DP + 1) + d];
+      kfin = kfin && is_finite(kd);
 #pragma unroll
       for (int r = 0; r < C::RPW; ++r) s[r] = fmaf(Qs[(warp * C::RPW + r) * DP + d], kd, s[r]);
     }
     const int64_t j = n0 + lane;
     const bool padded = key_padded(pad, b, j, Sk);
+    unsigned vis[C::RPW];  // bit jj: row r sees key n0 + jj
 #pragma unroll
     for (int r = 0; r < C::RPW; ++r) {
       const int64_t i = m0 + warp * C::RPW + r;
       const bool hidden = padded || (causal && j >= causal_key_end(i, Sq, Sk));
+      vis[r] = __ballot_sync(kFull, !hidden);
+      seen[r] = seen[r] || vis[r] != 0u;
+      row_bad[r] = row_bad[r] || __any_sync(kFull, !hidden && !kfin);
       const float sc = hidden ? neg_inf() : s[r] * scale;
       const float alpha = online_update_max(m[r], warp_max(sc));
       const float p = online_prob(sc, m[r]);
@@ -130,6 +163,21 @@ attn_fwd_kernel(const T* __restrict__ q, Str sq, const T* __restrict__ k, Str sk
 #pragma unroll
       for (int c = 0; c < C::C; ++c) acc[r][c] *= alpha;
       s[r] = p;
+    }
+    if (tile_vbad) {  // rare: poison the columns that see a non-finite v, then zero it for P V
+      for (int jj = 0; jj < C::BN; ++jj) {
+#pragma unroll
+        for (int c = 0; c < C::C; ++c) {
+          if (is_finite(Vs[jj * DP + lane + 32 * c])) continue;
+#pragma unroll
+          for (int r = 0; r < C::RPW; ++r)
+            if ((vis[r] >> jj) & 1u) col_bad[r] |= 1u << c;
+        }
+      }
+      __syncthreads();
+      for (int e = threadIdx.x; e < C::BN * DP; e += kThreads)
+        if (!is_finite(Vs[e])) Vs[e] = 0.f;
+      __syncthreads();
     }
 #pragma unroll 4
     for (int jj = 0; jj < C::BN; ++jj) {
@@ -149,12 +197,14 @@ attn_fwd_kernel(const T* __restrict__ q, Str sq, const T* __restrict__ k, Str sk
     const int64_t i = m0 + warp * C::RPW + r;
     if (i >= Sq) continue;
     const float inv = finish_inv_sum(l[r]);
+    const bool poisoned = seen[r] && row_bad[r];
 #pragma unroll
     for (int c = 0; c < C::C; ++c) {
       const int d = lane + 32 * c;
-      if (d < D) out[(bh * Sq + i) * D + d] = static_cast<T>(acc[r][c] * inv);
+      const bool bad = poisoned || ((col_bad[r] >> c) & 1u);
+      if (d < D) out[(bh * Sq + i) * D + d] = static_cast<T>(finish_out(acc[r][c], inv, bad));
     }
-    if (lane == 0) lse[bh * Sq + i] = finish_lse(m[r], l[r]);
+    if (lane == 0) lse[bh * Sq + i] = finish_lse_row(m[r], l[r], poisoned);
   }
 }
 

@@ -130,8 +130,11 @@ nearest_code_kernel(const scalar_t* __restrict__ x, int64_t sx0, int64_t sx1,
       for (int t = 1; t < BN / TN; ++t) merge_best(red_d[r][t], red_j[r][t], bd, bj);
       const int64_t gr = row0 + r;
       if (gr < N) {
-        out_idx[gr] = bj;
-        out_d[gr] = finish_sqdist(xsq[i], bd);
+        long long j = 0;
+        float d = 0.f;
+        finish_row(xsq[i], bd, bj, j, d);
+        out_idx[gr] = j;
+        out_d[gr] = d;
       }
     }
   }

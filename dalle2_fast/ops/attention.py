@@ -14,14 +14,29 @@ Semantics (the same on every backend):
   query sees every key; for Sq > Sk the first Sq - Sk queries see no key. (SDPA's
   ``is_causal`` is top-left aligned; FlashAttention >= 2.1 is bottom-right, like us.)
 - A query that sees no key (all its keys padded and/or causally hidden, or Sk = 0) outputs
-  zeros, not NaN, and passes zero gradient.
+  zeros, not NaN, and passes zero gradient (for finite inputs).
 - B = 0, H = 0 or Sq = 0 gives an empty output.
+
+Non-finite inputs (NaN, +-Inf; the same on every backend, ``_poisoned`` states it in code):
+- A key hidden from a query (padded, or causally hidden) takes no part in that query's output:
+  its ``k`` and ``v`` may hold anything, NaN included. A query that sees no key outputs zeros
+  whatever ``q``, ``k``, ``v`` and ``scale`` hold.
+- A query that sees at least one key outputs NaN in its whole row when ``q`` of that row, or
+  ``k`` of any key it sees, has a non-finite entry, or when ``scale`` is non-finite; and NaN
+  in column d when ``v[..., j, d]`` is non-finite for a key j it sees. Inf becomes NaN too: a
+  flash kernel's online softmax cannot reproduce IEEE Inf arithmetic tile by tile (an Inf
+  score's limit, a zero weight times an Inf value), so the one answer every backend gives
+  alike is "non-finite in, NaN out" for exactly the outputs that the non-finite input reaches.
+- Finite inputs whose scores overflow float32 (|scale * q.k| > 3e38) are outside this contract.
+- Gradients are specified for finite inputs only; with non-finite inputs they hold NaN.
 
 Backends: ``torch`` (explicit math, ``attention_ref``), ``cpu`` (see ``CPU_BACKEND_REASON``),
 ``cuda`` (C++/CUDA flash forward and backward, csrc/cuda/attention_cuda.cu), ``triton``
 (dalle2_fast/triton/attention.py).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +83,64 @@ def _hidden_mask(
     return hidden
 
 
+def _poisoned(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+    key_padding_mask: torch.Tensor | None, scale: float,
+) -> torch.Tensor:
+    """Bool (B, H, Sq, D): True where a non-finite input reaches the output (module docstring).
+
+    O((Sq + Sk) * D) work: query i sees the open (unpadded) keys j < end_i (end_i = Sk without
+    ``causal``), so "a bad key among those it sees" is a prefix count over the keys."""
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    bad = ~torch.isfinite(k).all(-1, keepdim=True) | ~torch.isfinite(v)  # (B, H, Sk, D)
+    open_ = torch.ones((1, 1, Sk, 1), dtype=torch.bool, device=q.device)
+    if key_padding_mask is not None:
+        open_ = ~key_padding_mask[:, None, :, None]  # (B, 1, Sk, 1)
+    bad = bad & open_
+    if causal:
+        end = (torch.arange(Sq, device=q.device) + (Sk - Sq + 1)).clamp(0, Sk)  # (Sq,)
+
+        def seen_by_rows(t):  # (b, h, Sk, d) -> (b, h, Sq, d): any of keys [0, end_i)
+            c = torch.cumsum(t.to(torch.int32), dim=2)
+            zero = c.new_zeros((c.shape[0], c.shape[1], 1, c.shape[3]))
+            c = torch.cat([zero, c], dim=2)  # c[:, :, e] = count in [0, e)
+            return c.index_select(2, end) > 0
+
+        reach, has_key = seen_by_rows(bad), seen_by_rows(open_)
+    else:  # (B, H, 1, D), (B or 1, 1, 1, 1)
+        reach, has_key = bad.any(2, keepdim=True), open_.any(2, keepdim=True)
+    row_bad = ~torch.isfinite(q).all(-1, keepdim=True)  # (B, H, Sq, 1)
+    if not math.isfinite(scale):
+        row_bad = torch.ones_like(row_bad)
+    return (reach | row_bad) & has_key
+
+
+def _finite_or_zero(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(t), t, torch.zeros_like(t))
+
+
+def _apply_poison(out: torch.Tensor, poison: torch.Tensor | None) -> torch.Tensor:
+    """NaN where ``poison``; a product (not a select) so that gradients through it are NaN too."""
+    return out if poison is None else out * torch.where(poison, float("nan"), 1.0).to(out.dtype)
+
+
+def _nonfinite_guard(q, k, v, causal, key_padding_mask, scale):
+    """(q, k, v, scale, poison) for math that must only see finite numbers: non-finite entries
+    zeroed, a non-finite scale replaced by 1, and ``poison`` (None when nothing is poisoned).
+
+    Eager on the CPU, one sum per input proves the common all-finite case cheaply (a finite sum
+    means every entry is finite; a sum that overflows only takes the exact path needlessly) and
+    skips the elementwise work, which on a small CPU costs as much as the attention itself.
+    Elsewhere (GPU, torch.compile) the exact path runs unconditionally: no data-dependent branch."""
+    if (q.device.type == "cpu" and not torch.compiler.is_compiling() and math.isfinite(scale)
+            and bool(torch.isfinite(sum(t.sum(dtype=torch.float32) for t in (q, k, v))))):
+        return q, k, v, scale, None
+    poison = _poisoned(q, k, v, causal, key_padding_mask, scale)
+    return (_finite_or_zero(q), _finite_or_zero(k), _finite_or_zero(v), scale if math.isfinite(scale) else 1.0,
+            poison)
+
+
 def attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -85,11 +158,13 @@ def attention_ref(
     autograd. Query rows are processed in chunks of at most ``max_elems`` scores (exact: rows
     are independent), which bounds inference memory; under autograd every chunk's
     probabilities are kept for the backward, so training memory stays O(Sq * Sk).
-    Semantics as in the module docstring.
+    Semantics as in the module docstring: the math runs on inputs whose non-finite entries
+    are zeroed (so nothing leaks from a hidden key), then ``_poisoned`` marks NaN.
     """
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
     scale = D**-0.5 if scale is None else float(scale)
+    q, k, v, scale, poison = _nonfinite_guard(q, k, v, causal, key_padding_mask, scale)
     dt = torch.float64 if (upcast or q.dtype == torch.float64) else torch.float32
     if Sk == 0:  # every row sees no key: zeros, still connected to the graph
         return (q.to(dt) * 0.0).to(q.dtype)
@@ -111,7 +186,7 @@ def attention_ref(
     if not outs:  # Sq = 0
         return (q.to(dt) * 0.0).to(q.dtype)
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-    return out.to(q.dtype)
+    return _apply_poison(out, poison).to(q.dtype)
 
 
 def _validate(q, k, v, causal, key_padding_mask, scale) -> None:
@@ -167,6 +242,13 @@ def _attention_torch(q, k, v, key_padding_mask, causal, scale):
 
 
 def _attention_sdpa(q, k, v, key_padding_mask, causal, scale):
+    # SDPA's own handling of non-finite input differs from ours (a NaN row comes out as zeros,
+    # a NaN key behind padding leaks): it only ever sees finite inputs, _poisoned marks NaN.
+    q, k, v, scale, poison = _nonfinite_guard(q, k, v, causal, key_padding_mask, scale)
+    return _apply_poison(_sdpa_finite(q, k, v, key_padding_mask, causal, scale), poison)
+
+
+def _sdpa_finite(q, k, v, key_padding_mask, causal, scale):
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
     if Sk == 0:
@@ -285,7 +367,8 @@ def attention(
             (``DALLE2_FAST_BACKEND`` forces one globally).
 
     Returns:
-        (B, H, Sq, D) in q's dtype. Rows that see no key are zeros. Differentiable in q, k, v.
+        (B, H, Sq, D) in q's dtype. Rows that see no key are zeros; NaN wherever a non-finite
+        input reaches (module docstring). Differentiable in q, k, v.
     """
     _validate(q, k, v, causal, key_padding_mask, scale)
     scale = q.shape[3] ** -0.5 if scale is None else float(scale)

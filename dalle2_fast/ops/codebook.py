@@ -6,8 +6,13 @@ matrix is never materialised (kernels tile the codes and fuse the argmin).
 
 Non-finite values (documented behaviour, the same on every backend):
 - a row of ``x`` containing NaN gets index 0 and sqdist NaN;
-- a code containing NaN is never chosen (its distance counts as +inf);
-- if every code is NaN, the index is 0 and sqdist is +inf (or NaN for a NaN row).
+- a row containing +-Inf (and no NaN) gets index 0 and sqdist +inf (every finite code is
+  infinitely far; IEEE arithmetic alone would pick whichever code's expanded distance
+  ||c||^2 - 2 x.c came out -inf, an artefact of the expansion);
+- a code containing NaN or +-Inf is never chosen (its distance counts as +inf);
+- if every code is non-finite, the index is 0 and sqdist is +inf (or NaN for a NaN row).
+- Rows whose squared norm overflows the compute precision (|x|^2 > 3e38 in float32) are
+  outside this contract.
 """
 from __future__ import annotations
 
@@ -41,6 +46,9 @@ def nearest_code_ref(
         part = torch.where(torch.isnan(part), torch.full_like(part, float("inf")), part)
         best, j = part.min(dim=1)  # first minimal index on ties
         d = ((xb * xb).sum(1) + best).clamp_min(0.0)
+        finite = torch.isfinite(xb).all(1)  # non-finite rows: index 0, sqdist NaN or +inf
+        j = torch.where(finite, j, torch.zeros_like(j))
+        d = torch.where(finite, d, torch.where(torch.isnan(xb).any(1), float("nan"), float("inf")).to(d.dtype))
         idx.append(j)
         dist.append(d.float())
     if not idx:

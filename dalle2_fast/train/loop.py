@@ -30,7 +30,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from dalle2_fast.checkpoint import atomic_write_text, latest_training_state, load_training_state, save_training_state
+from dalle2_fast.checkpoint import atomic_write_text, load_latest_training_state, save_training_state
 from dalle2_fast.train import distributed as D
 from dalle2_fast.train.plots import plot_losses, save_grid
 from dalle2_fast.train.signals import StopRequest
@@ -109,9 +109,9 @@ def train(task, cfg: TrainConfig) -> Path:
     ema = AveragedModel(model, multi_avg_fn=ema_update(decay), use_buffers=True) if decay > 0 and info.is_main else None
     start = 0
     if cfg.resume:
-        ck = latest_training_state(out)
-        if ck is not None:
-            state = load_training_state(ck, model, opts, ema=ema)
+        found = load_latest_training_state(out, model, opts, ema=ema)  # skips unreadable newer ones, warning
+        if found is not None:
+            _, state = found
             start = state["step"]
             if state["data_position"] != start * cfg.batch_size:
                 raise ValueError(f"--resume: checkpoint was written with batch size "

@@ -19,7 +19,7 @@ from torch.library import triton_op, wrap_triton
 
 @triton.jit
 def _silu_fwd(h):
-    return h * tl.sigmoid(h)
+    return tl.where(h == float("-inf"), float("nan"), h * tl.sigmoid(h))  # silu(-inf) = NaN, as F.silu
 
 
 @triton.jit
@@ -72,14 +72,15 @@ def _adagn_fwd_kernel(
         bb = tl.load(b_ptr + c, mask=cmask, other=0.0)
         sc_ = tl.load(scale_ptr + bi * C + c, mask=cmask, other=0.0)
         sh = tl.load(shift_ptr + bi * C + c, mask=cmask, other=0.0)
-        a = rstd * w * (1.0 + sc_)  # fwd_coef in adagn.h
-        cc = bb * (1.0 + sc_) + sh
+        a = rstd * w  # fwd_coef in adagn.h: h = ((x - mean) a + c) g + shift, the reference's order
+        cc = bb
+        g1 = 1.0 + sc_
         for s0 in range(0, S, BLOCK_S):
             sp = s0 + tl.arange(0, BLOCK_S)
             mask = cmask[:, None] & (sp < S)[None, :]
             offs = base + c[:, None] * sc + sp[None, :].to(tl.int64) * ss
             xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            h = (xv - mean) * a[:, None] + cc[:, None]
+            h = ((xv - mean) * a[:, None] + cc[:, None]) * g1[:, None] + sh[:, None]
             if SILU:
                 h = _silu_fwd(h)
             tl.store(y_ptr + offs, h.to(y_ptr.dtype.element_ty), mask=mask)
@@ -108,8 +109,9 @@ def _adagn_bwd_kernel(
         bb = tl.load(b_ptr + c, mask=cmask, other=0.0)
         sc_ = tl.load(scale_ptr + bi * C + c, mask=cmask, other=0.0)
         sh = tl.load(shift_ptr + bi * C + c, mask=cmask, other=0.0)
-        a = rstd * w * (1.0 + sc_)
-        cc = bb * (1.0 + sc_) + sh
+        a = rstd * w
+        cc = bb
+        g1 = 1.0 + sc_
         s_acc = tl.zeros((BLOCK_C,), tl.float32)
         t_acc = tl.zeros((BLOCK_C,), tl.float32)
         for s0 in range(0, S, BLOCK_S):
@@ -119,7 +121,7 @@ def _adagn_bwd_kernel(
             xm = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - mean
             dh = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             if SILU:
-                dh = _silu_bwd(xm * a[:, None] + cc[:, None], dh)
+                dh = _silu_bwd((xm * a[:, None] + cc[:, None]) * g1[:, None] + sh[:, None], dh)
             dh = tl.where(mask, dh, 0.0)
             s_acc += tl.sum(dh, axis=1)
             t_acc += tl.sum(dh * xm, axis=1)
@@ -140,8 +142,9 @@ def _adagn_bwd_kernel(
         bb = tl.load(b_ptr + c, mask=cmask, other=0.0)
         sc_ = tl.load(scale_ptr + bi * C + c, mask=cmask, other=0.0)
         sh = tl.load(shift_ptr + bi * C + c, mask=cmask, other=0.0)
-        a = rstd * w * (1.0 + sc_)
-        cc = bb * (1.0 + sc_) + sh
+        a = rstd * w
+        cc = bb
+        g1 = 1.0 + sc_
         gc = w * (1.0 + sc_)  # bwd_coef / grad_x in adagn.h
         q = -rstd * rstd * v
         for s0 in range(0, S, BLOCK_S):
@@ -151,7 +154,7 @@ def _adagn_bwd_kernel(
             xm = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32) - mean
             dh = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             if SILU:
-                dh = _silu_bwd(xm * a[:, None] + cc[:, None], dh)
+                dh = _silu_bwd((xm * a[:, None] + cc[:, None]) * g1[:, None] + sh[:, None], dh)
             dx = rstd * (gc[:, None] * dh - u) + q * xm
             tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 

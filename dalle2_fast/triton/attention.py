@@ -10,6 +10,12 @@ Conventions match csrc/include/dalle2_fast/attention.h: bottom-right causal alig
 hidden key scores -inf, a row that sees no key outputs 0 with lse = +inf (so P = 0 there).
 Head dims that are not a power of two (40, 80, 96) are padded inside the kernel: BLOCK_D is the
 next power of two and the extra columns are masked loads (zeros), never stored.
+
+Non-finite inputs (ops/attention.py, attention.h): the forward keeps per row "saw a key" and
+"poisoned" (non-finite q, scale, or k of a key it sees) flags; a key tile holding a non-finite
+v takes a rare path that poisons the columns of the rows that see it (a 0/1 matrix product)
+and zeroes it for P V. Poisoned outputs are NaN, poisoned rows' lse NaN. On finite input the
+only extra work per key tile is a finiteness reduction over the k and v tiles.
 """
 from __future__ import annotations
 
@@ -25,18 +31,30 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _scores(q, k, offs_m, offs_n, pad_ptr, SQ, SK, qk_scale,
-            HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) scores q k^T in the log2 domain, -inf where the key is hidden."""
-    s = tl.dot(q, tl.trans(k), input_precision=PREC)
-    s = s * qk_scale
-    valid = offs_n[None, :] < SK
+def _visible(offs_m, offs_n, pad_ptr, SQ, SK, HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) bool: query row sees the key."""
+    valid = (offs_n[None, :] < SK) & (offs_m[:, None] >= 0)
     if HAS_PAD:
         pad = tl.load(pad_ptr + offs_n, mask=offs_n < SK, other=1)
         valid = valid & (pad == 0)[None, :]
     if CAUSAL:
         valid = valid & (offs_n[None, :] <= offs_m[:, None] + (SK - SQ))
+    return valid
+
+
+@triton.jit
+def _scores(q, k, offs_m, offs_n, pad_ptr, SQ, SK, qk_scale,
+            HAS_PAD: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) scores q k^T in the log2 domain, -inf where the key is hidden."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)
+    s = s * qk_scale
+    valid = _visible(offs_m, offs_n, pad_ptr, SQ, SK, HAS_PAD, CAUSAL)
     return tl.where(valid, s, float("-inf"))
+
+
+@triton.jit
+def _not_finite(x):
+    return ~(tl.abs(x.to(tl.float32)) <= 3.402823466e38)
 
 
 @triton.jit
@@ -59,6 +77,11 @@ def _fwd_kernel(
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    # poisoned rows: a non-finite q entry or scale (keys add theirs below); rows that saw a key
+    row_bad = tl.max(_not_finite(q).to(tl.int32), 1)
+    if qk_scale * 0.0 != 0.0:  # a NaN or infinite scale poisons every row that sees a key
+        row_bad = row_bad + 1
+    seen = tl.zeros((BLOCK_M,), tl.int32)
     hi = SK
     if CAUSAL:  # keys past the last row's causal end are hidden from the whole tile
         hi = tl.minimum(SK, (pid_m + 1) * BLOCK_M + SK - SQ)
@@ -67,19 +90,35 @@ def _fwd_kernel(
         kv_mask = (offs_n[:, None] < SK) & dmask[None, :]
         k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
         s = _scores(q, k, offs_m, offs_n, PAD + b * spb, SQ, SK, qk_scale, HAS_PAD, CAUSAL, PREC)
+        kbad = tl.max(_not_finite(k).to(tl.int32), 1)  # (BLOCK_N,)
+        if tl.max(kbad, 0) + tl.max(row_bad, 0) > 0:  # rare: a poisoned row, or a bad key in this tile
+            # "saw a key" only matters for poisoned rows, and a row poisoned here sees this tile's key
+            vis = _visible(offs_m, offs_n, PAD + b * spb, SQ, SK, HAS_PAD, CAUSAL)
+            seen = tl.maximum(seen, tl.max(vis.to(tl.int32), 1))
+            row_bad += tl.max((vis & (kbad[None, :] > 0)).to(tl.int32), 1)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row hidden so far: no NaN
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        acc = acc * alpha[:, None]
+        vbad = _not_finite(v)
+        if tl.max(tl.max(vbad.to(tl.int32), 1), 0) > 0:  # rare: poison the columns, zero v for P V
+            vis = _visible(offs_m, offs_n, PAD + b * spb, SQ, SK, HAS_PAD, CAUSAL)
+            hits = tl.dot(vis.to(tl.float32), vbad.to(tl.float32), input_precision=PREC)
+            acc = acc + tl.where(hits > 0.0, float("nan"), 0.0)
+            v = tl.where(vbad, 0.0, v).to(v.dtype)
+        acc = acc + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
-    seen = l_i > 0.0
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]  # rows that saw no key: acc = 0 -> 0
+    nonzero = l_i > 0.0
+    poisoned = (row_bad > 0) & (seen > 0)
+    out = acc / tl.where(nonzero, l_i, 1.0)[:, None]  # rows that saw no key: acc = 0 -> 0
+    out = tl.where(poisoned[:, None], float("nan"), out)
     tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, out.to(O.dtype.element_ty),
              mask=(offs_m[:, None] < SQ) & dmask[None, :])
-    lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("inf"))
+    lse = tl.where(nonzero, (m_i + tl.math.log2(tl.where(nonzero, l_i, 1.0))) * 0.6931471805599453, float("inf"))
+    lse = tl.where(poisoned, float("nan"), lse)
     tl.store(LSE + pid_bh * SQ + offs_m, lse, mask=offs_m < SQ)
 
 

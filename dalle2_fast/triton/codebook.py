@@ -79,7 +79,9 @@ def nearest_code_triton_op(x: torch.Tensor, codebook: torch.Tensor) -> tuple[tor
             IEEE=x.device.type == "cpu", **cfg,
         )
     xsq = x.float().pow(2).sum(1)
-    return idx, (xsq + part).clamp_min(0.0)
+    bad = ~(xsq <= 3.402823466e38)  # a non-finite row: index 0, sqdist NaN or +inf (codebook.h finish_row)
+    idx = torch.where(bad, torch.zeros_like(idx), idx)
+    return idx, torch.where(bad, xsq, (xsq + part).clamp_min(0.0))
 
 
 def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor):

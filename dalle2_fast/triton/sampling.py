@@ -51,7 +51,10 @@ def _sampling_step_kernel(
         eps = s * x + a * m
     if CLIP:
         thr = tl.load(thr_ptr + b64)
-        x0 = tl.minimum(tl.maximum(x0, -thr), thr) / thr
+        # NaN propagates (x0 or thr), as the reference's torch.minimum / maximum: the default
+        # min/max would return the bound for a NaN x0
+        x0 = tl.minimum(tl.maximum(x0, -thr, propagate_nan=tl.PropagateNan.ALL), thr,
+                        propagate_nan=tl.PropagateNan.ALL) / thr
         eps = (x - a * x0) * inv_s
     z = 0.0
     if NOISE:

@@ -50,7 +50,9 @@ DF_AGN Moments<acc_t> moments_from_shifted(acc_t n, acc_t k, acc_t s1, acc_t s2)
   const acc_t d = s1 / n;
   m.mean = k + d;
   const acc_t m2 = s2 - s1 * d;
-  m.m2 = m2 > acc_t(0) ? m2 : acc_t(0);
+  // clamp rounding below zero, but keep NaN (an Inf in x gives inf - inf here: the group's
+  // statistics, hence the whole group, are NaN, as the reference's two-pass mean/variance)
+  m.m2 = m2 > acc_t(0) ? m2 : (m2 == m2 ? acc_t(0) : m2);
   return m;
 }
 
@@ -89,30 +91,43 @@ DF_AGN acc_t group_rstd(const Moments<acc_t>& m, acc_t eps) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Forward coefficients for one (batch, channel): h = (x - mean) * a + c.
+// Forward coefficients for one (batch, channel): h = ((x - mean) * a + c) * g + shift.
 // Subtracting the mean first (instead of x * a + (c - mean * a)) keeps the result accurate
-// when |mean| >> std.
+// when |mean| >> std. The GroupNorm affine, the (1 + scale) and the shift are applied in the
+// reference's order (not folded into one x * a' + c'): with a non-finite scale, shift, weight
+// or bias the folded form turns inf - inf into NaN where the reference (adagn_ref) gives +-Inf,
+// and every backend must give the reference's non-finite values exactly. The elementwise pass
+// is memory-bound, so the extra FMA costs nothing measurable.
 template <typename acc_t>
 struct FwdCoef {
   acc_t mean;
-  acc_t a;  // rstd * w * (1 + scale)
-  acc_t c;  // b * (1 + scale) + shift
+  acc_t a;      // rstd * w
+  acc_t c;      // b
+  acc_t g;      // 1 + scale
+  acc_t shift;
 };
 
 // w, b, scale, shift: pass 1, 0, 0, 0 for an absent one.
 template <typename acc_t>
 DF_AGN FwdCoef<acc_t> fwd_coef(acc_t mean, acc_t rstd, acc_t w, acc_t b, acc_t scale, acc_t shift) {
-  const acc_t g = acc_t(1) + scale;
   FwdCoef<acc_t> k;
   k.mean = mean;
-  k.a = rstd * w * g;
-  k.c = b * g + shift;
+  k.a = rstd * w;
+  k.c = b;
+  k.g = acc_t(1) + scale;
+  k.shift = shift;
   return k;
+}
+
+// The pre-activation from x - mean and the coefficients (shared by every kernel's loops).
+template <typename acc_t>
+DF_AGN acc_t pre_act_xm(acc_t xm, acc_t a, acc_t c, acc_t g, acc_t shift) {
+  return (xm * a + c) * g + shift;
 }
 
 template <typename acc_t>
 DF_AGN acc_t pre_act(acc_t x, const FwdCoef<acc_t>& k) {
-  return (x - k.mean) * k.a + k.c;
+  return pre_act_xm(x - k.mean, k.a, k.c, k.g, k.shift);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -154,11 +169,13 @@ DF_AGN acc_t sigmoid(acc_t h) {
   return acc_t(1) / (acc_t(1) + exp_approx(-h));
 }
 
-// out = act(h)
+// out = act(h). silu(-inf) is NaN, as torch's F.silu (x / (1 + exp(-x)) = -inf / inf); the
+// clamped exp_approx would otherwise give -inf * tiny = -inf.
 template <bool SILU, typename acc_t>
 DF_AGN acc_t activate(acc_t h) {
   if constexpr (SILU) {
-    return h * sigmoid(h);
+    const acc_t y = h * sigmoid(h);
+    return h == -acc_t(__builtin_huge_val()) ? h - h : y;
   } else {
     return h;
   }

@@ -7,6 +7,12 @@
 //   rows see no key at all.
 // - a row that sees no key (causal or key_padding_mask) outputs zeros, its log-sum-exp is
 //   +inf (so every backward probability exp(s - lse) is exactly 0) and its gradients are 0.
+// - non-finite inputs (see dalle2_fast/ops/attention.py): a hidden key never reaches a row
+//   (its score is replaced by -inf, never computed with; a non-finite v is zeroed before
+//   P V when a tile holds one, since 0 * NaN = NaN); a row that sees a key with non-finite
+//   k, or has a non-finite q or scale, is NaN ("poisoned", lse NaN); column d of a row that
+//   sees a key with non-finite v[d] is NaN. Kernels track "row saw a key" and "row
+//   poisoned" flags per row and a poisoned-column flag per output element.
 //
 // Forward (online softmax, Milakov & Gimelshein 2018; Dao et al. 2022, Alg. 1): per query
 // row keep a running max m and a running sum l of exp(s - m); on each key tile
@@ -53,6 +59,23 @@ DF_HD float finish_inv_sum(float l) { return l > 0.0f ? 1.0f / l : 0.0f; }
 
 // Natural-log log-sum-exp saved for the backward; +inf for a row that saw no key.
 DF_HD float finish_lse(float m, float l) { return l > 0.0f ? m + logf(l) : __builtin_huge_valf(); }
+
+// Finite test that survives any vectorisation (false for +-inf and NaN).
+DF_HD bool is_finite(float x) { return fabsf(x) <= 3.402823466e+38f; }
+
+DF_HD float quiet_nan() {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(0x7fc00000);
+#else
+  return __builtin_nanf("");
+#endif
+}
+
+// Final output element: acc * inv_l, or NaN when a non-finite input reaches it.
+DF_HD float finish_out(float acc, float inv, bool poisoned) { return poisoned ? quiet_nan() : acc * inv; }
+
+// Final lse: NaN for a poisoned row (so the backward yields NaN there, never a silent 0).
+DF_HD float finish_lse_row(float m, float l, bool poisoned) { return poisoned ? quiet_nan() : finish_lse(m, l); }
 
 // Backward: recomputed probability from the saved lse (0 for a hidden key or an empty row).
 DF_HD float bwd_prob(float s, float lse) { return (s == neg_inf() || lse == __builtin_huge_valf()) ? 0.0f : expf(s - lse); }

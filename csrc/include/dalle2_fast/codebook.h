@@ -33,9 +33,25 @@ DF_HD void merge_best(float d, long long j, float& best_d, long long& best_j) {
   }
 }
 
+// A row with a non-finite entry has a NaN (NaN entry) or +inf (Inf entry) squared norm: it
+// gets index 0 and that norm as its distance (NaN, or +inf: every finite code is infinitely
+// far). Without this an Inf row would pick whichever code's partial distance came out -inf.
+DF_HD bool row_is_finite(float x_sqnorm) { return x_sqnorm <= 3.402823466e+38f; }
+
 DF_HD float finish_sqdist(float x_sqnorm, float best_partial) {
   float s = x_sqnorm + best_partial;
   return s < 0.0f ? 0.0f : s;  // NaN stays NaN
+}
+
+// The final (index, sqdist) of a row from its best partial distance.
+DF_HD void finish_row(float x_sqnorm, float best_partial, long long best_j, long long& idx, float& sqdist) {
+  if (!row_is_finite(x_sqnorm)) {
+    idx = 0;
+    sqdist = x_sqnorm;
+    return;
+  }
+  idx = best_j;
+  sqdist = finish_sqdist(x_sqnorm, best_partial);
 }
 
 }  // namespace dalle2_fast::codebook

@@ -62,7 +62,10 @@ DF_HD void predict_x0_eps(int pred, T x, T m, const Coefs<T>& k, T thr, T& x0, T
     x0 = k.a * x - k.s * m;
     eps = k.s * x + k.a * m;
   }
-  if (thr > T(0)) {
+  // thr is 0 when clipping is off; a NaN threshold (dynamic thresholding of a sample holding
+  // NaN) clips, i.e. turns the sample's x0 into NaN, as the reference's min/max do. The
+  // comparisons below leave a NaN x0 NaN (never the bound, as fminf/fmaxf would).
+  if (thr > T(0) || thr != thr) {
     T c = x0 < -thr ? -thr : (x0 > thr ? thr : x0);
     x0 = c / thr;
     eps = (x - k.a * x0) * k.inv_s;
