@@ -78,43 +78,15 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
 
 
 def read_manifest(path: Path) -> dict:
-    """``unclip.json`` of a pipeline directory, checked: an object naming the stage files (inside
-    the directory) and known defaults."""
-    manifest = path / MANIFEST
-    if not manifest.is_file():
-        raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: {manifest} not found (a pipeline directory "
-                                "holds unclip.json, clip/, prior, decoder and upsampler files)")
-    try:
-        meta = json.loads(manifest.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{manifest}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{manifest}: expected a JSON object, got {type(meta).__name__}")
-    root = path.resolve()
+    """``unclip.json`` of a pipeline directory, validated (``dalle2_fast.files``): the stage paths
+    (inside the directory, existing) resolved against it, and the known defaults."""
+    from dalle2_fast.files import read_pipeline_manifest
 
-    def member(key: str, value) -> Path:
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{manifest}: {key}: expected a file or directory name, got {value!r}")
-        p = (path / value).resolve()
-        if root not in p.parents:
-            raise ValueError(f"{manifest}: {key}: {value!r} is outside the pipeline directory")
-        if not p.exists():
-            raise FileNotFoundError(f"{manifest}: {key}: {p} does not exist")
-        return p
-
-    for key in ("clip", "prior", "decoder"):
-        if key not in meta:
-            raise ValueError(f"{manifest}: missing stage {key!r} (expected keys clip, prior, decoder, upsamplers)")
-        meta[key] = member(key, meta[key])
-    ups = meta.get("upsamplers", [])
-    if not isinstance(ups, list):
-        raise ValueError(f"{manifest}: upsamplers: expected a list of file names, got {type(ups).__name__}")
-    meta["upsamplers"] = [member(f"upsamplers[{i}]", u) for i, u in enumerate(ups)]
-    defaults = meta.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise ValueError(f"{manifest}: defaults: expected an object, got {type(defaults).__name__}")
-    meta["defaults"] = defaults
-    return meta
+    meta = read_pipeline_manifest(path)
+    out = {k: Path(path) / meta[k] for k in ("clip", "prior", "decoder")}
+    out["upsamplers"] = [Path(path) / u for u in meta["upsamplers"]]
+    out["defaults"] = meta["defaults"]
+    return out
 
 
 @dataclass
@@ -160,6 +132,9 @@ class UnCLIPPipeline:
         if not path.is_dir():
             raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: {path} is not a directory (a pipeline directory "
                                     "holds unclip.json, clip/, prior, decoder and upsampler files)")
+        if not (path / MANIFEST).is_file():
+            raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: {path / MANIFEST} not found (a pipeline "
+                                    "directory holds unclip.json, clip/, prior, decoder and upsampler files)")
         meta = read_manifest(path)
         clip = ClipAdapter.from_pretrained(meta["clip"], map_location=device)
         prior = load_pretrained(meta["prior"], map_location=device).eval()

@@ -19,7 +19,7 @@ from dalle2_fast.ops.adagn import adagn_family
 from dalle2_fast.ops.codebook import nearest_code_family
 from dalle2_fast.ops.sampling import sampling_family
 from tests.conftest import cpu_backends
-from tests.test_sampling_ops import _call, _inputs, _ref
+from tests.ops.test_sampling_ops import _call, _inputs, _ref
 
 # NaN arithmetic inside the Triton interpreter (numpy) is expected here, not a defect
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
