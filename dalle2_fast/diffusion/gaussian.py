@@ -40,6 +40,23 @@ class DiffusionConfig:
     vlb_weight: float = 0.001  # lambda of the hybrid loss
     respacing: str | None = None  # e.g. "250", "10,10,3,2,2", "ddim25"
 
+    def __post_init__(self):
+        for name, allowed in (("schedule", ("linear", "cosine")), ("mean_type", MEAN_TYPES),
+                              ("var_type", VAR_TYPES), ("loss", LOSSES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"DiffusionConfig.{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        if isinstance(self.num_timesteps, bool) or not isinstance(self.num_timesteps, int) or self.num_timesteps < 1:
+            raise ValueError(f"DiffusionConfig.num_timesteps: expected an int >= 1, got {self.num_timesteps!r}")
+        if not (self.vlb_weight >= 0):  # NaN fails too
+            raise ValueError(f"DiffusionConfig.vlb_weight: expected a number >= 0, got {self.vlb_weight!r}")
+        if self.var_type == "learned_range" and self.loss == "simple":
+            raise ValueError("DiffusionConfig: var_type='learned_range' learns the variance from the VLB: use "
+                             "loss='hybrid' or 'kl'")
+        if self.respacing is not None:
+            from dalle2_fast.diffusion.respace import space_timesteps
+
+            space_timesteps(self.num_timesteps, self.respacing)  # raises on a bad spec
+
 
 class GaussianDiffusion:
     def __init__(self, betas, *, mean_type: str = "eps", var_type: str = "fixed_small", loss: str = "simple",

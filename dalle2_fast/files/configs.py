@@ -34,9 +34,9 @@ SIZE_FIELDS = frozenset({
     "latent_channels", "low_res_channels", "code_dim", "num_codes", "num_groups", "num_heads",
     "num_head_channels", "num_heads_upsample", "heads", "layers", "n_layers", "width", "height",
     "g_width", "d_width", "text_width", "text_len", "clip_dim", "cond_dim", "context_dim",
-    "vocab_size", "num_timesteps", "timesteps", "kernel", "low_res", "high_res", "n_components",
-    "n_buckets", "n_dot_buckets", "num_classes", "mask_patch",
-})
+    "num_timesteps", "timesteps", "kernel", "low_res", "high_res", "n_components",
+    "n_buckets", "n_dot_buckets", "mask_patch",
+})  # num_classes and vocab_size are not here: 0 means "unconditional" / "no captions"
 
 
 def is_probability(name: str) -> bool:

@@ -36,12 +36,24 @@ class DAEConfig(AEConfig):
     mask_prob: float = 0.3  # mask: each mask_patch x mask_patch patch zeroed with this probability
     mask_patch: int = 4
 
+    def __post_init__(self):
+        if self.corruption not in ("gaussian", "mask"):
+            raise ValueError(f"DAEConfig.corruption must be 'gaussian' or 'mask', got {self.corruption!r}")
+        if not (self.noise_std >= 0):
+            raise ValueError(f"DAEConfig.noise_std must be >= 0, got {self.noise_std!r}")
+
 
 @dataclass(frozen=True)
 class VAEConfig(AEConfig):
     z_dim: int = 64
     beta: float = 1.0  # weight of the KL term (beta-VAE, Higgins et al. 2017)
     recon_sigma: float = 0.1  # std of the Gaussian likelihood p(x|z), in [-1, 1] units
+
+    def __post_init__(self):
+        if not (self.beta >= 0):
+            raise ValueError(f"VAEConfig.beta must be >= 0, got {self.beta!r}")
+        if not (self.recon_sigma > 0):
+            raise ValueError(f"VAEConfig.recon_sigma must be > 0, got {self.recon_sigma!r}")
 
 
 class AEOutput(NamedTuple):

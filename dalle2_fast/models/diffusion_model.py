@@ -76,7 +76,11 @@ class DiffusionModel(nn.Module, Pretrained):
         the class count is what the model needs."""
         kind = raw.pop("label_kind", None)
         if kind is not None:
-            raw.setdefault("num_classes", {"none": 0, "shape": 5, "colour": 6, "class": 30}.get(kind, 0))
+            counts = {"none": 0, "shape": 5, "colour": 6, "class": 30}
+            if kind not in counts:
+                raise ValueError(f"label_kind: expected one of {sorted(counts)} (a checkpoint written before the "
+                                 f"redesign), got {kind!r}")
+            raw.setdefault("num_classes", counts[kind])
         return raw
 
     @classmethod

@@ -92,6 +92,8 @@ class GAN(nn.Module, Pretrained):
         super().__init__()
         if config.loss not in ("ns", "hinge"):
             raise ValueError(f"GANConfig.loss must be 'ns' or 'hinge', got {config.loss!r}")
+        if config.loss not in ("ns", "hinge"):
+            raise ValueError(f"GANConfig.loss must be 'ns' or 'hinge', got {config.loss!r}")
         if config.d_norm not in ("batch", "spectral", "none"):
             raise ValueError(f"GANConfig.d_norm must be 'batch', 'spectral' or 'none', got {config.d_norm!r}")
         self.config = config

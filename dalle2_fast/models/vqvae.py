@@ -28,6 +28,10 @@ class VQVAEConfig:
     decay: float = 0.99
     dead_code_after: int = 20  # revive unused codes quickly: early training collapses onto few codes
 
+    def __post_init__(self):
+        if not (self.beta >= 0):
+            raise ValueError(f"VQVAEConfig.beta must be >= 0, got {self.beta!r}")
+
 
 class VQVAEOutput(NamedTuple):
     recon: torch.Tensor  # (B, C, R, R)

@@ -35,6 +35,10 @@ class VQVAE2Config:
     decay: float = 0.99
     dead_code_after: int = 20  # revive unused codes quickly: early training collapses onto few codes
 
+    def __post_init__(self):
+        if not (self.beta >= 0):
+            raise ValueError(f"VQVAE2Config.beta must be >= 0, got {self.beta!r}")
+
 
 class VQVAE2Output(NamedTuple):
     recon: torch.Tensor

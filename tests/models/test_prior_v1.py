@@ -145,25 +145,46 @@ def test_v1_config_keys_become_the_diffusion_config():
 
 
 @pytest.mark.skipif(shipped_weights_dir() is None, reason="this build ships no unCLIP weights")
-def test_shipped_prior_loads_and_predicts_what_the_v1_network_did():
+def _to_v1_keys(state):
+    """The inverse of convert_v1_state_dict (a pure rename): the current layout -> v1 keys."""
+    old = {"attn.to_qkv": "qkv", "attn.to_out": "proj"}
+    out = {}
+    for k, v in state.items():
+        for new, o in old.items():
+            if k.startswith("transformer.blocks.") and f".{new}." in k:
+                k = k.replace(f".{new}.", f".{o}.")
+        out[k] = v
+    return out
+
+
+def test_shipped_prior_predicts_what_the_v1_network_did(tmp_path):
+    """The shipped prior (trained as a v1 checkpoint, converted once to the current layout): its
+    v1 form (keys renamed back, v1 config keys) loads through the upgrade hooks, and both it and the
+    shipped file predict what the frozen v1 network holding the same tensors computes."""
     path = shipped_weights_dir() / "prior.safetensors"
-    with safe_open(str(path), "pt") as f:
-        v1_config = json.loads(f.metadata()["dalle2_fast"])["config"]
-    raw = load_file(str(path))
-    old = OldDiffusionPrior(**v1_config)
-    old.load_state_dict(raw, strict=True)
     new = DiffusionPrior.from_pretrained(path)
-    with pytest.raises(CheckpointError, match="missing tensors"):  # the conversion is what makes it load
-        load_state_strict(DiffusionPrior(new.config), raw, str(path))
-    assert new.config.diffusion.num_timesteps == v1_config.get("timesteps", 1000)
-    assert float(new.embed_scale) == pytest.approx(v1_config["embed_scale"])
     c = new.config
+    v1_config = {"clip_dim": c.clip_dim, "text_width": c.text_width, "text_len": c.text_len, "width": c.width,
+                 "layers": c.layers, "heads": c.heads, "timesteps": c.diffusion.num_timesteps,
+                 "cond_drop_prob": c.cond_drop_prob, "embed_scale": float(new.embed_scale)}
+    v1_state = _to_v1_keys(load_file(str(path)))
+    old = OldDiffusionPrior(**v1_config)
+    old.load_state_dict(v1_state, strict=True)
+    v1_file = tmp_path / "prior_v1.safetensors"
+    save_file({k: v.contiguous() for k, v in v1_state.items()}, str(v1_file),
+              metadata={"dalle2_fast": json.dumps({"model_type": "unclip_diffusion_prior", "format_version": 1,
+                                                   "config": v1_config})})
+    via_hooks = DiffusionPrior.from_pretrained(v1_file)
+    with pytest.raises(CheckpointError, match="missing tensors"):  # the conversion is what makes it load
+        load_state_strict(DiffusionPrior(new.config), v1_state, str(v1_file))
+    assert via_hooks.config == new.config and float(via_hooks.embed_scale) == pytest.approx(v1_config["embed_scale"])
     x, t, tok, mask, emb = inputs(5, c.clip_dim, c.text_len, c.text_width, 3)
     drop = torch.tensor([False, True, False, False, True])
     with torch.no_grad():
         want, want_drop = old(x, t, tok, mask, emb), old(x, t, tok, mask, emb, drop)
-        torch.testing.assert_close(new(x, t, tok, mask, emb), want, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(new(x, t, tok, mask, emb, drop), want_drop, atol=1e-5, rtol=1e-4)
+        for model in (new, via_hooks):
+            torch.testing.assert_close(model(x, t, tok, mask, emb), want, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(model(x, t, tok, mask, emb, drop), want_drop, atol=1e-5, rtol=1e-4)
     z = new.sample(SimpleNamespace(tokens=tok, mask=mask, embed=emb), range(5), steps=4, guidance=2.0)
     assert z.shape == (5, c.clip_dim) and torch.isfinite(z).all()
     torch.testing.assert_close(z.norm(dim=-1), torch.ones(5))

@@ -1,6 +1,7 @@
 """State-dict layout v1 -> v2 of the U-Net family (attention blocks moved onto nn.Attention):
 an old-layout model and the converted new one compute the same function; v1 files load through
 the checkpoint hooks; the shipped unCLIP decoder and upsamplers load and run."""
+import json
 from pathlib import Path
 
 import pytest
@@ -151,17 +152,28 @@ def test_prefix_limits_the_conversion():
 
 
 @pytest.mark.skipif(not (SHIPPED / "decoder.safetensors").exists(), reason="this build ships no unCLIP weights")
-def test_shipped_decoder_loads_and_matches_its_v1_layout():
-    """The shipped decoder file (v1 keys) loads through UnCLIPDecoder.from_pretrained and gives
-    what the v1-layout decoder holding the raw file computes."""
-    from safetensors.torch import load_file
+def test_shipped_decoder_matches_its_v1_layout(tmp_path):
+    """The shipped decoder (trained in the v1 layout, converted once): renamed back to v1 keys it
+    loads through UnCLIPDecoder.from_pretrained's hook, and both give what the v1-layout decoder
+    holding the same tensors computes."""
+    from safetensors.torch import load_file, save_file
 
     path = SHIPPED / "decoder.safetensors"
     new = UnCLIPDecoder.from_pretrained(path).eval()
     old = UnCLIPDecoder(config_from_dict(DecoderConfig, read_config(path)["config"]))
     _to_v1(old.unet)
-    load_state_strict(old, load_file(str(path)), str(path))  # the frozen v1 layout IS the file's layout
+    renames = {".attn.to_qkv.": ".qkv.", ".attn.to_context_kv.": ".context_kv.", ".attn.to_out.": ".proj_out."}
+    v1_state = {}
+    for k, v in load_file(str(path)).items():
+        for a, b in renames.items():
+            k = k.replace(a, b)
+        v1_state[k] = v
+    load_state_strict(old, v1_state, str(path))  # the frozen v1 layout holds the renamed tensors
     old.eval()
+    v1_file = tmp_path / "decoder_v1.safetensors"
+    save_file({k: t.contiguous() for k, t in v1_state.items()}, str(v1_file),
+              metadata={"dalle2_fast": json.dumps(read_config(path))})
+    via_hook = UnCLIPDecoder.from_pretrained(v1_file).eval()
     c, g = new.config, torch.Generator().manual_seed(5)
     b, s = 3, c.unet.image_size
     mask = torch.ones(b, c.text_len, dtype=torch.bool)
@@ -173,6 +185,7 @@ def test_shipped_decoder_loads_and_matches_its_v1_layout():
         out = new(*args)
         assert out.shape == (b, 6, s, s) and torch.isfinite(out).all()
         torch.testing.assert_close(out, old(*args), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(via_hook(*args), out, rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not (SHIPPED / "upsampler1.safetensors").exists(), reason="this build ships no unCLIP weights")
