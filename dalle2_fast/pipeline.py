@@ -12,10 +12,21 @@ stream (``stage_seeds``). ``iter_images`` streams any number of images batch by 
 memory) for large jobs; ``__call__`` returns them all.
 
 The stages are duck-typed by the protocols below (what the pipeline calls is exactly what they
-declare): any prior, decoder or upsampler with these methods plugs in.
+declare): any prior, decoder or upsampler with these methods plugs in. A stage whose
+classifier-free guidance contrasts with a caption's encoding (Karlo's: the empty prompt) says so
+with a ``null_prompt`` attribute; the pipeline then passes that caption's encoding as
+``null_text``. A decoder with ``config.raw_embeddings`` gets CLIP's unnormalised image
+embeddings in variations and interpolations.
+
+Real checkpoints: :meth:`UnCLIPPipeline.from_diffusers` reads a diffusers UnCLIPPipeline folder
+(Karlo v1 alpha), :meth:`UnCLIPPipeline.from_karlo` Kakao Brain's original checkpoints;
+:meth:`from_pretrained` recognises both. For big weights: ``dtype`` loads them in bfloat16 /
+float16 and samples under autocast, and :meth:`enable_offload` keeps every stage on the CPU
+except the one running on the accelerator.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -113,6 +124,9 @@ class UnCLIPPipeline:
             if k not in self.defaults:
                 raise ValueError(f"UnCLIPPipeline: unknown default {k!r} (known: {sorted(self.defaults)})")
             self.defaults[k] = self._opt(k, v)
+        self.offload_device: torch.device | None = None  # enable_offload
+        self.compute_dtype: torch.dtype = torch.float32  # autocast dtype when not float32
+        self._null_cache: dict = {}
 
     # ---- persistence --------------------------------------------------------------------------
     @classmethod
@@ -133,14 +147,87 @@ class UnCLIPPipeline:
             raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: {path} is not a directory (a pipeline directory "
                                     "holds unclip.json, clip/, prior, decoder and upsampler files)")
         if not (path / MANIFEST).is_file():
+            from dalle2_fast.interop.karlo import is_karlo_folder
+
+            if (path / "model_index.json").is_file():
+                return cls.from_diffusers(path, device=device)
+            if is_karlo_folder(path):
+                return cls.from_karlo(path, device=device)
             raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: {path / MANIFEST} not found (a pipeline "
-                                    "directory holds unclip.json, clip/, prior, decoder and upsampler files)")
+                                    "directory holds unclip.json, clip/, prior, decoder and upsampler files; a "
+                                    "diffusers UnCLIPPipeline folder holds model_index.json; a Karlo folder its "
+                                    "four original checkpoint files)")
         meta = read_manifest(path)
         clip = ClipAdapter.from_pretrained(meta["clip"], map_location=device)
         prior = load_pretrained(meta["prior"], map_location=device).eval()
         decoder = load_pretrained(meta["decoder"], map_location=device).eval()
         ups = [load_pretrained(u, map_location=device).eval() for u in meta["upsamplers"]]
         return cls(clip, prior, decoder, ups, meta["defaults"])
+
+    @classmethod
+    def from_diffusers(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                       dtype: torch.dtype = torch.float32) -> "UnCLIPPipeline":
+        """A diffusers UnCLIPPipeline folder (Karlo v1 alpha's layout), converted once into our
+        stages (:mod:`dalle2_fast.interop.diffusers_unclip`); ``dtype`` bfloat16 / float16 loads
+        the weights in that dtype and samples under autocast."""
+        from dalle2_fast.interop.diffusers_unclip import pipeline_parts_from_diffusers
+
+        return cls._assemble(pipeline_parts_from_diffusers(path, dtype=_check_dtype(dtype)), device, dtype)
+
+    @classmethod
+    def from_karlo(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32, text_encoder: str | os.PathLike | None = None
+                   ) -> "UnCLIPPipeline":
+        """Kakao Brain's original Karlo checkpoints (a folder with the prior, decoder and
+        super-resolution ``.ckpt`` files and ``ViT-L-14_stats.th``) plus a CLIP ViT-L/14 text
+        encoder (:mod:`dalle2_fast.interop.karlo`)."""
+        from dalle2_fast.interop.karlo import pipeline_parts_from_karlo
+
+        parts = pipeline_parts_from_karlo(path, text_encoder=text_encoder, dtype=_check_dtype(dtype))
+        return cls._assemble(parts, device, dtype)
+
+    @classmethod
+    def _assemble(cls, parts: dict, device, dtype) -> "UnCLIPPipeline":
+        pipe = cls(parts["clip"], parts["prior"], parts["decoder"], parts["upsamplers"], parts["defaults"])
+        pipe.compute_dtype = dtype
+        return pipe.to(device)
+
+    def enable_offload(self, device: str | torch.device = "cuda") -> "UnCLIPPipeline":
+        """Keep every stage on the CPU and move each to ``device`` only while it runs (peak
+        accelerator memory: the largest stage, not their sum)."""
+        self.to("cpu")
+        self.offload_device = torch.device(device)
+        return self
+
+    @contextlib.contextmanager
+    def _running(self, stage):
+        """Run a stage: on the offload device while inside (then back to the CPU), under autocast
+        in ``compute_dtype`` when that is not float32."""
+        dev = self.device
+        if self.offload_device is not None:
+            stage.to(self.offload_device)
+        amp = (torch.autocast(dev.type, dtype=self.compute_dtype) if self.compute_dtype != torch.float32
+               else contextlib.nullcontext())
+        try:
+            with amp:
+                yield
+        finally:
+            if self.offload_device is not None:
+                stage.to("cpu")
+
+    def _null_kw(self, stage) -> dict:
+        """{'null_text': the encoding of the stage's ``null_prompt``} or {} (cached per prompt)."""
+        prompt = getattr(stage, "null_prompt", None)
+        if prompt is None:
+            return {}
+        key = (prompt, str(self.device))
+        if key not in self._null_cache:
+            with self._running(self.clip):
+                self._null_cache[key] = self.clip.encode_text([prompt])
+        return {"null_text": self._null_cache[key]}
+
+    def _raw(self) -> bool:
+        return bool(getattr(getattr(self.decoder, "config", None), "raw_embeddings", False))
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         from dalle2_fast.checkpoint import atomic_write_text, save_pretrained
@@ -162,11 +249,14 @@ class UnCLIPPipeline:
     def to(self, device: str | torch.device) -> "UnCLIPPipeline":
         for m in (self.clip, self.prior, self.decoder, *self.upsamplers):
             m.to(device)
+        self.offload_device = None
+        self._null_cache.clear()
         return self
 
     @property
     def device(self) -> torch.device:
-        return self.clip.mean.device
+        """Where the stages run (the offload device when offloading)."""
+        return self.offload_device if self.offload_device is not None else self.clip.mean.device
 
     @property
     def image_size(self) -> int:
@@ -233,22 +323,31 @@ class UnCLIPPipeline:
         ``x_T``: the decoder's starting latent (default: noise from the seeds), decoded
         deterministically (eta 0, no thresholding: the inverse of :meth:`Decoder.invert`)."""
         extra = {} if x_T is None else {"x_T": x_T, "eta": 0.0, "clip": None}
-        x = self.decoder.sample(image_embed, text, seeds=stage_seeds(seeds, STAGE_DECODER),
-                                steps=self._opt("decoder_steps", decoder_steps),
-                                guidance=self._opt("decoder_guidance", decoder_guidance), progress=progress, **extra)
+        if x_T is not None and getattr(getattr(self.decoder, "config", None), "sampling", None) is not None:
+            extra["sampler"] = "ddim"  # the inverse of Decoder.invert: deterministic DDIM
+        extra.update(self._null_kw(self.decoder))
+        with self._running(self.decoder):
+            x = self.decoder.sample(image_embed, text, seeds=stage_seeds(seeds, STAGE_DECODER),
+                                    steps=self._opt("decoder_steps", decoder_steps),
+                                    guidance=self._opt("decoder_guidance", decoder_guidance), progress=progress,
+                                    **extra).float()
         for i, up in enumerate(self.upsamplers):
-            x = up.sample(x, seeds=stage_seeds(seeds, STAGE_UP + i),
-                          steps=self._opt("upsampler_steps", upsampler_steps), progress=progress)
+            with self._running(up):
+                x = up.sample(x, seeds=stage_seeds(seeds, STAGE_UP + i),
+                              steps=self._opt("upsampler_steps", upsampler_steps), progress=progress).float()
         return x
 
     @torch.no_grad()
     def text_to_embeddings(self, prompts: Sequence[str], seeds: Sequence[int], prior_steps: int | None = None,
                            prior_guidance: float | None = None, progress: bool = False):
         """(TextEncoding of the prompts, z_i (B, D) drawn by the prior) for one batch."""
-        text = self.clip.encode_text(list(prompts))
-        z = self.prior.sample(text, stage_seeds(seeds, STAGE_PRIOR), steps=self._opt("prior_steps", prior_steps),
-                              guidance=self._opt("prior_guidance", prior_guidance), progress=progress)
-        return text, z
+        with self._running(self.clip):
+            text = self.clip.encode_text(list(prompts))
+        null = self._null_kw(self.prior)
+        with self._running(self.prior):
+            z = self.prior.sample(text, stage_seeds(seeds, STAGE_PRIOR), steps=self._opt("prior_steps", prior_steps),
+                                  guidance=self._opt("prior_guidance", prior_guidance), progress=progress, **null)
+        return text, z.float()
 
     @torch.no_grad()
     def iter_images(self, prompts: str | Sequence[str], num_images_per_prompt: int = 1, *, seed: int = 0,
@@ -299,7 +398,10 @@ class UnCLIPPipeline:
 
     # ---- CLIP-latent manipulations (Sec. 3) -----------------------------------------------------
     def _image_embed(self, image: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_image(image.to(self.device))
+        with self._running(self.clip):
+            if self._raw():  # CLIP's unnormalised embedding, what such a decoder reads
+                return self.clip.encode_image(image.to(self.device), normalize=False).float()
+            return self.clip.encode_image(image.to(self.device)).float()
 
     def _decoder_input(self, x: torch.Tensor) -> torch.Tensor:
         s = self.decoder.image_size
@@ -323,7 +425,10 @@ class UnCLIPPipeline:
         check_seed(seed)
         za = self._image_embed(self._check_image("image_a", image_a))
         zb = self._image_embed(self._check_image("image_b", image_b))
-        z = slerp(za, zb, torch.linspace(0, 1, n, device=za.device)[:, None])
+        t = torch.linspace(0, 1, n, device=za.device)[:, None]
+        z = slerp(za, zb, t)
+        if self._raw():  # unnormalised embeddings: the norm interpolated linearly along the arc
+            z = z * ((1 - t) * za.norm(dim=-1, keepdim=True) + t * zb.norm(dim=-1, keepdim=True))
         return to_unit_range(self.decode_embeddings(z, None, [seed] * n, **kw))
 
     @torch.no_grad()
@@ -340,15 +445,26 @@ class UnCLIPPipeline:
         if isinstance(max_angle, bool) or not isinstance(max_angle, (int, float)) or not 0 < max_angle <= 1:
             raise ValueError(f"text_diff: max_angle must be a number in (0, 1], got {max_angle!r}")
         zi = self._image_embed(x)
-        te = self.clip.encode_text([from_text, to_text])
+        with self._running(self.clip):
+            te = self.clip.encode_text([from_text, to_text])
+            to = self.clip.encode_text([to_text] * n)
         zd = F.normalize(te.embed[1:] - te.embed[:1], dim=-1)
         z = slerp(zi, zd, torch.linspace(0, max_angle, n, device=zi.device)[:, None])
-        to = self.clip.encode_text([to_text] * n)
+        if self._raw():  # unnormalised embeddings: keep z_i's norm
+            z = z * zi.norm(dim=-1, keepdim=True)
         x_T = None
         if invert:
             steps = self._opt("decoder_steps", kw.get("decoder_steps"))
-            x_T = self.decoder.invert(self._decoder_input(x), zi, None, steps=steps).expand(n, -1, -1, -1)
+            with self._running(self.decoder):
+                x_T = self.decoder.invert(self._decoder_input(x), zi, None, steps=steps,
+                                          **self._null_kw(self.decoder)).float().expand(n, -1, -1, -1)
         return to_unit_range(self.decode_embeddings(z, to, [seed] * n, x_T=x_T, **kw))
+
+
+def _check_dtype(dtype) -> torch.dtype:
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"UnCLIPPipeline: dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
+    return dtype
 
 
 __all__ = ["UnCLIPPipeline", "Prior", "Decoder", "Upsampler", "Generated", "slerp", "to_unit_range",

@@ -7,6 +7,7 @@ respacing, samplers (plain functions) and guidance (denoiser wrappers).
     images = ddim_sample(ClassifierFreeGuidance(unet, 3.0, {"y": null}), fast, (16, 3, 64, 64),
                          model_kwargs={"y": labels}, seeds=range(16), progress=True)
 """
+from dalle2_fast.diffusion.conventions import FROM_CONFIG, SamplingConfig
 from dalle2_fast.diffusion.gaussian import DiffusionConfig, GaussianDiffusion, clip_x0
 from dalle2_fast.diffusion.guidance import (ClassifierFreeGuidance, ClassifierGuidance, CLIPGuidance,
                                             GradientGuidance, ImageGuidance, gram_matrix)
@@ -18,7 +19,7 @@ from dalle2_fast.diffusion.schedules import betas_for_alpha_bar, cosine_betas, g
 from dalle2_fast.diffusion.timesteps import LossSecondMomentSampler, UniformSampler
 
 __all__ = [
-    "GaussianDiffusion", "DiffusionConfig", "clip_x0", "linear_betas", "cosine_betas", "betas_for_alpha_bar",
+    "GaussianDiffusion", "DiffusionConfig", "SamplingConfig", "FROM_CONFIG", "clip_x0", "linear_betas", "cosine_betas", "betas_for_alpha_bar",
     "get_betas", "respace", "space_timesteps", "SAMPLERS", "run_sampler", "ddpm_sample", "ddim_sample", "dpmpp_2m_sample", "ddim_invert",
     "SamplingNaNError", "ClassifierFreeGuidance", "ClassifierGuidance", "CLIPGuidance", "ImageGuidance",
     "GradientGuidance", "gram_matrix", "UniformSampler", "LossSecondMomentSampler",

@@ -9,15 +9,40 @@ the command line): an int or "250" (250 evenly spaced steps, first and last incl
 "10,10,3,2,2" (the trained range cut into equal sections, each strided to that many steps:
 dense where counts are large), "ddim25" (25 steps starting at 0 with the DDIM paper's uniform
 stride: the integer stride that gives exactly 25 when one exists, as guided-diffusion does,
-else the fractional stride T/25 rounded).
+else the fractional stride T/25 rounded). diffusers' spacings, for checkpoints whose scheduler
+used them (``diffusion.conventions.SamplingConfig.spacing``): "linspace25" (round(k (T-1)/24),
+k = 0..24: ``UnCLIPScheduler`` and ``DDPMScheduler``'s 'linspace'; differs from "25" for some N
+because "25" accumulates the stride before rounding), "leading25" (k * (T // 25)) and
+"trailing25" (round(T - k T/25) - 1).
 """
 from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from dalle2_fast.diffusion.gaussian import GaussianDiffusion
+
+_DIFFUSERS = ("linspace", "leading", "trailing")
+
+
+def _diffusers_spacing(num_timesteps: int, kind: str, spec: str) -> list[int]:
+    """diffusers' ``set_timesteps`` rules (numpy's round-half-to-even, as theirs)."""
+    try:
+        n = int(spec[len(kind):])
+    except ValueError:
+        raise ValueError(f"respacing {spec!r}: expected '{kind}N' with an integer N") from None
+    T = num_timesteps
+    if not 1 <= n <= T:
+        raise ValueError(f"respacing {spec!r}: expected 1 <= N <= {T} (the trained steps)")
+    if kind == "linspace":
+        ts = np.linspace(0, T - 1, n).round() if n > 1 else np.zeros(1)
+    elif kind == "leading":
+        ts = np.arange(0, n) * (T // n)
+    else:
+        ts = np.round(np.arange(T, 0, -T / n)) - 1
+    return sorted({int(t) for t in ts})
 
 
 def space_timesteps(num_timesteps: int, spec: int | str | Iterable[int]) -> list[int]:
@@ -28,6 +53,9 @@ def space_timesteps(num_timesteps: int, spec: int | str | Iterable[int]) -> list
         spec = str(spec)
     if isinstance(spec, str):
         spec = spec.strip()
+        for kind in _DIFFUSERS:
+            if spec.startswith(kind):
+                return _diffusers_spacing(num_timesteps, kind, spec)
         if spec.startswith("ddim"):
             try:
                 want = int(spec[4:])
@@ -42,7 +70,8 @@ def space_timesteps(num_timesteps: int, spec: int | str | Iterable[int]) -> list
         try:
             counts = [int(c) for c in spec.split(",")]
         except ValueError:
-            raise ValueError(f"respacing {spec!r}: expected 'N', 'N1,N2,...' or 'ddimN'") from None
+            raise ValueError(f"respacing {spec!r}: expected 'N', 'N1,N2,...', 'ddimN', 'linspaceN', 'leadingN' or "
+                             f"'trailingN'") from None
     else:
         counts = [int(c) for c in spec]
     if not counts or any(c < 1 for c in counts):

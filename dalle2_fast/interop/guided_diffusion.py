@@ -212,11 +212,13 @@ def _same(w):
     return w
 
 
-def _key_map(model, new_order: bool) -> dict:
-    """our key -> (their key, ours->theirs fn, theirs->ours fn)."""
+def _key_map(model, new_order: bool, export: bool = True) -> dict:
+    """our key -> (their key, ours->theirs fn, theirs->ours fn). ``export=False`` (importing a
+    GLIDE / unCLIP-style checkpoint): conditioning layers and cross-attention are allowed; their
+    keys pass through under our names (the caller renames the checkpoint's own names first)."""
     out = {}
     prefix_map, special = {}, {}
-    if getattr(model, "cond_proj", None) is not None:
+    if export and getattr(model, "cond_proj", None) is not None:
         raise ValueError("to_guided_diffusion_state_dict: guided-diffusion has no embedding-vector "
                          "conditioning (cond_dim); this model cannot be exported to its layout")
     top = {"out_norm": "out.0", "out_conv": "out.2"}
@@ -230,7 +232,7 @@ def _key_map(model, new_order: bool) -> dict:
         elif isinstance(m, Downsample):
             prefix_map[p + "conv."] = p + "op."
         elif isinstance(m, AttentionBlock):
-            if m.attn.context_dim is not None:
+            if export and m.attn.context_dim is not None:
                 raise ValueError("to_guided_diffusion_state_dict: guided-diffusion has no cross-attention "
                                  "(context_dim); this model cannot be exported to its layout")
             for theirs, (ours, parts) in _ATTN.items():
@@ -263,9 +265,10 @@ def to_openai_state_dict(model, use_new_attention_order: bool = False) -> dict:
     return {t: fwd(sd[k].detach().clone()).contiguous() for k, (t, fwd, _) in kmap.items()}
 
 
-def load_openai_into(model, sd: dict, new_order: bool, who: str):
-    """Copy guided-diffusion-layout weights ``sd`` into ``model`` (strict, shape-checked)."""
-    kmap = _key_map(model, new_order)
+def openai_to_ours(model, sd: dict, new_order: bool, who: str) -> tuple[dict, dict]:
+    """(our state dict, our key -> their key) for guided-diffusion / GLIDE-layout weights ``sd``
+    of ``model``'s architecture (every key present, shapes checked, nothing left over)."""
+    kmap = _key_map(model, new_order, export=False)
     expected = {t for t, _, _ in kmap.values()}
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or unexpected:
@@ -279,8 +282,15 @@ def load_openai_into(model, sd: dict, new_order: bool, who: str):
         if v.shape != own[k].shape:
             raise ValueError(f"{who}: {t} has shape {tuple(sd[t].shape)}, these flags expect one matching "
                              f"{tuple(own[k].shape)}")
-        ours[k] = v.to(own[k].dtype)
-    model.load_state_dict(ours, strict=True)
+        ours[k] = v
+    return ours, {k: t for k, (t, _, _) in kmap.items()}
+
+
+def load_openai_into(model, sd: dict, new_order: bool, who: str):
+    """Copy guided-diffusion-layout weights ``sd`` into ``model`` (strict, shape-checked)."""
+    ours, _ = openai_to_ours(model, sd, new_order, who)
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in ours.items()}, strict=True)
     return model
 
 

@@ -142,12 +142,14 @@ class TextEncoding:
     """CLIP's view of a batch of captions.
 
     tokens: (B, L, W) final-layer token features; mask: (B, L) bool, True on real tokens
-    (start .. end); embed: (B, D) pooled projected embedding z_t, L2-normalised.
+    (start .. end); embed: (B, D) pooled projected embedding z_t, L2-normalised; raw_embed:
+    the same before normalisation (what Karlo's and Kandinsky's prior and decoder read), or None.
     """
 
     tokens: torch.Tensor
     mask: torch.Tensor
     embed: torch.Tensor
+    raw_embed: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -158,11 +160,14 @@ class ClipConfig:
     ``dalle2fast-*``), or a label when ``open_clip`` holds the config itself; open_clip: the
     open_clip config as JSON text (``{"model_cfg": ..., "preprocess_cfg": ...}``), '' = the
     registered config of ``model_name``; tokenizer: a :class:`WordTokenizer` as JSON text, '' =
-    open_clip's tokenizer for the architecture."""
+    open_clip's tokenizer for the architecture; text_only: the weights hold the text tower only
+    (e.g. a transformers ``CLIPTextModelWithProjection``): the image tower is not built and
+    ``encode_image`` raises."""
 
     model_name: str = TINY_SHAPES_MODEL
     open_clip: str = ""
     tokenizer: str = ""
+    text_only: bool = False
 
 
 def _build_open_clip(config: ClipConfig) -> tuple[nn.Module, dict]:
@@ -239,6 +244,8 @@ class ClipAdapter(Pretrained, nn.Module):
             raise TypeError(f"ClipAdapter: config must be a ClipConfig, got {type(config).__name__}")
         self.config = config
         model, model_cfg = _build_open_clip(config)
+        if config.text_only:
+            model.visual = _NoImageTower()
         self.model = model
         self.model_cfg = model_cfg
         self.model_name = config.model_name
@@ -307,7 +314,7 @@ class ClipAdapter(Pretrained, nn.Module):
             extra = full.pop("dalle2_fast", {})
             tok = extra.get("tokenizer")
             config = ClipConfig(model_name=extra.get("model_name", str(path)), open_clip=json.dumps(full),
-                                tokenizer=json.dumps(tok) if tok else "")
+                                tokenizer=json.dumps(tok) if tok else "", text_only=bool(extra.get("text_only")))
             wfile = path / WEIGHTS_FILE if (path / WEIGHTS_FILE).is_file() else weights[0]
         else:
             if model_name is None:
@@ -328,6 +335,8 @@ class ClipAdapter(Pretrained, nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         extra = {"model_name": self.model_name}
+        if self.config.text_only:
+            extra["text_only"] = True
         if isinstance(self.tokenizer, WordTokenizer):
             extra["tokenizer"] = self.tokenizer.to_dict()
         pp = {k: (list(v) if isinstance(v, tuple) else v)
@@ -405,9 +414,13 @@ class ClipAdapter(Pretrained, nn.Module):
             if m.text_projection is not None:
                 pooled = (m.text_projection(pooled) if isinstance(m.text_projection, nn.Linear)
                           else pooled @ m.text_projection)
-        mask = ids != self._pad_id()
+        if self._custom_text:
+            mask = ids != self._pad_id()
+        else:  # up to the end token (argmax: the largest id), whatever ids a prompt's own tokens have
+            mask = torch.arange(ids.shape[1], device=ids.device)[None] <= ids.argmax(dim=-1)[:, None]
         mask[:, 0] = True
-        return TextEncoding(tokens=tokens.float(), mask=mask, embed=F.normalize(pooled.float(), dim=-1))
+        raw = pooled.float()
+        return TextEncoding(tokens=tokens.float(), mask=mask, embed=F.normalize(raw, dim=-1), raw_embed=raw)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> the model's input: resized, mean/std normalised."""
@@ -418,13 +431,27 @@ class ClipAdapter(Pretrained, nn.Module):
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
         return (x - self.mean) / self.std
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """z_i: (B, D), L2-normalised, for images (B, 3, H, W) in [-1, 1]."""
-        return F.normalize(self.model.encode_image(self.preprocess(images)).float(), dim=-1)
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """z_i: (B, D), L2-normalised (``normalize=False``: CLIP's raw projected embedding), for
+        images (B, 3, H, W) in [-1, 1]."""
+        if self.config.text_only:
+            raise ValueError(f"ClipAdapter: {self.model_name} holds CLIP's text tower only (its weights came without "
+                             "an image encoder): it cannot encode images")
+        z = self.model.encode_image(self.preprocess(images)).float()
+        return F.normalize(z, dim=-1) if normalize else z
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor):
         """(image_features, text_features, logit_scale): what open_clip's ``ClipLoss`` takes."""
         return (self.encode_image(images), self.encode_text(text_ids).embed, self.model.logit_scale.exp())
+
+
+class _NoImageTower(nn.Module):
+    """Stands in for open_clip's ``visual`` in a text-only adapter (no parameters)."""
+
+    preprocess_cfg: dict = {}
+
+    def forward(self, *args, **kw):
+        raise ValueError("ClipAdapter: this CLIP holds the text tower only: it cannot encode images")
 
 
 def _check_tokenizer(tokenizer, cfg: dict, name: str) -> None:

@@ -12,6 +12,15 @@ Classifier-free guidance: in training z_i is replaced by zeros with probability
 ``text_drop_prob`` (50%); sampling combines conditional and unconditional outputs in one batched
 forward (``dalle2_fast.diffusion.ClassifierFreeGuidance``). Without a caption (variations) the
 text is masked and z_i alone conditions the image.
+
+Karlo's decoder (Kakao Brain's unCLIP reproduction, diffusers' ``UNet2DConditionModel`` +
+``UnCLIPTextProjModel``) is the same network with other conventions, each a config field whose
+default is ours: ``text_proj_order='linear_norm'`` (the caption tokens projected, then
+LayerNorm), ``text_embed_to_time`` (the caption's CLIP embedding z_t projected and added to the
+time embedding too), ``null_image_embed='learned'`` (a learned z_i for the unconditional branch
+instead of zeros), ``uncond='empty_prompt'`` (the unconditional caption is the empty prompt's
+encoding, ``null_text``, instead of all tokens masked; also the caption of variations),
+``raw_embeddings`` (z_i and z_t unnormalised) and ``sampling`` (ancestral steps, x0 clipped).
 """
 from __future__ import annotations
 
@@ -22,8 +31,8 @@ import torch
 from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
-from dalle2_fast.diffusion import (ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, ddim_invert, respace,
-                                   run_sampler)
+from dalle2_fast.diffusion import (FROM_CONFIG, ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion,
+                                   SamplingConfig, ddim_invert, respace, run_sampler)
 from dalle2_fast.models.unet import UNet, UNetConfig, convert_v1_unet_state_dict
 from dalle2_fast.seeding import Draws, check_seeds
 
@@ -40,6 +49,15 @@ def _default_decoder_diffusion() -> DiffusionConfig:
                            loss="hybrid")
 
 
+def _default_sampling() -> SamplingConfig:
+    return SamplingConfig(sampler="ddim", eta=1.0, clip="dynamic")
+
+
+_ORDERS = ("norm_linear", "linear_norm")
+_NULL_IMAGE = ("zeros", "learned")
+_UNCOND = ("masked", "empty_prompt")
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     unet: UNetConfig = field(default_factory=_default_unet)  # cond_dim = clip_dim, context_dim, cond_tokens set
@@ -49,14 +67,23 @@ class DecoderConfig:
     text_len: int = 24
     clip_drop_prob: float = 0.1
     text_drop_prob: float = 0.5
+    # conventions (module docstring); defaults are ours
+    text_proj_order: str = "norm_linear"  # caption tokens: LayerNorm then Linear | 'linear_norm' (Karlo)
+    text_embed_to_time: bool = False      # also add Linear(z_t) to the time embedding
+    null_image_embed: str = "zeros"       # z_i of the unconditional branch: zeros | 'learned'
+    uncond: str = "masked"                # unconditional caption: all tokens masked | 'empty_prompt' (null_text)
+    raw_embeddings: bool = False          # z_i / z_t unnormalised CLIP embeddings
+    sampling: SamplingConfig = field(default_factory=_default_sampling)
 
 
 @register_model("unclip_decoder")
 class UnCLIPDecoder(Pretrained, nn.Module):
-    """``decoder(x_t, t, image_embed, text_tokens, text_mask)`` -> U-Net output (B, 2*3 or 3, H, W).
+    """``decoder(x_t, t, image_embed, text_tokens, text_mask[, text_embed])`` -> U-Net output
+    (B, 2*3 or 3, H, W).
 
-    image_embed: (B, D) unit-norm z_i (zeros = dropped); text_tokens: (B, L, W); text_mask: (B, L)
-    bool, True on real tokens (all False = no caption).
+    image_embed: (B, D) z_i (unit-norm, or raw with ``raw_embeddings``; the null value = dropped);
+    text_tokens: (B, L, W); text_mask: (B, L) bool, True on real tokens (all False = no caption);
+    text_embed: (B, D) the caption's z_t, with ``text_embed_to_time`` only.
     """
 
     config_class = DecoderConfig
@@ -72,42 +99,97 @@ class UnCLIPDecoder(Pretrained, nn.Module):
                              "z_i is projected into extra context tokens")
         if u.learn_sigma != (c.diffusion.var_type == "learned_range"):
             raise ValueError("DecoderConfig: unet.learn_sigma must match diffusion.var_type == 'learned_range'")
+        for name, val, known in (("text_proj_order", c.text_proj_order, _ORDERS),
+                                 ("null_image_embed", c.null_image_embed, _NULL_IMAGE), ("uncond", c.uncond, _UNCOND)):
+            if val not in known:
+                raise ValueError(f"DecoderConfig.{name} must be one of {known}, got {val!r}")
+        if c.uncond == "empty_prompt" and c.text_drop_prob:
+            raise ValueError("DecoderConfig: uncond='empty_prompt' trains no masked-caption branch: set text_drop_prob=0")
         self.unet = UNet(u)
-        self.text_proj = nn.Sequential(nn.LayerNorm(c.text_width), nn.Linear(c.text_width, u.context_dim))
+        if c.text_proj_order == "norm_linear":
+            self.text_proj = nn.Sequential(nn.LayerNorm(c.text_width), nn.Linear(c.text_width, u.context_dim))
+        else:
+            self.text_proj = nn.Sequential(nn.Linear(c.text_width, u.context_dim), nn.LayerNorm(u.context_dim))
+        self.text_time = nn.Linear(c.clip_dim, 4 * u.model_channels) if c.text_embed_to_time else None
+        self.null_image = nn.Parameter(torch.zeros(c.clip_dim)) if c.null_image_embed == "learned" else None
         self.diffusion = GaussianDiffusion.from_config(c.diffusion)
+
+    @property
+    def null_prompt(self) -> str | None:
+        """The caption whose encoding is the unconditional branch ('' for ``uncond='empty_prompt'``,
+        pass it as ``null_text``), or None (all tokens masked)."""
+        return "" if self.config.uncond == "empty_prompt" else None
+
+    def null_image_embed(self, like: torch.Tensor) -> torch.Tensor:
+        """z_i of the unconditional branch, (1, D): zeros or the learned one."""
+        if self.null_image is None:
+            return torch.zeros_like(like[:1])
+        return self.null_image.to(like.dtype)[None]
 
     @classmethod
     def _upgrade_state_dict(cls, state: dict, config) -> dict:
         """Files with the U-Net's v1 attention-block keys (the shipped weights) load unchanged."""
         return convert_v1_unet_state_dict(state, prefix="unet.")
 
-    def forward(self, x, t, image_embed, text_tokens, text_mask):  # noqa: D102
+    def forward(self, x, t, image_embed, text_tokens, text_mask, text_embed=None):  # noqa: D102
         # text context (B, L, context_dim), padding mask True = padded; the U-Net prepends the
-        # cond_tokens CLIP tokens (never padded) and adds cond to the time embedding
+        # cond_tokens CLIP tokens (never padded) and adds cond (+ the projected z_t) to the time embedding
         ctx = self.text_proj(text_tokens)
-        return self.unet(x, t, cond=image_embed, context=ctx, context_mask=~text_mask.to(torch.bool))
+        extra = None
+        if self.text_time is not None:
+            if text_embed is None:
+                raise ValueError("UnCLIPDecoder: this decoder adds the caption's z_t to the time embedding "
+                                 "(text_embed_to_time): pass text_embed (B, D)")
+            extra = self.text_time(text_embed)
+        return self.unet(x, t, cond=image_embed, context=ctx, context_mask=~text_mask.to(torch.bool), emb=extra)
 
     @property
     def image_size(self) -> int:
         """Side of the images this decoder draws (the base resolution of the cascade)."""
         return self.config.unet.image_size
 
-    def _kwargs(self, image_embed, text_tokens=None, text_mask=None):
+    def _kwargs(self, image_embed, text_tokens=None, text_mask=None, text_embed=None, null_text=None):
         b, c = image_embed.shape[0], self.config
-        if text_tokens is None:  # no caption: every token masked
+        if text_tokens is None and c.uncond == "empty_prompt":  # no caption: the empty prompt's
+            text_tokens, text_mask, text_embed = self._null_fields(null_text, b)
+        elif text_tokens is None:  # no caption: every token masked
             text_tokens = image_embed.new_zeros(b, c.text_len, c.text_width)
             text_mask = torch.zeros(b, c.text_len, dtype=torch.bool, device=image_embed.device)
+            text_embed = image_embed.new_zeros(b, c.clip_dim) if self.text_time is not None else None
         if text_tokens.shape != (b, c.text_len, c.text_width):
             raise ValueError(f"UnCLIPDecoder: text tokens must be ({b}, {c.text_len}, {c.text_width}), got "
                              f"{tuple(text_tokens.shape)}")
         if text_mask is None or text_mask.shape != (b, c.text_len):
             raise ValueError(f"UnCLIPDecoder: text_mask must be ({b}, {c.text_len}) bool (True on real tokens), got "
                              f"{None if text_mask is None else tuple(text_mask.shape)}")
-        return {"image_embed": image_embed, "text_tokens": text_tokens, "text_mask": text_mask.to(torch.bool)}
+        kw = {"image_embed": image_embed, "text_tokens": text_tokens, "text_mask": text_mask.to(torch.bool)}
+        if self.text_time is not None:
+            if text_embed is None or text_embed.shape != (b, c.clip_dim):
+                raise ValueError(f"UnCLIPDecoder: text_embed must be ({b}, {c.clip_dim}) (the caption's z_t), got "
+                                 f"{None if text_embed is None else tuple(text_embed.shape)}")
+            kw["text_embed"] = text_embed
+        return kw
 
-    @staticmethod
-    def _text(text):
-        return (None, None) if text is None else (text.tokens, text.mask)
+    def _null_fields(self, null_text, b: int):
+        """(tokens, mask, z_t) of the empty prompt, expanded to batch b."""
+        if null_text is None:
+            raise ValueError("UnCLIPDecoder: this decoder's unconditional caption is the empty prompt's encoding "
+                             "(uncond='empty_prompt'): pass null_text=clip.encode_text([''])")
+        tok, mask, emb = self._text(null_text)
+        grow = lambda v: v if v is None or v.shape[0] == b else v.expand(b, *v.shape[1:])  # noqa: E731
+        return grow(tok), grow(mask), grow(emb)
+
+    def _text(self, text):
+        """(tokens, mask, z_t) of a caption encoding (None: no caption)."""
+        if text is None:
+            return None, None, None
+        emb = None
+        if self.text_time is not None:
+            emb = getattr(text, "raw_embed", None) if self.config.raw_embeddings else text.embed
+            if emb is None:
+                raise ValueError("UnCLIPDecoder: this decoder reads CLIP's raw text embedding: the encoding has no "
+                                 ".raw_embed (encode the prompts with ClipAdapter.encode_text)")
+        return text.tokens, text.mask, emb
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """Hybrid loss (MSE on eps + lambda VLB for the variance) with CFG dropping.
@@ -118,55 +200,69 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         ``text_drop_prob``, the timestep and the noise — all from the batch's draws."""
         x0, zi = batch["image"], batch["image_embed"]
         b, dev = x0.shape[0], x0.device
-        kw = self._kwargs(zi, batch.get("text_tokens"), batch.get("text_mask"))
+        kw = self._kwargs(zi, batch.get("text_tokens"), batch.get("text_mask"), batch.get("text_embed"))
         draws = Draws.of(batch, b, dev)
         drop_clip = draws.bernoulli("clip_drop", self.config.clip_drop_prob)
         drop_text = draws.bernoulli("text_drop", self.config.text_drop_prob)
-        kw["image_embed"] = torch.where(drop_clip[:, None], torch.zeros_like(zi), zi)
+        kw["image_embed"] = torch.where(drop_clip[:, None], self.null_image_embed(zi).expand_as(zi), zi)
         kw["text_mask"] = kw["text_mask"] & ~drop_text[:, None]
         t = draws.randint("t", self.diffusion.num_timesteps)
         noise = draws.randn("noise", x0.shape[1:], x0.dtype)
         terms = self.diffusion.training_losses(self, x0, t, noise=noise, model_kwargs=kw)
         return {k: v.mean() for k, v in terms.items()}
 
-    def guided(self, guidance: float, kw: dict):
+    def guided(self, guidance: float, kw: dict, null_text=None):
         """The denoiser sampling uses: the decoder itself, or classifier-free guidance over
-        (z_i, caption) against (z_i dropped, caption dropped) with scale ``guidance``."""
+        (z_i, caption) against (null z_i, null caption) with scale ``guidance``."""
         if guidance == 1.0:
             return self
-        null = {"image_embed": torch.zeros_like(kw["image_embed"][:1]),
-                "text_mask": torch.zeros_like(kw["text_mask"][:1])}
+        null = {"image_embed": self.null_image_embed(kw["image_embed"])}
+        if self.config.uncond == "masked":
+            null["text_mask"] = torch.zeros_like(kw["text_mask"][:1])
+        else:
+            tok, mask, emb = self._null_fields(null_text, 1 if self._batch1(null_text) else kw["text_mask"].shape[0])
+            null.update({"text_tokens": tok, "text_mask": mask.to(torch.bool)})
+            if "text_embed" in kw:
+                null["text_embed"] = emb
         return ClassifierFreeGuidance(self, guidance, null)
+
+    @staticmethod
+    def _batch1(null_text) -> bool:
+        return null_text is not None and null_text.tokens.shape[0] == 1
 
     @torch.no_grad()
     def sample(self, image_embed: torch.Tensor, text=None, *, seeds: Sequence[int], steps: int | str | None = 50,
-               guidance: float = 3.0, sampler: str = "ddim", eta: float = 1.0, clip: str | None = "dynamic",
-               x_T: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+               guidance: float = 3.0, sampler: str | None = None, eta: float | None = None, clip=FROM_CONFIG,
+               x_T: torch.Tensor | None = None, progress: bool = False, null_text=None) -> torch.Tensor:
         """Images (B, 3, S, S) in [-1, 1] for z_i (B, D) and an optional caption encoding (``.tokens``
         (B, L, W), ``.mask`` (B, L)); image i depends only on seeds[i]. ``steps`` in the respacing
         vocabulary; classifier-free guidance ``guidance`` (1 = off). ``x_T``: start from this latent
-        (e.g. from :meth:`invert`, then use ``eta=0``) instead of seeded noise. Defaults: DDIM with
-        ``eta=1`` (the DDPM posterior variance, per-image seeded noise) and dynamic thresholding of
-        x0 (Saharia et al. 2022) — on the shipped shapes decoder they raised the caption match of new
-        single-object prompts from 62% (eta 0, static clip) to 80% (seed-1 selection set,
-        benchmarks/results/cpu-xeon-2core/unclip-shipped/)."""
+        (e.g. from :meth:`invert`, then use ``eta=0``) instead of seeded noise. ``sampler``, ``eta``
+        and ``clip`` default to ``config.sampling``; ours: DDIM with ``eta=1`` (the DDPM posterior
+        variance, per-image seeded noise) and dynamic thresholding of x0 (Saharia et al. 2022) — on
+        the shipped shapes decoder they raised the caption match of new single-object prompts from
+        62% (eta 0, static clip) to 80% (seed-1 selection set,
+        benchmarks/results/cpu-xeon-2core/unclip-shipped/). ``null_text``: the encoding of
+        :attr:`null_prompt` (batch 1 or B), for ``uncond='empty_prompt'``."""
         b = image_embed.shape[0]
         seeds = check_seeds(seeds, b)
-        kw = self._kwargs(image_embed, *self._text(text))
+        sampler, eta, clip = self.config.sampling.resolve(sampler, eta, clip)
+        kw = self._kwargs(image_embed, *self._text(text), null_text=null_text)
         s = self.image_size
         start = (b, 3, s, s) if x_T is None else x_T
-        return run_sampler(sampler, self.guided(guidance, kw), self.diffusion, start, steps=steps, eta=eta,
-                           model_kwargs=kw, seeds=seeds, clip=clip, progress=progress, device=image_embed.device)
+        return run_sampler(sampler, self.guided(guidance, kw, null_text), self.diffusion, start,
+                           steps=self.config.sampling.steps(steps), eta=eta, model_kwargs=kw, seeds=seeds, clip=clip,
+                           progress=progress, device=image_embed.device)
 
     @torch.no_grad()
     def invert(self, images: torch.Tensor, image_embed: torch.Tensor, text=None, *, steps: int | str = 50,
-               guidance: float = 1.0, progress: bool = False) -> torch.Tensor:
+               guidance: float = 1.0, progress: bool = False, null_text=None) -> torch.Tensor:
         """DDIM inversion (eta = 0): the x_T that :meth:`sample` with the same ``steps``, ``guidance``
         and ``eta=0, clip=None`` maps back to ``images`` (B, 3, S, S) in [-1, 1]. Used for variations
         from the input image and text-diff edits (Ramesh et al. Sec. 3.3)."""
         s = self.image_size
         if images.dim() != 4 or images.shape[1:] != (3, s, s):
             raise ValueError(f"UnCLIPDecoder.invert: images must be (B, 3, {s}, {s}), got {tuple(images.shape)}")
-        kw = self._kwargs(image_embed, *self._text(text))
-        return ddim_invert(self.guided(guidance, kw), respace(self.diffusion, steps), images, model_kwargs=kw,
-                           progress=progress)
+        kw = self._kwargs(image_embed, *self._text(text), null_text=null_text)
+        return ddim_invert(self.guided(guidance, kw, null_text), respace(self.diffusion, self.config.sampling.steps(steps)),
+                           images, model_kwargs=kw, progress=progress)

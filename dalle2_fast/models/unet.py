@@ -195,12 +195,14 @@ def time_embed_mlp(model_channels: int) -> nn.Sequential:
 
 @register_model("unet")
 class UNet(nn.Module, Pretrained):
-    """``UNet(config)(x, t, y=None, cond=None, context=None, context_mask=None)``.
+    """``UNet(config)(x, t, y=None, cond=None, context=None, context_mask=None, low_res=None, emb=None)``.
 
     x: (B, in_channels, S, S); t: (B,) timesteps (int or float); y: (B,) int64 labels when
     ``num_classes``; cond: (B, cond_dim) when ``cond_dim``; context: (B, T, context_dim) and
     context_mask: (B, T) bool (True = padded token) when ``context_dim``; low_res:
-    (B, low_res_channels, h, w) when ``low_res_channels`` (upsampled bilinearly to S x S).
+    (B, low_res_channels, h, w) when ``low_res_channels`` (upsampled bilinearly to S x S; used
+    as is when already S x S); emb: optional (B, 4 * model_channels) added to the conditioning
+    embedding (e.g. the unCLIP decoder's projected caption embedding).
     Returns (B, final_out_channels, S, S).
     """
 
@@ -247,13 +249,18 @@ class UNet(nn.Module, Pretrained):
             if isinstance(m, TimestepSequential):
                 m.use_checkpoint = bool(enabled)
 
-    def embed(self, t, y=None, cond=None) -> torch.Tensor:
-        """The conditioning embedding (B, 4 * model_channels): time + label + cond."""
+    def embed(self, t, y=None, cond=None, extra=None) -> torch.Tensor:
+        """The conditioning embedding (B, 4 * model_channels): time + label + cond (+ extra)."""
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels))
         if self.label_emb is not None:
             emb = emb + self.label_emb(y)
         if self.cond_proj is not None:
             emb = emb + self.cond_proj(cond)
+        if extra is not None:
+            if extra.shape != emb.shape:
+                raise ValueError(f"UNet: emb must be (B, 4 * model_channels) = {tuple(emb.shape)}, "
+                                 f"got {tuple(extra.shape)}")
+            emb = emb + extra
         return emb
 
     def _check(self, x, t, y, cond, context, context_mask, low_res) -> None:
@@ -292,9 +299,9 @@ class UNet(nn.Module, Pretrained):
                 f"UNet: context_mask must be (B, T) matching context, got {tuple(context_mask.shape)}"
             )
 
-    def forward(self, x, t, y=None, cond=None, context=None, context_mask=None, low_res=None):  # noqa: D102
+    def forward(self, x, t, y=None, cond=None, context=None, context_mask=None, low_res=None, emb=None):  # noqa: D102
         self._check(x, t, y, cond, context, context_mask, low_res)
-        emb = self.embed(t, y, cond)
+        emb = self.embed(t, y, cond, emb)
         if self.cond_to_tokens is not None:  # unCLIP: the CLIP embedding as extra context tokens
             tokens = self.cond_to_tokens(cond).view(x.shape[0], self.config.cond_tokens, -1)  # (B, Tc, ctx)
             if context is not None:
@@ -304,7 +311,9 @@ class UNet(nn.Module, Pretrained):
                 tokens = torch.cat([tokens, context.to(tokens.dtype)], dim=1)
             context = tokens
         if low_res is not None:
-            up = F.interpolate(low_res.to(x.dtype), size=x.shape[-2:], mode="bilinear")  # (B, Cl, H, W)
+            up = low_res.to(x.dtype)
+            if up.shape[-2:] != x.shape[-2:]:  # already x's size: upsampled outside (e.g. bicubic)
+                up = F.interpolate(up, size=x.shape[-2:], mode="bilinear")  # (B, Cl, H, W)
             x = torch.cat([x, up], dim=1)
         hs, h = [], x
         for block in self.input_blocks:

@@ -2,7 +2,8 @@
 
 ``TransformerBlock``: x + Attn(LN(x)), then x + MLP(LN(x)), the attention being
 :class:`dalle2_fast.nn.Attention` (the package's one attention module, on ``ops.attention``).
-``Transformer``: learned positions, a stack of blocks, a final LayerNorm. Masks follow
+``Transformer``: learned positions, an optional LayerNorm on the input (``input_norm``, as
+diffusers' ``PriorTransformer(norm_in_type="layer")``), a stack of blocks, a final LayerNorm. Masks follow
 ``ops.attention``: ``key_padding_mask`` (B, S) True = padded token (ignored as a key), causal
 attention bottom-right aligned (query i sees keys j <= i + Sk - Sq).
 
@@ -44,15 +45,17 @@ class TransformerBlock(nn.Module):
 
 class Transformer(nn.Module):
     """``layers`` blocks over sequences of at most ``max_len`` tokens, with learned positions
-    and a final LayerNorm. forward: x (B, S, width), key_padding_mask (B, S) bool or None
-    -> (B, S, width). Residual projections get GPT-2's 1/sqrt(2 * layers) init scale."""
+    and a final LayerNorm (``input_norm``: also one on the input, after the positions).
+    forward: x (B, S, width), key_padding_mask (B, S) bool or None -> (B, S, width). Residual
+    projections get GPT-2's 1/sqrt(2 * layers) init scale."""
 
     def __init__(self, width: int, layers: int, heads: int, max_len: int, causal: bool = True,
-                 mlp_ratio: float = 4.0):
+                 mlp_ratio: float = 4.0, input_norm: bool = False):
         super().__init__()
         if layers < 1 or max_len < 1:
             raise ValueError(f"Transformer: layers and max_len must be >= 1, got {layers} and {max_len}")
         self.pos = nn.Parameter(torch.randn(max_len, width) * 0.01)
+        self.ln_in = nn.LayerNorm(width) if input_norm else None
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, mlp_ratio, causal) for _ in range(layers))
         self.ln = nn.LayerNorm(width)
         for blk in self.blocks:
@@ -69,6 +72,8 @@ class Transformer(nn.Module):
         if x.shape[1] > self.max_len:
             raise ValueError(f"Transformer: sequence length {x.shape[1]} > max_len {self.max_len}")
         x = x + self.pos[: x.shape[1]].to(x.dtype)
+        if self.ln_in is not None:
+            x = self.ln_in(x)
         for blk in self.blocks:
             x = blk(x, key_padding_mask)
         return self.ln(x)

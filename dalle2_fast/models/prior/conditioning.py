@@ -14,16 +14,25 @@ class TextConditioning(nn.Module):
     """Projects CLIP text tokens (B, L, W_text) and z_t (B, D) to the prior's width, and replaces
     them by learned null values where ``drop`` is True (classifier-free guidance, Ho & Salimans).
 
+    learned_null=False: no null values (the unconditional branch is another caption's encoding,
+    e.g. the empty prompt's, as Karlo and Kandinsky do; ``drop`` must then be None).
+    embed_norm: a LayerNorm on z_t before its projection (diffusers' ``embedding_proj_norm``).
+
     Returns (tokens (B, L, W), token mask (B, L) bool True = real, text embedding token (B, 1, W)).
     """
 
-    def __init__(self, text_width: int, text_len: int, clip_dim: int, width: int):
+    def __init__(self, text_width: int, text_len: int, clip_dim: int, width: int, learned_null: bool = True,
+                 embed_norm: bool = False):
         super().__init__()
         self.text_len = text_len
         self.tok_proj = nn.Linear(text_width, width)
+        self.emb_norm = nn.LayerNorm(clip_dim) if embed_norm else None
         self.emb_proj = nn.Linear(clip_dim, width)
-        self.null_tokens = nn.Parameter(torch.randn(text_len, width) * 0.02)
-        self.null_emb = nn.Parameter(torch.randn(width) * 0.02)
+        if learned_null:
+            self.null_tokens = nn.Parameter(torch.randn(text_len, width) * 0.02)
+            self.null_emb = nn.Parameter(torch.randn(width) * 0.02)
+        else:
+            self.null_tokens = self.null_emb = None
 
     def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_embed: torch.Tensor,
                 drop: torch.Tensor | None = None):
@@ -33,8 +42,11 @@ class TextConditioning(nn.Module):
         if text_mask.shape != (b, l):
             raise ValueError(f"TextConditioning: text_mask must be ({b}, {l}), got {tuple(text_mask.shape)}")
         tok = self.tok_proj(text_tokens)
-        emb = self.emb_proj(text_embed)
+        emb = self.emb_proj(text_embed if self.emb_norm is None else self.emb_norm(text_embed))
         mask = text_mask.to(torch.bool)
+        if drop is not None and self.null_emb is None:
+            raise ValueError("TextConditioning: drop given but this model has no learned null text (its "
+                             "unconditional branch is a caption's encoding, e.g. the empty prompt's)")
         if drop is not None:
             d = drop.to(torch.bool).view(b, 1)
             tok = torch.where(d[..., None], self.null_tokens.to(tok.dtype).expand(b, -1, -1), tok)
@@ -43,13 +55,19 @@ class TextConditioning(nn.Module):
         return tok, mask, emb[:, None]
 
 
-def text_fields(text) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def text_fields(text, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(tokens (B, L, W), mask (B, L) bool, embed (B, D)) of a text encoding: any object with
-    ``.tokens``, ``.mask`` and ``.embed`` (e.g. the CLIP adapter's ``TextEncoding``)."""
+    ``.tokens``, ``.mask`` and ``.embed`` (e.g. the CLIP adapter's ``TextEncoding``). ``raw``:
+    the embedding is ``.raw_embed`` (CLIP's projected text embedding before L2 normalisation)."""
     missing = [k for k in ("tokens", "mask", "embed") if not hasattr(text, k)]
     if missing:
         raise TypeError(f"text: expected an encoding with .tokens, .mask and .embed (e.g. "
                         f"clip.encode_text(prompts)), got {type(text).__name__} without {missing}")
+    if raw:
+        if getattr(text, "raw_embed", None) is None:
+            raise ValueError("text: this model reads CLIP's raw (unnormalised) text embedding, but the encoding "
+                             "has no .raw_embed (encode the prompts with ClipAdapter.encode_text)")
+        return text.tokens, text.mask, text.raw_embed
     return text.tokens, text.mask, text.embed
 
 
