@@ -106,9 +106,10 @@ def ddim_invert(denoiser, diffusion: GaussianDiffusion, x0: torch.Tensor, *, tim
 def _denoise(denoiser, x, t, model_kwargs):
     """(model output, guidance scale (B,) or None). A CFG wrapper returns the batched pair."""
     pair = getattr(denoiser, "forward_pair", None)
-    if pair is not None:
-        return pair(x, t, **model_kwargs)
-    return denoiser(x, t, **model_kwargs), None
+    out, g = pair(x, t, **model_kwargs) if pair is not None else (denoiser(x, t, **model_kwargs), None)
+    if out.dtype != x.dtype:  # a network under autocast (bf16 / fp16): the sampler's state keeps x's dtype
+        out = out.to(x.dtype)
+    return out, g
 
 
 def _check_finite(x, k, model_t):

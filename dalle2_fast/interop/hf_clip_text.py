@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 from dalle2_fast.checkpoint import CheckpointError
-from dalle2_fast.interop._io import (Rule, Source, assign, cat0, component_weights, convert, empty_model, read_json,
-                                     same)
+from dalle2_fast.interop._io import Rule, Source, assign, cat0, component_weights, convert, read_json, same
 from dalle2_fast.models.clip import ClipAdapter, ClipConfig
 
 _ACTS = {"quick_gelu": True, "gelu": False}
@@ -128,7 +127,7 @@ def clip_from_transformers(text_encoder: str | os.PathLike, tokenizer: str | os.
     src.check_all_used(ignore=[k for k in src.state if k.endswith("position_ids")])
     full = {"model_cfg": model_cfg, "preprocess_cfg": {}}
     config = ClipConfig(model_name="openai-clip-text (transformers)", open_clip=json.dumps(full), text_only=True)
-    adapter = empty_model(lambda: ClipAdapter(config))
+    adapter = ClipAdapter(config)  # open_clip moves what it builds: no meta-device construction here
     state["logit_scale"] = torch.tensor(math.log(1 / 0.07))  # open_clip's initial value (not in a text encoder)
     own = adapter.model.state_dict()
     state = {k: v.to(dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}

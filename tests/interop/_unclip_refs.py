@@ -175,7 +175,7 @@ def double_tables(sched) -> None:
     from dalle2_fast.diffusion import cosine_betas
 
     betas = cosine_betas(sched.config.num_train_timesteps)
-    torch.testing.assert_close(betas.float(), sched.betas, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(betas, sched.betas.double(), rtol=1e-5, atol=1e-7)
     sched.betas, sched.alphas = betas, 1.0 - betas
     sched.alphas_cumprod = torch.cumprod(sched.alphas, 0)
     sched.one = torch.tensor(1.0, dtype=torch.float64)
