@@ -176,14 +176,15 @@ class UnCLIPPipeline:
 
     @classmethod
     def from_karlo(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32, text_encoder: str | os.PathLike | None = None
-                   ) -> "UnCLIPPipeline":
+                   dtype: torch.dtype = torch.float32, text_encoder: str | os.PathLike | None = None,
+                   overrides: dict | None = None) -> "UnCLIPPipeline":
         """Kakao Brain's original Karlo checkpoints (a folder with the prior, decoder and
         super-resolution ``.ckpt`` files and ``ViT-L-14_stats.th``) plus a CLIP ViT-L/14 text
         encoder (:mod:`dalle2_fast.interop.karlo`)."""
         from dalle2_fast.interop.karlo import pipeline_parts_from_karlo
 
-        parts = pipeline_parts_from_karlo(path, text_encoder=text_encoder, dtype=_check_dtype(dtype))
+        parts = pipeline_parts_from_karlo(path, text_encoder=text_encoder, dtype=_check_dtype(dtype),
+                                          overrides=overrides)
         return cls._assemble(parts, device, dtype)
 
     @classmethod

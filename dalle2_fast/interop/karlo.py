@@ -163,11 +163,11 @@ def _unet_config(src: Source, flags: dict, who: str) -> UNetConfig:
     return cfg
 
 
-def decoder_from_karlo(ckpt: str | os.PathLike, flags: dict | None = None,
+def decoder_from_karlo(ckpt: str | os.PathLike, flags: dict | None = None, text_len: int = KARLO["decoder"]["text_len"],
                        dtype: torch.dtype = torch.float32) -> UnCLIPDecoder:
     """Our decoder from Karlo's decoder checkpoint (module docstring). ``flags``: guided-diffusion
     flags overriding Karlo's published ones (image_size 64, num_res_blocks 3, attention at
-    32,16,8, 64 channels per head)."""
+    32,16,8, 64 channels per head); ``text_len``: the CLIP context length (77)."""
     src = _model_state(Path(ckpt), "model.", "Karlo decoder")
     k = KARLO["decoder"]
     for key in ("clip_emb.weight", "clip_tok_proj.weight", "text_seq_proj.0.weight", "text_feat_proj.weight",
@@ -182,7 +182,7 @@ def decoder_from_karlo(ckpt: str | os.PathLike, flags: dict | None = None,
     unet = _unet_config(src, {**base, **(flags or {})}, src.where)
     unet = unet.replace(cond_dim=D, context_dim=ctx, cond_tokens=k["cond_tokens"])
     c = DecoderConfig(unet=unet, diffusion=_cosine("eps", "learned_range" if unet.learn_sigma else "fixed_small"),
-                      clip_dim=D, text_width=text_width, text_len=k["text_len"], text_drop_prob=0.0,
+                      clip_dim=D, text_width=text_width, text_len=text_len, text_drop_prob=0.0,
                       text_proj_order="linear_norm", text_embed_to_time=True, null_image_embed="learned",
                       uncond="empty_prompt", raw_embeddings=True,
                       sampling=SamplingConfig(sampler="ddpm", clip="static", spacing="even"))
@@ -204,9 +204,10 @@ def decoder_from_karlo(ckpt: str | os.PathLike, flags: dict | None = None,
     return assign(model, state, src.where, names, dtype=dtype).eval()
 
 
-def upsampler_from_karlo(ckpt: str | os.PathLike, flags: dict | None = None,
+def upsampler_from_karlo(ckpt: str | os.PathLike, flags: dict | None = None, low_res: int = KARLO["sr"]["low_res"],
                          dtype: torch.dtype = torch.float32) -> UnCLIPUpsampler:
-    """Our 64 -> 256 upsampler (both networks) from Karlo's super-resolution checkpoint."""
+    """Our 64 -> 256 upsampler (both networks) from Karlo's super-resolution checkpoint;
+    ``flags`` override Karlo's published ones (image_size 256, channel_mult 1,2,3,4, 3 res blocks)."""
     k = KARLO["sr"]
     parts = {}
     for prefix in ("model_first_steps.", "model_last_step."):
@@ -223,7 +224,7 @@ def upsampler_from_karlo(ckpt: str | os.PathLike, flags: dict | None = None,
         raise CheckpointError(f"{first.where}: a super-resolution U-Net takes x and the upsampled image: even input "
                               f"channels expected, got {unet.in_channels}")
     unet = unet.replace(in_channels=unet.in_channels // 2, low_res_channels=unet.in_channels // 2)
-    c = UpsamplerConfig(unet=unet, diffusion=_cosine("eps", "fixed_small"), low_res=k["low_res"],
+    c = UpsamplerConfig(unet=unet, diffusion=_cosine("eps", "fixed_small"), low_res=low_res,
                         high_res=unet.image_size, low_res_upsample="bicubic_antialias", last_step_unet=True,
                         sampling=SamplingConfig(sampler="ddpm", clip="static", spacing="even"))
     model = empty_model(lambda: UnCLIPUpsampler(c))
@@ -277,16 +278,23 @@ def _text_encoder(folder: Path, given) -> "object":
     return ClipAdapter.from_pretrained(path, model_name="ViT-L-14-quickgelu")
 
 
-def pipeline_parts_from_karlo(folder: str | os.PathLike, text_encoder=None, dtype: torch.dtype = torch.float32) -> dict:
+def pipeline_parts_from_karlo(folder: str | os.PathLike, text_encoder=None, dtype: torch.dtype = torch.float32,
+                              overrides: dict | None = None) -> dict:
     """The stages of our pipeline from Karlo's four original files in ``folder`` and a CLIP
     ViT-L/14 text encoder (``text_encoder``: a transformers folder or an open_clip weights file;
-    default ``folder/text_encoder/`` or ``folder/ViT-L-14.pt``)."""
+    default ``folder/text_encoder/`` or ``folder/ViT-L-14.pt``). ``overrides``: for checkpoints of
+    other sizes than v1 alpha, {'prior_heads': int, 'decoder': flags, 'sr': flags}."""
     folder = Path(folder)
     files = find_files(folder)
+    o = overrides or {}
+    unknown = sorted(set(o) - {"prior_heads", "decoder", "sr"})
+    if unknown:
+        raise ValueError(f"pipeline_parts_from_karlo: unknown overrides {unknown} (known: prior_heads, decoder, sr)")
     clip = _text_encoder(folder, text_encoder)
-    prior = prior_from_karlo(files["prior"], files["stats"], dtype=dtype)
-    decoder = decoder_from_karlo(files["decoder"], dtype=dtype)
-    up = upsampler_from_karlo(files["sr"], dtype=dtype)
+    prior = prior_from_karlo(files["prior"], files["stats"], heads=o.get("prior_heads", KARLO["prior_heads"]),
+                             dtype=dtype)
+    decoder = decoder_from_karlo(files["decoder"], flags=o.get("decoder"), text_len=clip.context_length, dtype=dtype)
+    up = upsampler_from_karlo(files["sr"], flags=o.get("sr"), low_res=decoder.image_size, dtype=dtype)
     return {"clip": clip, "prior": prior, "decoder": decoder, "upsamplers": [up], "defaults": dict(KARLO["defaults"])}
 
 

@@ -86,7 +86,7 @@ def decoder(seed: int = 3, size: int = 16, ctx: int = 48):
         down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
         up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
         mid_block_type="UNetMidBlock2DSimpleCrossAttn", cross_attention_dim=ctx, attention_head_dim=16,
-        resnet_time_scale_shift="scale_shift", class_embed_type="identity", norm_num_groups=8), seed)
+        resnet_time_scale_shift="scale_shift", class_embed_type="identity", norm_num_groups=32), seed)
 
 
 def super_res(seed: int, size: int = 32, shift: str = "default"):
@@ -95,7 +95,7 @@ def super_res(seed: int, size: int = 32, shift: str = "default"):
     return randomize(UNet2DModel(
         sample_size=size, in_channels=6, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("ResnetDownsampleBlock2D",) * 2, up_block_types=("ResnetUpsampleBlock2D",) * 2,
-        add_attention=False, resnet_time_scale_shift=shift, norm_num_groups=8), seed)
+        add_attention=False, resnet_time_scale_shift=shift, norm_num_groups=32), seed)
 
 
 def schedulers():
