@@ -1,8 +1,10 @@
 """Reading other projects' weights safely, and loading them into our modules strictly.
 
-- Files: safetensors (preferred), or a torch file read with ``torch.load(weights_only=True)``
-  (never a full unpickle); a pickle that needs a global outside torch's weights-only allow-list
-  is refused with that global's name (:class:`UnsafeCheckpointError`).
+- Files: safetensors (preferred; header validated by :mod:`dalle2_fast.files` first), or a torch
+  file read with ``torch.load(weights_only=True)`` (never a full unpickle); the kind is sniffed
+  from the magic bytes (a TorchScript archive or a file of another kind is named as such); a
+  pickle that needs a global outside torch's weights-only allow-list is refused with that
+  global's name (:class:`UnsafeCheckpointError`).
 - Folders in diffusers' layout: ``config.json`` / ``scheduler_config.json`` plus
   ``diffusion_pytorch_model.safetensors`` (or ``model.safetensors``, sharded with an
   ``.index.json``, or the ``.bin`` equivalents).
@@ -16,7 +18,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pickle
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from dalle2_fast.checkpoint import CheckpointError
+from dalle2_fast.files import CheckpointError, describe, load_safetensors, read_json_object, sniff
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
                 "pytorch_model.bin")
@@ -39,21 +40,22 @@ def read_json(path: Path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: {path} not found")
-    try:
-        d = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(d).__name__}")
-    return d
+    return read_json_object(path)
+
+
+_TORCH_KINDS = ("torch-zip", "pickle")
 
 
 def torch_load(path: str | os.PathLike, what: str = "checkpoint"):
     """``torch.load(path, weights_only=True)`` on the CPU; a refused global becomes an
-    :class:`UnsafeCheckpointError` naming it (the file is never fully unpickled)."""
+    :class:`UnsafeCheckpointError` naming it (the file is never fully unpickled); a file of
+    another kind (TorchScript archive, safetensors, JSON, ...) is named as such."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: {path} not found")
+    kind = sniff(path)
+    if kind not in _TORCH_KINDS:
+        raise CheckpointError(f"{what}: {path} is {describe(kind)}, expected a torch.save file (zip or pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -81,15 +83,10 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str,
     """A dict of tensors from a .safetensors file or a weights-only torch file (a Lightning
     checkpoint's ``state_dict`` is taken from it)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise FileNotFoundError(f"{what}: {path} not found")
-        from safetensors.torch import load_file
-
-        from dalle2_fast.checkpoint import check_safetensors
-
-        check_safetensors(path)
-        return load_file(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} not found")
+    if path.suffix == ".safetensors" or sniff(path) == "safetensors":
+        return load_safetensors(path)
     sd = torch_load(path, what)
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
