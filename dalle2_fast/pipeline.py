@@ -130,10 +130,13 @@ class UnCLIPPipeline:
 
     # ---- persistence --------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None,
-                        device: str | torch.device = "cpu") -> "UnCLIPPipeline":
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "UnCLIPPipeline":
         """Load ``clip/``, ``prior``, ``decoder`` and ``upsampler{1,2}`` from a pipeline directory
-        (written by :meth:`save_pretrained`); ``None`` or ``"shapes"``: the weights shipped in the package."""
+        (written by :meth:`save_pretrained`); ``None`` or ``"shapes"``: the weights shipped in the package.
+        A diffusers UnCLIPPipeline folder (``model_index.json``) or Karlo's original checkpoints are
+        converted on the way (:meth:`from_diffusers`, :meth:`from_karlo`). ``dtype``: the stages'
+        weights in bfloat16 / float16, sampled under autocast."""
         from dalle2_fast.checkpoint import load_pretrained
 
         if path is None or str(path) == "shapes":
@@ -150,9 +153,9 @@ class UnCLIPPipeline:
             from dalle2_fast.interop.karlo import is_karlo_folder
 
             if (path / "model_index.json").is_file():
-                return cls.from_diffusers(path, device=device)
+                return cls.from_diffusers(path, device=device, dtype=dtype)
             if is_karlo_folder(path):
-                return cls.from_karlo(path, device=device)
+                return cls.from_karlo(path, device=device, dtype=dtype)
             raise FileNotFoundError(f"UnCLIPPipeline.from_pretrained: {path / MANIFEST} not found (a pipeline "
                                     "directory holds unclip.json, clip/, prior, decoder and upsampler files; a "
                                     "diffusers UnCLIPPipeline folder holds model_index.json; a Karlo folder its "
@@ -162,7 +165,15 @@ class UnCLIPPipeline:
         prior = load_pretrained(meta["prior"], map_location=device).eval()
         decoder = load_pretrained(meta["decoder"], map_location=device).eval()
         ups = [load_pretrained(u, map_location=device).eval() for u in meta["upsamplers"]]
-        return cls(clip, prior, decoder, ups, meta["defaults"])
+        pipe = cls(clip, prior, decoder, ups, meta["defaults"])
+        if _check_dtype(dtype) != torch.float32:
+            for m in (prior, decoder, *ups):
+                m.to(dtype)
+            for b in ("clip_mean", "clip_std"):  # the prior's normalisation statistics stay float32
+                if hasattr(prior, b):
+                    getattr(prior, b).data = getattr(prior, b).data.float()
+            pipe.compute_dtype = dtype
+        return pipe
 
     @classmethod
     def from_diffusers(cls, path: str | os.PathLike, device: str | torch.device = "cpu",

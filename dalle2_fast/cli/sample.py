@@ -40,11 +40,15 @@ def add_parsers(sub) -> None:
     s.add_argument("--batch-size", type=int, default=16, help="images per forward pass (does not change images)")
     s.add_argument("--max-grid", type=int, default=MAX_GRID, help="largest grid -o may hold in memory")
     g = s.add_argument_group("prompts (the unCLIP pipeline)")
-    g.add_argument("--pipeline", default=None, help="a pipeline directory (default: the weights shipped)")
+    g.add_argument("--pipeline", default=None, help="a pipeline directory: ours (unclip.json), a diffusers "
+                   "UnCLIPPipeline folder (model_index.json, e.g. Karlo v1 alpha) or Karlo's original checkpoints "
+                   "(default: the weights shipped)")
     for k in ("prior-steps", "decoder-steps", "upsampler-steps"):
         g.add_argument(f"--{k}", type=int, default=None)
     for k in ("prior-guidance", "decoder-guidance"):
         g.add_argument(f"--{k}", type=float, default=None)
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="the pipeline's weights in this dtype, sampled under autocast (default float32)")
     c = s.add_argument_group("--checkpoint (suite models)")
     c.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpmpp"], help="diffusion models (ddim)")
     c.add_argument("--steps", type=int, default=None, help="diffusion models: sampling steps (respaced; 50)")
@@ -84,7 +88,7 @@ def run(args) -> int:
         args.out = args.out or "samples.png"
         check_output_path("-o/--out", args.out)
     if args.checkpoint is not None:
-        refuse_unused(args, PROMPT_OPTS, "apply to text prompts (the unCLIP pipeline), not to --checkpoint")
+        refuse_unused(args, PROMPT_OPTS + ("dtype",), "apply to text prompts (the unCLIP pipeline), not to --checkpoint")
         return _checkpoint(args)
     refuse_unused(args, CKPT_OPTS, "apply to --checkpoint (suite models), not to text prompts")
     return _prompts(args)
@@ -127,7 +131,9 @@ def _prompts(args) -> int:
     if args.pipeline is not None and not Path(args.pipeline).is_dir():
         raise FileNotFoundError(f"--pipeline: no such directory {args.pipeline!r}")
     _probe_output(args)
-    pipe = UnCLIPPipeline.from_pretrained(args.pipeline)
+    import torch
+
+    pipe = UnCLIPPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype or "float32"))
     opts = {k: getattr(args, k) for k in PROMPT_OPTS[1:] if getattr(args, k) is not None}
     settings = pipe.settings(**opts)
     source = {"pipeline": str(args.pipeline) if args.pipeline else "shipped:unclip_shapes"}
