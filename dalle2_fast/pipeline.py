@@ -211,6 +211,16 @@ class UnCLIPPipeline:
         self.offload_device = torch.device(device)
         return self
 
+    def channels_last(self, enabled: bool = True) -> "UnCLIPPipeline":
+        """Hold the image stages' convolution weights in channels-last (NHWC) memory format, so the
+        convolutions and the fused GroupNorm kernels run on NHWC activations (oneDNN's preferred
+        layout on CPUs: measured 10% faster in float32 and up to ~2.5x under bfloat16 autocast on
+        this project's Xeon; ``benchmarks/results/cpu-xeon-2core/unclip-peers/``). Same images."""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        for m in (self.decoder, *self.upsamplers):
+            m.to(memory_format=fmt)
+        return self
+
     @contextlib.contextmanager
     def _running(self, stage):
         """Run a stage: on the offload device while inside (then back to the CPU), under autocast

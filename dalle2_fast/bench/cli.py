@@ -26,6 +26,7 @@ FAMILIES = {
     "adagn": "dalle2_fast.bench.adagn",
     "vqvae2": "dalle2_fast.bench.vqvae2",
     "unclip": "dalle2_fast.bench.unclip",
+    "unclip-peers": "dalle2_fast.bench.unclip_peers",
 }
 
 

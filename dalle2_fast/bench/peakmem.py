@@ -33,7 +33,9 @@ def main(argv=None) -> None:
     p.add_argument("label")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
-    mod = importlib.import_module(f"dalle2_fast.bench.{a.family}")
+    from dalle2_fast.bench.cli import FAMILIES
+
+    mod = importlib.import_module(FAMILIES.get(a.family, f"dalle2_fast.bench.{a.family}"))
     warm = mod.cases("cpu", quick=True)[0]
     try:
         warm.variant(a.label).fn()

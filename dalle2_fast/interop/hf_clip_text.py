@@ -135,7 +135,7 @@ def clip_from_transformers(text_encoder: str | os.PathLike, tokenizer: str | os.
         if k not in state and not own[k].is_floating_point():
             state[k] = own[k]
     names = {k: ", ".join(v[0]) for k, v in rules.items()}
-    assign(adapter.model, state, who, names)
+    assign(adapter.model, state, who, names, dtype=dtype)
     return adapter.eval()
 
 

@@ -1,0 +1,459 @@
+"""Family ``unclip-peers``: the same Karlo-architecture weights in our pipeline and in diffusers'
+``UnCLIPPipeline``, timed interleaved in one run, float32 and bfloat16.
+
+The architecture is Karlo v1 alpha's (diffusers' conversion script configs: CLIP text
+transformer + projection; PriorTransformer with a query token; a UNet2DConditionModel with
+ResnetDownsample / SimpleCrossAttn blocks, 3 res blocks per level, attention at 32/16/8 px,
+64 px output, CLIP-embedding conditioning through UnCLIPTextProjModel; two UNet2DModel
+super-resolution networks 64 -> 256 without attention, the second for the last step), at a
+reduced width so that a call runs in seconds on a 2-core CPU (:data:`SIZES`; Karlo's own widths
+in parentheses there). Weights are random (sampling cost does not depend on them), the same in
+both: built once in diffusers' layout, saved, and loaded by ``UnCLIPPipeline.from_diffusers``.
+Both use classifier-free guidance in the prior and the decoder (diffusers' defaults 4 and 8),
+the same prompts, steps and latents shape.
+
+Per stage: our stages' ``sample`` calls, diffusers' denoising loops (the time between the first
+and the last step of each ``progress_bar``); peak memory per variant with ``--memory`` (fresh
+process, peak RSS growth of one call) and per stage from :func:`stage_peaks` (in-process).
+bfloat16: ours loads the weights in bfloat16 and samples under autocast (sampler state float32);
+diffusers runs ``pipe.to(torch.bfloat16)``, with its one bicubic upsampling computed in float32
+(as shipped it raises on the CPU: no bfloat16 kernel for antialiased bicubic interpolation).
+"""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dalle2_fast.bench.core import Case, Variant
+
+FAMILY = "unclip-peers"
+PROMPTS = ["a photograph of an astronaut riding a horse", "a red cube on a wooden table",
+           "an oil painting of a harbour at dusk", "two cats asleep on a sofa"]
+# reduced Karlo: (ours, Karlo v1 alpha)
+SIZES = {
+    "full": dict(text_width=256, text_layers=4, clip_dim=256,            # (768, 12, 768)
+                 prior_heads=4, prior_head_dim=64, prior_layers=4,       # (32, 64, 20)
+                 dec_channels=(64, 128, 192, 256), dec_layers=2, dec_head_dim=32, dec_ctx=512,  # ((320..1280), 3, 64, 1536)
+                 sr_channels=(32, 64, 96, 128), sr_layers=2, small=64, large=256),  # ((320..1280), 3, 64, 256)
+    "quick": dict(text_width=64, text_layers=2, clip_dim=64, prior_heads=2, prior_head_dim=32, prior_layers=2,
+                  dec_channels=(32, 64), dec_layers=1, dec_head_dim=32, dec_ctx=64, sr_channels=(32, 64),
+                  sr_layers=1, small=16, large=32),
+}
+STEPS = {"full": dict(prior_steps=10, decoder_steps=8, upsampler_steps=3),
+         "quick": dict(prior_steps=3, decoder_steps=3, upsampler_steps=2)}
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random non-zero weights at O(1) activations (diffusers zero-initialises some layers)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in list(module.named_parameters()) + list(module.named_buffers()):
+            if not p.is_floating_point() or "mask" in name or "position_ids" in name:
+                continue
+            r = torch.randn(p.shape, generator=g)
+            if name.endswith("clip_std"):
+                p.copy_(0.5 + r.abs())
+            elif p.dim() == 1 and name.endswith("weight"):
+                p.copy_(1 + 0.1 * r)
+            elif p.dim() <= 1 or name.endswith(("embedding", "embeddings")):
+                p.copy_(0.1 * r)
+            else:
+                p.copy_(r / max(1, p[0].numel()) ** 0.5)
+    return module.eval()
+
+
+def _tokenizer(folder: Path):
+    import json
+
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+
+    st = SimpleTokenizer()
+    enc = dict(st.encoder)
+    enc["<|startoftext|>"], enc["<|endoftext|>"] = enc.pop("<start_of_text>"), enc.pop("<end_of_text>")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(enc))
+    merges = sorted(st.bpe_ranks, key=st.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return CLIPTokenizer.from_pretrained(str(folder), pad_token="!", model_max_length=77)
+
+
+def build_reference(folder: Path, quick: bool = False):
+    """diffusers' UnCLIPPipeline at :data:`SIZES`, random weights, saved to ``folder``."""
+    from diffusers import PriorTransformer, UnCLIPPipeline, UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    s = SIZES["quick" if quick else "full"]
+    D, W = s["clip_dim"], s["text_width"]
+    te = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=49408, hidden_size=W, intermediate_size=4 * W, num_hidden_layers=s["text_layers"],
+        num_attention_heads=max(1, W // 64), max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=D))
+    prior = PriorTransformer(num_attention_heads=s["prior_heads"], attention_head_dim=s["prior_head_dim"],
+                             num_layers=s["prior_layers"], embedding_dim=D, num_embeddings=77, additional_embeddings=4)
+    mc = s["dec_channels"][0]
+    n = len(s["dec_channels"])
+    tp = UnCLIPTextProjModel(clip_extra_context_tokens=4, clip_embeddings_dim=D, time_embed_dim=4 * mc,
+                             cross_attention_dim=s["dec_ctx"])
+    dec = UNet2DConditionModel(
+        sample_size=s["small"], in_channels=3, out_channels=6, layers_per_block=s["dec_layers"],
+        block_out_channels=s["dec_channels"],
+        down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("SimpleCrossAttnUpBlock2D",) * (n - 1) + ("ResnetUpsampleBlock2D",),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", cross_attention_dim=s["dec_ctx"],
+        attention_head_dim=s["dec_head_dim"], resnet_time_scale_shift="scale_shift", class_embed_type="identity")
+    ns = len(s["sr_channels"])
+    sr = [UNet2DModel(sample_size=s["large"], in_channels=6, out_channels=3, layers_per_block=s["sr_layers"],
+                      block_out_channels=s["sr_channels"], down_block_types=("ResnetDownsampleBlock2D",) * ns,
+                      up_block_types=("ResnetUpsampleBlock2D",) * ns, add_attention=False) for _ in range(2)]
+    for i, m in enumerate([te, prior, tp, dec, *sr]):
+        _randomize(m, i)
+    pipe = UnCLIPPipeline(
+        prior=prior, decoder=dec, text_encoder=te, tokenizer=_tokenizer(folder / "_tokenizer_src"), text_proj=tp,
+        super_res_first=sr[0], super_res_last=sr[1],
+        prior_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample",
+                                        clip_sample_range=5.0),
+        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon"),
+        super_res_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon"))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(str(folder))
+    return pipe
+
+
+class StageClock:
+    """Seconds per stage of one call: ours by wrapping each stage's ``sample``; diffusers' by timing
+    each denoising loop from its ``progress_bar`` (first step to last)."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def ours(self, pipe):
+        stages = [("prior", pipe.prior), ("decoder", pipe.decoder)] + [(f"upsampler{i + 1}", u)
+                                                                       for i, u in enumerate(pipe.upsamplers)]
+        for name, mod in stages:
+            orig = mod.sample
+
+            def timed(*a, _orig=orig, _name=name, **k):
+                t0 = time.perf_counter()
+                out = _orig(*a, **k)
+                self.times[_name] = self.times.get(_name, 0.0) + time.perf_counter() - t0
+                return out
+
+            mod.__dict__["sample"] = timed
+        try:
+            yield self
+        finally:
+            for _, mod in stages:
+                mod.__dict__.pop("sample", None)
+
+    @contextlib.contextmanager
+    def diffusers(self, pipe):
+        names = iter(["prior", "decoder", "upsampler1"])
+        orig = pipe.progress_bar
+
+        def bar(iterable=None, **kw):
+            name = next(names)
+
+            def gen():
+                t0 = time.perf_counter()
+                yield from iterable
+                self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+            return gen()
+
+        pipe.progress_bar = bar
+        try:
+            yield self
+        finally:
+            pipe.progress_bar = orig
+
+
+class _Float32Interpolate:
+    """torch.nn.functional with ``interpolate`` computed in float32: diffusers' UnCLIPPipeline calls
+    ``F.interpolate(bicubic, antialias=True)``, which has no bfloat16 CPU kernel (it raises), so its
+    bfloat16 run needs this one shim (the only change made to the peer)."""
+
+    def __getattr__(self, name):
+        import torch.nn.functional as F
+
+        return getattr(F, name)
+
+    @staticmethod
+    def interpolate(x, *a, **k):
+        import torch.nn.functional as F
+
+        return F.interpolate(x.float(), *a, **k).to(x.dtype)
+
+
+@contextlib.contextmanager
+def _bf16_shim(pipe):
+    import diffusers.pipelines.deprecated.unclip.pipeline_unclip as mod
+
+    if next(pipe.decoder.parameters()).dtype == torch.float32:
+        yield
+        return
+    saved = mod.F
+    mod.F = _Float32Interpolate()
+    try:
+        yield
+    finally:
+        mod.F = saved
+
+
+def _diffusers_call(pipe, prompts, steps):
+    with _bf16_shim(pipe):
+        return pipe(prompts, prior_num_inference_steps=steps["prior_steps"],
+                    decoder_num_inference_steps=steps["decoder_steps"],
+                    super_res_num_inference_steps=steps["upsampler_steps"], output_type="np").images
+
+
+_CACHE: dict = {}
+# label -> (pipeline key, 'ours' | 'diffusers'); the cases pair each dtype's variants
+VARIANTS = {"ours": ("ours", "ours"), "ours-channels-last": ("ours_cl", "ours"), "diffusers": ("ref", "diffusers"),
+            "ours-bf16": ("ours16", "ours"), "ours-bf16-channels-last": ("ours16_cl", "ours"),
+            "diffusers-bf16": ("ref16", "diffusers")}
+CASES = {"fp32": ("ours", "ours-channels-last", "diffusers"),
+         "bf16": ("ours-bf16", "ours-bf16-channels-last", "diffusers-bf16")}
+BASELINE = {"fp32": "diffusers", "bf16": "diffusers-bf16"}
+
+
+def pipelines(quick: bool = False) -> dict:
+    """Every variant's pipeline, the same random weights, built once per process."""
+    key = bool(quick)
+    if key not in _CACHE:
+        import copy
+
+        from dalle2_fast.pipeline import UnCLIPPipeline
+
+        folder = Path(tempfile.mkdtemp(prefix="unclip-peers-"))
+        ref = build_reference(folder, quick)
+        _CACHE[key] = {
+            "ours": UnCLIPPipeline.from_diffusers(folder),
+            "ours_cl": UnCLIPPipeline.from_diffusers(folder).channels_last(),
+            "ours16": UnCLIPPipeline.from_diffusers(folder, dtype=torch.bfloat16),
+            "ours16_cl": UnCLIPPipeline.from_diffusers(folder, dtype=torch.bfloat16).channels_last(),
+            "ref": ref,
+            "ref16": copy.deepcopy(ref).to(dtype=torch.bfloat16),  # (diffusers cannot reload this deprecated pipeline)
+        }
+    return _CACHE[key]
+
+
+def call(label: str, quick: bool = False, n: int = 2, clock: StageClock | None = None):
+    """One timed unit of work of variant ``label``: ``n`` images, both CFG stages, all steps."""
+    key, kind = VARIANTS[label]
+    pipe = pipelines(quick)[key]
+    steps = STEPS["quick" if quick else "full"]
+    ctx = getattr(clock, kind)(pipe) if clock is not None else contextlib.nullcontext()
+    with torch.no_grad(), ctx:
+        if kind == "ours":
+            return pipe(PROMPTS[:n], seed=0, batch_size=n, **steps)
+        return _diffusers_call(pipe, PROMPTS[:n], steps)
+
+
+STAGE_LOG: dict[str, list[dict]] = {}
+
+
+def _timed(label: str, quick: bool):
+    def fn():
+        clock = StageClock()
+        t0 = time.perf_counter()
+        call(label, quick, clock=clock)
+        clock.times["total"] = time.perf_counter() - t0
+        STAGE_LOG.setdefault(label, []).append(clock.times)
+    return fn
+
+
+def _peak_reset() -> float:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status("VmRSS")
+
+
+def _status(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(field)
+
+
+def stage_peaks(label: str, quick: bool = False) -> dict:
+    """Peak RSS growth (MB) during each stage and the whole call of variant ``label``, after one
+    warm-up call. Run in a fresh process per variant (``--stage-peaks LABEL``): the weights and the
+    libraries are loaded before the measurement, so this is what sampling adds."""
+    call(label, quick)
+    peaks: dict[str, float] = {}
+    key, kind = VARIANTS[label]
+    pipe = pipelines(quick)[key]
+    if kind == "ours":
+        stages = [("prior", pipe.prior), ("decoder", pipe.decoder), ("upsampler1", pipe.upsamplers[0])]
+        for name, mod in stages:
+            orig = mod.sample
+
+            def probe(*a, _orig=orig, _name=name, **k):
+                base = _peak_reset()
+                out = _orig(*a, **k)
+                peaks[_name] = max(0.0, _status("VmHWM") - base)
+                return out
+
+            mod.__dict__["sample"] = probe
+        try:
+            base = _peak_reset()
+            call(label, quick)
+            peaks["total"] = max(0.0, _status("VmHWM") - base)
+        finally:
+            for _, mod in stages:
+                mod.__dict__.pop("sample", None)
+        return peaks
+    names = iter(["prior", "decoder", "upsampler1"])
+    orig_bar = pipe.progress_bar
+
+    def bar(iterable=None, **kw):
+        name = next(names)
+
+        def gen():
+            base = _peak_reset()
+            yield from iterable
+            peaks[name] = max(0.0, _status("VmHWM") - base)
+
+        return gen()
+
+    pipe.progress_bar = bar
+    try:
+        base = _peak_reset()
+        call(label, quick)
+        peaks["total"] = max(0.0, _status("VmHWM") - base)
+    finally:
+        pipe.progress_bar = orig_bar
+    return peaks
+
+
+def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
+    if device != "cpu":
+        return [Case(FAMILY, "karlo-reduced", {}, [], "diffusers", device=device,
+                     missing={"all": "this family runs on the CPU (float32 and bfloat16)"})]
+    try:
+        pipelines(quick)
+    except ImportError as e:  # diffusers / transformers not installed
+        return [Case(FAMILY, "karlo-reduced", {}, [], "diffusers", missing={"diffusers": str(e)}, device=device)]
+    params = dict(images=2, sizes=SIZES["quick" if quick else "full"], **STEPS["quick" if quick else "full"],
+                  prior_guidance=4.0, decoder_guidance=8.0, threads=torch.get_num_threads())
+    name = "karlo-reduced" + ("-quick" if quick else "")
+    return [Case(FAMILY, f"{name}-{dt}", params,
+                 [Variant(label, _timed(label, quick), "peer" if VARIANTS[label][1] == "diffusers" else "ours")
+                  for label in labels], BASELINE[dt])
+            for dt, labels in CASES.items()]
+
+
+def report(out: Path, quick: bool = False, repeats: int = 3) -> dict:
+    """The family's full report: interleaved totals (``core.run_case``), the median seconds per
+    stage from the same runs, peak memory per stage (a fresh process per variant), written to
+    ``out`` as results.json, results.md and unclip-peers.png."""
+    import json
+    import statistics
+    import subprocess
+    import sys
+
+    from dalle2_fast.bench.cli import machine_info
+    from dalle2_fast.bench.core import run_case
+
+    STAGE_LOG.clear()
+    results = [run_case(c, repeats=repeats) for c in cases("cpu", quick)]
+    stages = {label: {k: statistics.median(r[k] for r in runs[1:] or runs) for k in runs[0]}
+              for label, runs in STAGE_LOG.items()}  # runs[0] is the warm-up
+    peaks = {}
+    for label in VARIANTS:
+        cmd = [sys.executable, "-m", "dalle2_fast.bench.unclip_peers", "--stage-peaks", label] + (
+            ["--quick"] if quick else [])
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        peaks[label] = json.loads(res.stdout.strip().splitlines()[-1])
+    doc = {"machine": machine_info("cpu"), "quick": quick, "results": results, "stage_seconds": stages,
+           "stage_peak_mb": peaks, "weights_mb": _weights_mb(quick)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(doc, indent=2))
+    (out / "results.md").write_text(_markdown(doc))
+    _plot(doc, out / "unclip-peers.png")
+    return doc
+
+
+def _weights_mb(quick: bool) -> dict:
+    p = pipelines(quick)
+    mb = lambda mods: sum(t.numel() * t.element_size() for m in mods for t in m.state_dict().values()) / 2**20  # noqa: E731
+    out = {}
+    for label, (key, kind) in VARIANTS.items():
+        pipe = p[key]
+        mods = ([pipe.clip, pipe.prior, pipe.decoder, *pipe.upsamplers] if kind == "ours" else
+                [pipe.text_encoder, pipe.prior, pipe.text_proj, pipe.decoder, pipe.super_res_first, pipe.super_res_last])
+        out[label] = mb(mods)
+    return out
+
+
+def _markdown(doc: dict) -> str:
+    m = doc["machine"]
+    lines = ["# unclip-peers: Karlo architecture, ours vs diffusers' UnCLIPPipeline, same weights", "",
+             f"Machine: {m.get('cpu_model') or m['processor']} ({m['cpu_count']} cores, shared with other jobs "
+             f"while this ran), torch {m['torch']}, {m['torch_threads']} thread(s), commit {m['git_commit'][:10]}.",
+             "", "| case | variant | s / call (2 images) | images/s | vs diffusers | weights MB | peak +MB (call) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in doc["results"]:
+        for label, t in r["times"].items():
+            lines.append(f"| {r['name']} | {label} | {t:.2f} | {2 / t:.3f} | {r['ratios'][label]:.2f}x | "
+                         f"{doc['weights_mb'][label]:.0f} | {doc['stage_peak_mb'][label]['total']:.0f} |")
+    lines += ["", "Per stage (median seconds of the timed calls; peak RSS growth MB in a fresh process):", "",
+              "| variant | prior s | decoder s | upsampler s | prior +MB | decoder +MB | upsampler +MB |",
+              "|---|---|---|---|---|---|---|"]
+    for label in VARIANTS:
+        s, pk = doc["stage_seconds"].get(label, {}), doc["stage_peak_mb"].get(label, {})
+        lines.append(f"| {label} | " + " | ".join(f"{s.get(k, float('nan')):.2f}" for k in
+                                                   ("prior", "decoder", "upsampler1")) + " | "
+                     + " | ".join(f"{pk.get(k, float('nan')):.0f}" for k in ("prior", "decoder", "upsampler1")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(VARIANTS)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    bottom = [0.0] * len(labels)
+    for stage in ("prior", "decoder", "upsampler1"):
+        vals = [doc["stage_seconds"].get(lb, {}).get(stage, 0.0) for lb in labels]
+        ax.bar(labels, vals, bottom=bottom, label=stage)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_ylabel("seconds per call, 2 images (lower is better)")
+    ax.set_title("Karlo architecture (reduced width), CPU: ours vs diffusers, per stage")
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description="unclip-peers: the full report (--out) or one variant's per-stage peaks")
+    p.add_argument("--out", default=None, help="write results.json / results.md / unclip-peers.png here")
+    p.add_argument("--stage-peaks", default=None, metavar="LABEL", choices=list(VARIANTS))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if a.stage_peaks:
+        print(json.dumps(stage_peaks(a.stage_peaks, a.quick)))
+    if a.out:
+        report(Path(a.out), a.quick, a.repeats)
+        print((Path(a.out) / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
