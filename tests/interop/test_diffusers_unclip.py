@@ -275,3 +275,32 @@ def test_gelu_text_encoder_and_bin_weights(tmp_path):
     (tmp_path / "text_encoder" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="hidden_act='relu'"):
         clip_from_transformers(tmp_path / "text_encoder")
+
+
+def test_offload_moves_one_stage_at_a_time(karlo):
+    """enable_offload: every stage waits on the CPU and is moved to the device only while it runs
+    (recorded here by the modules' .to calls; on a machine without an accelerator the device is
+    the CPU itself, so the images are the same)."""
+    _, folder, ours = karlo
+    pipe = UnCLIPPipeline.from_diffusers(folder)
+    log = []
+    stages = {"clip": pipe.clip, "prior": pipe.prior, "decoder": pipe.decoder, "upsampler": pipe.upsamplers[0]}
+    for name, m in stages.items():
+        orig = m.to
+
+        def to(*a, _orig=orig, _name=name, **k):
+            log.append((_name, str(a[0]) if a else str(k.get("device"))))
+            return _orig(*a, **k)
+
+        m.__dict__["to"] = to
+    pipe.enable_offload("cpu")
+    log.clear()
+    got = pipe(PROMPTS[:1], seed=2, prior_steps=2, decoder_steps=2, upsampler_steps=2)
+    want = ours(PROMPTS[:1], seed=2, prior_steps=2, decoder_steps=2, upsampler_steps=2)
+    torch.testing.assert_close(got, want)
+    names = [n for n, _ in log]
+    # each stage in, then out, before the next one moves: the prompts, the empty prompt (once: cached
+    # for the decoder), prior, decoder, upsampler
+    assert names == ["clip", "clip", "clip", "clip", "prior", "prior", "decoder", "decoder", "upsampler",
+                     "upsampler"], names
+    assert pipe.device == torch.device("cpu") and pipe.offload_device == torch.device("cpu")
