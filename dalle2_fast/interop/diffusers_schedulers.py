@@ -32,7 +32,8 @@ _CLASSES = ("UnCLIPScheduler", "DDPMScheduler")
 
 def scheduler_conventions(cfg: dict, who: str) -> tuple[DiffusionConfig, SamplingConfig, float | None]:
     """(process, sampling defaults, clip range or None) of a scheduler config dict."""
-    cls = cfg.get("_class_name", "UnCLIPScheduler")
+    # a saved scheduler_config.json names its class; a config dict from ``scheduler.config`` does not
+    cls = cfg.get("_class_name") or ("DDPMScheduler" if "timestep_spacing" in cfg else "UnCLIPScheduler")
     if cls not in _CLASSES:
         raise CheckpointError(f"{who}: scheduler {cls!r} is not supported (supported: {list(_CLASSES)})")
     T = int(cfg.get("num_train_timesteps", 1000))
