@@ -26,6 +26,8 @@ VARIANTS = {
                        time_embed_dim=48),
     # no query token: the output is read at the noised z_i token
     "no_prd": dict(added_emb_type=None, additional_embeddings=3),
+    # Kandinsky 2.2's CLIP dimension (ViT-bigG-14: 1280), narrow transformer
+    "dim1280": dict(embedding_dim=1280),
 }
 
 
@@ -41,9 +43,10 @@ def test_forward_matches_diffusers(tmp_path, name):
     ref = prior(seed=11, **VARIANTS[name])
     ours = DiffusionPrior.from_diffusers(_save(ref, tmp_path))
     assert ours.config.query_token == (name != "no_prd")
-    b = 4
-    tok, mask, emb = text_inputs(b)
-    x = torch.randn(b, D) * 2
+    b, dim = 4, VARIANTS[name].get("embedding_dim", D)
+    assert ours.config.clip_dim == dim
+    tok, mask, emb = text_inputs(b, width=dim, dim=dim)
+    x = torch.randn(b, dim) * 2
     for t in (torch.tensor([0, 999, 500, 1]), torch.tensor([999] * b)):  # the first and the last step
         with torch.no_grad():
             want = ref(x, t, proj_embedding=emb, encoder_hidden_states=tok, attention_mask=mask)
