@@ -98,7 +98,10 @@ def ddim_table(diffusion: GaussianDiffusion, idx: torch.Tensor, eta: float = 0.0
     if abar_shift:
         upd_t = _abar(diffusion, idx - 1)
         upd_s = torch.where(nxt < 0, torch.ones((), dtype=torch.float64), _abar(diffusion, (nxt - 1).clamp_min(-1)))
-        table = torch.cat([table[..., :4], ddim_coefs(upd_t, upd_s, eta)[..., 4:]], dim=-1)
+        upd = ddim_coefs(upd_t, upd_s, eta)[..., 4:]
+        end = torch.zeros_like(upd)
+        end[..., 0] = 1.0  # the last step returns x0 (from t = 0, abar_{-1} = 1 would give 0 / 0)
+        table = torch.cat([table[..., :4], torch.where((nxt < 0)[..., None], end, upd)], dim=-1)
     return table
 
 
