@@ -10,15 +10,16 @@ model loads, and calls.
     eval         the caption-match report of a pipeline
     bench        the kernel and model benchmarks
     info         versions, devices and which kernel backends run here
+    convert      other projects' weights (OpenAI CLIP, the LAION prior, ...) into our format
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dalle2_fast.cli import bench_info, edit, evaluate, sample, train
+from dalle2_fast.cli import bench_info, convert, edit, evaluate, sample, train
 
-VERBS = (sample, edit, train, evaluate, bench_info)
+VERBS = (sample, edit, train, evaluate, bench_info, convert)
 
 
 class UsageError(ValueError):
