@@ -9,7 +9,7 @@ export DALLE2_FAST_MAX_JOBS ?= 2
 
 SOURCES := $(shell find csrc dalle2_fast -name '*.cpp' -o -name '*.cu' -o -name '*.h') CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: all install build test demo bench bench-quick info asan clean
+.PHONY: all install build test demo bench bench-quick info asan clean peers
 
 all: test
 
@@ -29,8 +29,14 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 
 install build: $(VENV)/.built
 
-test: $(VENV)/.built
+test: $(VENV)/.built peers
 	DALLE2_FAST_REQUIRE_EXT=1 $(VPY) -m pytest -q tests
+
+# Reference implementations that cannot live in our venv (DALLE2-pytorch pins open_clip < 3):
+# installed without dependencies under .venv-peers/ and run in a child process by the interop
+# tests (tests/_peers.py). Tests skip, saying why, where this cannot be built.
+peers: $(VENV)/.built
+	$(VPY) -m tests._peers
 
 info: $(VENV)/.built
 	$(VPY) -m dalle2_fast.info

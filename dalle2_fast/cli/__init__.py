@@ -10,7 +10,7 @@ model loads, and calls.
     eval         the caption-match report of a pipeline
     bench        the kernel and model benchmarks
     info         versions, devices and which kernel backends run here
-    convert      another project's checkpoint (Karlo, diffusers priors, ...) into our format, once
+    convert      other projects' weights (Karlo, diffusers priors, OpenAI CLIP, the LAION prior, ...) into our format
 """
 from __future__ import annotations
 

@@ -77,14 +77,32 @@ def ddpm_table(diffusion: GaussianDiffusion, idx: torch.Tensor) -> torch.Tensor:
     return ddpm_coefs(ab_t, ab_s, lo, hi, (~last).double())
 
 
-def ddim_table(diffusion: GaussianDiffusion, idx: torch.Tensor, eta: float = 0.0, invert: bool = False) -> torch.Tensor:
+def ddim_table(diffusion: GaussianDiffusion, idx: torch.Tensor, eta: float = 0.0, invert: bool = False,
+               abar_shift: int = 0) -> torch.Tensor:
     """(S, B, 10): DDIM steps idx[k] -> idx[k+1] (-> the end). With ``invert``: the model is
-    read at idx[k] and x moves to idx[k+1] (ascending), S-1 steps."""
+    read at idx[k] and x moves to idx[k+1] (ascending), S-1 steps.
+
+    ``abar_shift=-1``: the update (x0 and eps weights, noise) uses abar one step earlier than
+    the indices, abar_{idx-1} -> abar_{idx[k+1]-1} (abar_{-1} = 1; the end stays the end), while
+    eps is still read from x at abar_idx: the DDIM of DALLE2-pytorch's diffusion prior, whose
+    ``p_sample_loop_ddim`` indexes ``alphas_cumprod_prev`` by the timestep."""
+    if abar_shift not in (0, -1):
+        raise ValueError(f"ddim_table: abar_shift must be 0 or -1, got {abar_shift}")
     if invert:
+        if abar_shift:
+            raise ValueError("ddim_table: abar_shift applies to sampling, not to inversion")
         ab_t, ab_s = _abar(diffusion, idx[:-1]), _abar(diffusion, idx[1:])
-    else:
-        ab_t, ab_s = _abar(diffusion, idx), _abar(diffusion, _next(idx))
-    return ddim_coefs(ab_t, ab_s, eta)
+        return ddim_coefs(ab_t, ab_s, eta)
+    nxt = _next(idx)
+    table = ddim_coefs(_abar(diffusion, idx), _abar(diffusion, nxt), eta)
+    if abar_shift:
+        upd_t = _abar(diffusion, idx - 1)
+        upd_s = torch.where(nxt < 0, torch.ones((), dtype=torch.float64), _abar(diffusion, (nxt - 1).clamp_min(-1)))
+        upd = ddim_coefs(upd_t, upd_s, eta)[..., 4:]
+        end = torch.zeros_like(upd)
+        end[..., 0] = 1.0  # the last step returns x0 (from t = 0, abar_{-1} = 1 would give 0 / 0)
+        table = torch.cat([table[..., :4], torch.where((nxt < 0)[..., None], end, upd)], dim=-1)
+    return table
 
 
 def dpmpp_2m_table(diffusion: GaussianDiffusion, idx: torch.Tensor) -> torch.Tensor:

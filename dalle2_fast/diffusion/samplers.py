@@ -49,13 +49,14 @@ def ddpm_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, timesteps=None, 
 
 def ddim_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, eta=0.0, timesteps=None, model_kwargs=None,
                 clip=None, dynamic_p=0.995, seeds=None, generator=None, progress=False, callback=None,
-                cuda_graph=False, backend=None, device=None, dtype=torch.float32):
+                cuda_graph=False, backend=None, device=None, dtype=torch.float32, abar_shift=0):
     """DDIM (Song et al. 2021, Eq. 12); ``eta`` = 0 is deterministic, 1 matches DDPM's
-    posterior variance. Arguments as ``ddpm_sample``."""
+    posterior variance. ``abar_shift=-1``: DALLE2-pytorch's prior DDIM (see ``plan.ddim_table``).
+    Other arguments as ``ddpm_sample``."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     return _sample("ddim", denoiser, diffusion, x_T, timesteps, model_kwargs, clip, dynamic_p, seeds, generator,
-                   progress, callback, cuda_graph, backend, device, dtype, eta=eta)
+                   progress, callback, cuda_graph, backend, device, dtype, eta=eta, abar_shift=abar_shift)
 
 
 def dpmpp_2m_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, timesteps=None, model_kwargs=None, clip=None,
@@ -118,12 +119,13 @@ def _check_finite(x, k, model_t):
         raise SamplingNaNError(k, model_t.tolist(), bad)
 
 
-def make_plan(kind: str, diffusion: GaussianDiffusion, timesteps, batch: int, device, eta: float = 0.0) -> Plan:
+def make_plan(kind: str, diffusion: GaussianDiffusion, timesteps, batch: int, device, eta: float = 0.0,
+              abar_shift: int = 0) -> Plan:
     idx = step_indices(diffusion, timesteps, batch)
     if kind == "ddpm":
         table = ddpm_table(diffusion, idx)
     elif kind == "ddim":
-        table = ddim_table(diffusion, idx, eta)
+        table = ddim_table(diffusion, idx, eta, abar_shift=abar_shift)
     else:
         table = dpmpp_2m_table(diffusion, idx)
     needs_noise = kind == "ddpm" or (kind == "ddim" and eta > 0)
@@ -153,7 +155,7 @@ def make_step(plan: Plan, denoiser, diffusion: GaussianDiffusion, model_kwargs, 
 
 @torch.no_grad()
 def _sample(kind, denoiser, diffusion, x_T, timesteps, model_kwargs, clip, dynamic_p, seeds, generator, progress,
-            callback, cuda_graph, backend, device, dtype, eta=0.0):
+            callback, cuda_graph, backend, device, dtype, eta=0.0, abar_shift=0):
     model_kwargs = dict(model_kwargs or {})
     if isinstance(x_T, torch.Tensor):
         if x_T.dim() < 2:
@@ -167,12 +169,12 @@ def _sample(kind, denoiser, diffusion, x_T, timesteps, model_kwargs, clip, dynam
         device = torch.device(device or "cpu")
     noise = NoiseSource(shape[0], shape[1:], device, dtype, seeds, generator)
     x = x_T if isinstance(x_T, torch.Tensor) else noise.draw()
-    plan = make_plan(kind, diffusion, timesteps, shape[0], device, eta)
+    plan = make_plan(kind, diffusion, timesteps, shape[0], device, eta, abar_shift)
     step = make_step(plan, denoiser, diffusion, model_kwargs, noise, clip, dynamic_p, backend)
     if cuda_graph:
         from dalle2_fast.diffusion.graphs import run_graphed
 
-        key = (id(denoiser), id(diffusion), clip, dynamic_p, backend, eta > 0)
+        key = (id(denoiser), id(diffusion), clip, dynamic_p, backend, eta > 0, abar_shift)
         return run_graphed(step, plan, x, model_kwargs, noise, key, draw_x=not isinstance(x_T, torch.Tensor))
     prev = None
     for k in tqdm(range(plan.num_steps), disable=not progress, desc=kind):

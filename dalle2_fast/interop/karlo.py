@@ -275,7 +275,8 @@ def _text_encoder(folder: Path, given) -> "object":
     if path.is_dir() and (path / "config.json").is_file():
         return clip_from_transformers(path, path.parent / "tokenizer" if (path.parent / "tokenizer").is_dir()
                                       else None)
-    return ClipAdapter.from_pretrained(path, model_name="ViT-L-14-quickgelu")
+    # OpenAI's TorchScript archive or a state dict of ViT-L/14: OpenAI's weights, QuickGELU
+    return ClipAdapter.from_pretrained(path, model_name="ViT-L-14", quick_gelu=True)
 
 
 def pipeline_parts_from_karlo(folder: str | os.PathLike, text_encoder=None, dtype: torch.dtype = torch.float32,

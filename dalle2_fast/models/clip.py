@@ -284,14 +284,22 @@ class ClipAdapter(Pretrained, nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, model_name: str | None = None,
-                        map_location: str | torch.device = "cpu") -> "ClipAdapter":
+                        map_location: str | torch.device = "cpu", quick_gelu: bool | None = None) -> "ClipAdapter":
         """Load CLIP from local files only.
 
         path: a directory written by :meth:`save_pretrained` (open_clip's own ``local-dir`` layout:
         ``open_clip_config.json`` + weights; any open_clip local-dir works), a training checkpoint
         of the package (``config.json`` + ``model.safetensors``), or a weights file
         (``.safetensors``/``.pt``/``.bin``) with ``model_name`` naming its open_clip architecture
-        (e.g. ``"ViT-B-32"``).
+        (e.g. ``"ViT-B-32"``), or OpenAI's TorchScript archive (``ViT-L-14.pt``, read safely by
+        :func:`dalle2_fast.interop.openai_clip.load_openai_clip`; ``model_name`` optional).
+
+        QuickGELU: OpenAI's weights need it, and an architecture that open_clip also has as
+        ``<name>-quickgelu`` (every one OpenAI released) cannot be told apart by its keys. An
+        archive, or a state dict carrying OpenAI's ``input_resolution``/``context_length``/
+        ``vocab_size`` entries, is OpenAI's (QuickGELU). For any other weights file of such an
+        architecture say which with ``quick_gelu`` (True: OpenAI's or other QuickGELU weights;
+        False: GELU, e.g. LAION's) — otherwise ValueError, never a silent guess.
         """
         from dalle2_fast.checkpoint import load_pretrained, load_state_strict
 
@@ -317,10 +325,28 @@ class ClipAdapter(Pretrained, nn.Module):
                                 tokenizer=json.dumps(tok) if tok else "", text_only=bool(extra.get("text_only")))
             wfile = path / WEIGHTS_FILE if (path / WEIGHTS_FILE).is_file() else weights[0]
         else:
+            from dalle2_fast.interop import openai_clip
+
+            if openai_clip.is_torchscript_archive(path):
+                if quick_gelu is False:
+                    raise ValueError(f"ClipAdapter: {path} is OpenAI's TorchScript archive, whose weights need "
+                                     "QuickGELU; quick_gelu=False contradicts it")
+                return openai_clip.load_openai_clip(path, model_name).to(map_location)
+            state = _read_weights(path) if path.stat().st_size else {}
+            if any(k in state for k in openai_clip.OPENAI_META_KEYS):  # taken from OpenAI's archive
+                if quick_gelu is False:
+                    raise ValueError(f"ClipAdapter: {path} holds OpenAI's weights (it has OpenAI's "
+                                     f"{list(openai_clip.OPENAI_META_KEYS)} entries), which need QuickGELU; "
+                                     "quick_gelu=False contradicts it")
+                return openai_clip.load_openai_clip(path, model_name).to(map_location)
             if model_name is None:
                 raise ValueError(f"ClipAdapter: {path} is a weights file; pass model_name (its open_clip "
                                  f"architecture, one of open_clip.list_models())")
-            config, wfile = ClipConfig(model_name=model_name), path
+            register_configs()
+            model_name = openai_clip.activation_checked_name(model_name, quick_gelu, path)
+            adapter = cls(ClipConfig(model_name=model_name))
+            load_state_strict(adapter.model, state, str(path))
+            return adapter.to(map_location)
         adapter = cls(config)
         load_state_strict(adapter.model, _read_weights(wfile), str(wfile))
         return adapter.to(map_location)

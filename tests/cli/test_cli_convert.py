@@ -24,7 +24,7 @@ def karlo_dir(tmp_path_factory):
 def test_convert_then_sample(karlo_dir, tmp_path, capsys):
     dst = tmp_path / "ours"
     assert main(["convert", str(karlo_dir), str(dst)]) == 0
-    assert (dst / "unclip.json").is_file() and "as diffusers-unclip" in capsys.readouterr().out
+    assert (dst / "unclip.json").is_file() and "diffusers-unclip:" in capsys.readouterr().out
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     assert main(["sample", "a red cube", "-n", "1", "-o", str(a), "--pipeline", str(dst), *STEPS, "--quiet"]) == 0
     # the diffusers folder itself is accepted by --pipeline, and gives the same image
@@ -61,12 +61,14 @@ def test_convert_refuses_bad_input_before_work(karlo_dir, tmp_path, capsys):
     full.mkdir()
     (full / "x").write_text("keep me")
     cases = [
-        ([str(tmp_path / "nothing"), str(tmp_path / "d")], "SRC: no such file"),
-        ([str(karlo_dir), str(full)], "DST: .* exists and is not empty"),
-        ([str(tmp_path), str(tmp_path / "d2")], "SRC: .* is none of the kinds"),
+        ([str(tmp_path / "nothing"), str(tmp_path / "d")], "SRC: .* does not exist"),
+        ([str(karlo_dir), str(full)], "DST: .* already exists and is not an empty directory"),
+        ([str(tmp_path), str(tmp_path / "d2")], "SRC: cannot tell what .* is"),
         ([str(karlo_dir), str(tmp_path / "d3"), "--kind", "karlo"], "--kind karlo: .* is not Kakao Brain"),
         ([str(karlo_dir), str(tmp_path / "d4"), "--text-encoder", str(karlo_dir / "text_encoder")],
          "--text-encoder: applies to --kind karlo"),
+        ([str(karlo_dir), str(tmp_path / "d5"), "--text-encoder", str(tmp_path / "nope")],
+         "--text-encoder: .* does not exist"),
     ]
     import re
 

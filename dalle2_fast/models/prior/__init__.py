@@ -2,7 +2,9 @@
 from dalle2_fast.models.prior.autoregressive import ARPriorConfig, AutoregressivePrior
 from dalle2_fast.models.prior.conditioning import TextConditioning, select_best
 from dalle2_fast.models.prior.diffusion_prior import DiffusionPrior, DiffusionPriorConfig, prior_diffusion_config
+from dalle2_fast.models.prior.laion import LaionDiffusionPrior, LaionPriorConfig
 from dalle2_fast.models.prior.quantize import PCAQuantizer, QuantileBuckets
 
-__all__ = ["ARPriorConfig", "AutoregressivePrior", "DiffusionPrior", "DiffusionPriorConfig", "PCAQuantizer",
+__all__ = ["ARPriorConfig", "AutoregressivePrior", "DiffusionPrior", "DiffusionPriorConfig", "LaionDiffusionPrior",
+           "LaionPriorConfig", "PCAQuantizer",
            "QuantileBuckets", "TextConditioning", "prior_diffusion_config", "select_best"]
