@@ -68,7 +68,7 @@ def _sample(args):
 
 def _info(args):
     from dalle2_fast.info import main as info_main
-    return info_main()
+    return info_main(["--gpu-plan"] if args.gpu_plan else [])
 
 
 def _bench(args):
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_sample)
 
     i = sub.add_parser("info", help="backends, extension and devices")
+    i.add_argument("--gpu-plan", action="store_true", help="the audited GPU launch plan (docs/gpu-readiness.md)")
     i.set_defaults(func=_info)
 
     b = sub.add_parser("bench", help="kernel benchmarks (arguments go to the harness)")

@@ -46,8 +46,16 @@ CPU_BACKEND_REASON = (
     "test of the math the CUDA kernel shares (csrc/include/dalle2_fast/attention.h)"
 )
 
-attention_family = family("attention")
-attention_family.notes = CPU_BACKEND_REASON  # printed by `info`
+# On CUDA (no GPU measurement yet): triton (tensor cores for half types, 3xTF32 for float32),
+# then the CUDA C++ kernel (scalar FP32 FMAs, no tensor cores), then the explicit-score torch
+# reference — the order of their roofline times (bench/roofline.attention_order, tested).
+CUDA_ORDER_REASON = (
+    "on CUDA, unmeasured: triton, then cuda, then torch, by roofline estimate (docs/gpu-readiness.md); "
+    "the CUDA kernel is scalar FP32 with no tensor cores: for bfloat16 its ceiling is ~15x below "
+    "the GPU's SDPA (FlashAttention/cuDNN) on A100 and H100"
+)
+attention_family = family("attention", priority={"cpu": ("cpu", "torch"), "cuda": ("triton", "cuda", "torch")})
+attention_family.notes = CPU_BACKEND_REASON + "; " + CUDA_ORDER_REASON  # printed by `info`
 
 
 def _hidden_mask(
