@@ -74,3 +74,13 @@ def test_real_objects_when_a_cuda_build_is_here():
     assert {u.arch for u in usage} == {"sm_80", "sm_90"}
     assert all(u.name.startswith("sampling_step_kernel<") and 0 < u.regs <= 255 for u in usage)
     assert "| csrc/cuda/sampling_cuda.cu |" in U.markdown(usage)
+
+
+def test_parse_build_log_attributes_blocks_to_their_source():
+    log = ("[1/3] Building CUDA object CMakeFiles/dalle2_fast_C.dir/csrc/cuda/a_cuda.cu.o\n" + LOG
+           + "[2/3] Building CUDA object CMakeFiles/dalle2_fast_C.dir/csrc/cuda/b_cuda.cu.o\n"
+           + LOG.split("ptxas info    : Compiling entry function '_Z6kernelIdEvPd'")[0]
+           + "[3/3] Linking CXX shared module dalle2_fast_C.so\n")
+    us = U.parse_build_log(log)
+    assert [(u.source, u.arch) for u in us] == [("csrc/cuda/a_cuda.cu", "sm_80"), ("csrc/cuda/a_cuda.cu", "sm_90"),
+                                                ("csrc/cuda/b_cuda.cu", "sm_80")]

@@ -112,7 +112,8 @@ def sampling_work(p: dict) -> dict:
         return {"*": (4 * p["B"] * p["C"] * p["H"] * p["W"] * 4, None, "fp32")}
     B, r, ch = p["B"], p["res"], p["ch"]  # 25 forwards of SmallDenoiser on the CFG batch 2B
     conv = 2.0 * 2 * B * r * r * 9 * (3 * ch + ch * ch + ch * 3)
-    return {"*": (None, p["steps"] * conv, "tf32")}
+    step_bytes = 4 * B * 3 * r * r * 4  # the fused step alone (the '... sampler only' variants)
+    return {"*": (None, p["steps"] * conv, "tf32"), "sampler only": (p["steps"] * step_bytes, None, "fp32")}
 
 
 def _model_flops() -> dict[str, float]:
@@ -190,6 +191,8 @@ def work_for(family: str, spec: dict, label: str, device: str = "cuda"):
     w = case_work(family, spec, device)
     if label in w:
         return w[label]
+    if label.endswith("sampler only") and "sampler only" in w:
+        return w["sampler only"]
     if "*" in w:
         return w["*"]
     return w.get("torch") if label in ("eager", "torch.compile") else None

@@ -55,6 +55,28 @@ def parse_ptxas_log(log: str, source: str = "") -> list[KernelUsage]:
     return out
 
 
+def parse_build_log(log: str) -> list[KernelUsage]:
+    """The ptxas -v lines of a CMake/ninja build log (CMakeLists.txt passes -Xptxas=-v), each
+    block attributed to the .cu file whose object the log was building; names demangled."""
+    out, source, chunk = [], "", []
+
+    def flush():
+        if chunk and source:
+            out.extend(parse_ptxas_log("\n".join(chunk), source))
+
+    for line in log.splitlines():
+        m = re.search(r"(csrc/cuda/\w+\.cu)\.o\b", line)
+        if m and "ptxas" not in line:
+            flush()
+            source, chunk = m.group(1), []
+        elif line.startswith(("ptxas", "    ")):
+            chunk.append(line)
+    flush()
+    for u, name in zip(out, demangle([u.name for u in out])):
+        u.name = name
+    return out
+
+
 def demangle(names: list[str]) -> list[str]:
     """c++filt names (when binutils is there), shortened to 'kernel<template args>'."""
     tool = shutil.which("c++filt")
@@ -226,9 +248,21 @@ def markdown(usage: list[KernelUsage]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m dalle2_fast.gpu_plan.cuda_usage", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--build", type=Path, default=None, help="CMake build directory (default: every build/*)")
+    p.add_argument("--build", type=Path, default=None, help="CMake build directory (default: the newest build/*)")
+    p.add_argument("--log", type=Path, default=None, help="read a CUDA build's log instead of its objects")
     p.add_argument("--write", action="store_true", help="write the table into docs/gpu-readiness.md")
     a = p.parse_args(argv)
+    if a.log:
+        usage = parse_build_log(a.log.read_text())
+        if not usage:
+            p.error(f"--log {a.log}: no ptxas -v lines (build with -DDALLE2_FAST_PTXAS_VERBOSE=ON, the default)")
+        text = f"From the build log `{a.log.name}` (spill sites need the objects: --build).\n\n" + markdown(usage)
+        if a.write:
+            from dalle2_fast.gpu_plan.report import replace_section
+
+            replace_section("cuda-ptxas", text)
+        print(text)
+        return 0
     objs = find_objects(a.build)
     if not objs:
         p.error("no built CUDA objects (csrc/cuda/*.cu.o) under build/: build with DALLE2_FAST_CUDA=1 first")

@@ -73,6 +73,11 @@ def triton_rows() -> list[dict]:
     return rows
 
 
+def _fits(kernel: str, dtype, arch: int, cfg: dict | None) -> bool:
+    res = None if cfg is None else L.audited(kernel, arch, dtype, cfg)
+    return res is not None and not L.over_limits(res, cfg.get("num_warps", 4), L.AUDITED_TARGETS[arch])
+
+
 def _max_over(kernel: str, dtype, arch: int, cfgs: list[dict]) -> str:
     res = [r for c in cfgs if (r := L.audited(kernel, arch, dtype, c))]
     if len(res) < len(cfgs):
@@ -88,17 +93,17 @@ def triton_markdown(summary: dict | None = None) -> str:
     head = " | ".join(f"sm_{a} chosen ({L.AUDITED_TARGETS[a].smem // 1024} KiB)" for a in archs)
     out = [f"| kernel | dtype | shape | {head} | before the audit: " + ", ".join(f"sm_{a}" for a in archs) + " |",
            "|---" * (4 + len(archs)) + "|"]
-    n_before = n_over = 0
+    n_before = n_over = n_rows = 0
     for r in triton_rows():
         dt = L.dtype_name(r["dtype"])
         chosen = " | ".join(_cell(r["kernel"], r["dtype"], a, r["chosen"][a]) for a in archs)
         before = []
         for a in archs:
+            n_rows += 1
+            n_over += not _fits(r["kernel"], r["dtype"], a, r["chosen"][a])
             res = L.audited(r["kernel"], a, r["dtype"], r["before"])
-            bad = res is not None and L.over_limits(res, r["before"]["num_warps"], L.AUDITED_TARGETS[a])
-            n_before += bool(bad)
-            n_over += r["chosen"][a] is None or bool(L.over_limits(L.audited(r["kernel"], a, r["dtype"], r["chosen"][a]) or
-                                                                   {"smem": 1 << 30, "regs": 0}, 4, L.AUDITED_TARGETS[a]))
+            bad = res is not None and not _fits(r["kernel"], r["dtype"], a, r["before"])
+            n_before += bad
             before.append("?" if res is None else f"{_kib(res['smem'])} KiB{' **over**' if bad else ''}")
         out.append(f"| {r['kernel']} | {dt} | {r['shape']} | {chosen} | {_short(r['before'])}: {', '.join(before)} |")
     out += ["", "| kernel | dtype | " + " | ".join(f"sm_{a}" for a in archs) + " |", "|---|---|" + "---|" * len(archs)]
@@ -109,8 +114,8 @@ def triton_markdown(summary: dict | None = None) -> str:
     for dt in DTYPES:
         out.append(f"| sampling_step | {L.dtype_name(dt)} | "
                    + " | ".join(_max_over("sampling_step", dt, a, L.SAMPLING_CANDIDATES) for a in archs) + " |")
-    lines = [f"Chosen configurations over the limits: **{n_over}**; pre-audit configurations over the limits "
-             f"(same kernel x dtype x shape x architecture rows): **{n_before}**."]
+    lines = [f"Chosen configurations over the limits: **{n_over}** of {n_rows} (kernel x dtype x shape x "
+             f"architecture); the pre-audit configurations: **{n_before}** of {n_rows}."]
     if summary:
         fams = summary.get("families", {})
         lines.append("Audited launches (every case of the matrix, both architectures): " + ", ".join(
