@@ -110,45 +110,54 @@ def _jobs_for(case: M.Case, arch: int, sizing: bool) -> list[tuple]:
     return out
 
 
-def _compile_job(job: tuple) -> dict:
-    name, args, meta, arch, case_name, dtype = job
-    row = {"kernel": name, "arch": arch, "case": case_name, "dtype": dtype,
-           "cfg": {k: meta[k] for k in TUNABLE if k in meta} if meta else {}}
-    if name is None:
-        return {**row, "error": args}
-    from dalle2_fast.gpu_plan.compile import compile_launch
+def _compile_one(item: tuple) -> dict:
+    """Worker: compile one prepared launch (plain data in, plain data out)."""
+    name, prepared = item
+    from dalle2_fast.gpu_plan.compile import compile_prepared
 
     try:
-        row.update(compile_launch(kernels()[name], args, meta, arch))
+        return compile_prepared(kernels()[name], prepared)
     except Exception as e:  # a compile error is a finding, not a crash of the audit
-        row["error"] = f"compile failed: {type(e).__name__}: {str(e)[:500]}"
-    return row
+        return {"error": f"compile failed: {type(e).__name__}: {str(e)[:500]}"}
 
 
-_DONE: dict[tuple, dict] = {}  # compile key -> row fields, across passes and rounds
+CACHE = None  # compile.DiskCache: results across passes and rounds (and runs, with --cache)
 
 
 def _run_jobs(jobs: list[tuple], n: int) -> list[dict]:
-    """Rows of the jobs, each distinct compile done once (in ``n`` processes)."""
-    from dalle2_fast.gpu_plan.compile import compile_key
+    """Rows of the jobs, each distinct compile done once (in ``n`` processes). Only plain data
+    goes to the workers: the launch is bound here (compile.prepare), not pickled as tensors."""
+    global CACHE
+    from dalle2_fast.gpu_plan.compile import DiskCache, prepare
 
-    keys = [None if j[0] is None else compile_key(kernels()[j[0]], j[1], j[2], j[3]) for j in jobs]
-    todo = {}
-    for k, j in zip(keys, jobs):
-        if k is not None and k not in _DONE and k not in todo:
-            todo[k] = j
-    if n <= 1 or len(todo) < 8:
-        done = [_compile_job(j) for j in todo.values()]
+    CACHE = CACHE or DiskCache(None)
+    keys, todo = [], {}
+    for name, args, meta, arch, _case, _dt in jobs:
+        if name is None:
+            keys.append(None)
+            continue
+        p = prepare(kernels()[name], args, meta, arch)
+        keys.append(p.key)
+        if CACHE.get(p.key) is None and p.key not in todo:
+            todo[p.key] = (name, p)
+    items = list(todo.items())
+    if n <= 1 or len(items) < 8:
+        results = map(_compile_one, (it for _, it in items))
     else:
-        with cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = list(pool.map(_compile_job, todo.values(), chunksize=2))
-    fields = ("smem", "regs", "spill", "spill_loads", "stack", "seconds", "error")
-    _DONE.update({k: {f: r[f] for f in fields if f in r} for k, r in zip(todo, done)})
+        pool = cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+        results = pool.map(_compile_one, (it for _, it in items), chunksize=4)
+    t0 = time.time()
+    for i, ((key, _), res) in enumerate(zip(items, results)):
+        CACHE.put(key, res)
+        if (i + 1) % 200 == 0:
+            print(f"  {i + 1} / {len(items)} compiles, {time.time() - t0:.0f} s", flush=True)
+    if n > 1 and len(items) >= 8:
+        pool.shutdown()
     rows = []
     for k, (name, args, meta, arch, case_name, dtype) in zip(keys, jobs):
         row = {"kernel": name, "arch": arch, "case": case_name, "dtype": dtype,
                "cfg": {t: meta[t] for t in TUNABLE if t in meta} if meta else {}}
-        rows.append({**row, "error": args} if k is None else {**row, **_DONE[k]})
+        rows.append({**row, "error": args} if k is None else {**row, **CACHE.get(k)})
     return rows
 
 
@@ -299,6 +308,8 @@ def main(argv=None) -> int:
     p.add_argument("--families", default=None, help=f"comma list of {list(M.FAMILIES)} (default all)")
     p.add_argument("--jobs", type=int, default=1, help="compile processes")
     p.add_argument("--json", default=None, help="write the rows and failures here")
+    p.add_argument("--cache", default=None,
+                   help="with --write: keep compile results in this JSON-lines file and reuse them (resumable)")
     p.add_argument("--before", action="store_true",
                    help="with --write: also audit the matrix with the pre-audit configurations (the first "
                         "candidate of every list) and record how many launches were over the limits")
@@ -308,6 +319,11 @@ def main(argv=None) -> int:
     fams = a.families.split(",") if a.families else None
     cases = M.full_matrix(fams)
     t0 = time.time()
+    if a.cache and a.write:
+        global CACHE
+        from dalle2_fast.gpu_plan.compile import DiskCache
+
+        CACHE = DiskCache(Path(a.cache))
     if a.ci:
         out = check_committed(cases, M.ci_subset(cases), jobs=a.jobs)
         print(f"checked {out['launches_checked']} launches of the full matrix against the committed table; "
