@@ -2,9 +2,16 @@
 match the manifest, else drawn whole (the same batch as in any other run) and its missing
 images written atomically and journalled; progress with images/s and time left; SIGTERM/SIGINT
 stop after the current chunk with status 128 + signal (SIGKILL loses at most that chunk); the
-same command continues."""
+same command continues.
+
+Images are written atomically (a temp file renamed into place) without an fsync each: a kill
+cannot tear a renamed file, and after a power loss the SHA-256 check of a restart redraws any
+image whose bytes did not reach the disk. The journal and the directory are fsynced once per
+chunk (an fsync per image cost ~3 ms, most of a small model's time per image).
+"""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +63,28 @@ class Progress:
         return self.drawn / max(time.perf_counter() - self.t0, 1e-9)
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` or its old content, never a part: write a temp file, rename it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def run_chunks(out: Path, renderer, chunks: Iterable[Chunk], total: int, rank: int, world: int,
                done: dict, progress: Progress, stop=None) -> JobStats:
     """Draw this rank's chunks of the job into ``out``; ``done`` maps index -> (file, sha256)
     from the manifest and journals of earlier runs."""
-    from dalle2_fast.checkpoint import atomic_write
     from dalle2_fast.data.images import png_bytes
 
     st = JobStats()
@@ -88,10 +112,11 @@ def run_chunks(out: Path, renderer, chunks: Iterable[Chunk], total: int, rank: i
                     continue
                 meta = renderer.metadata(it, settings)
                 data = png_bytes(img, meta)
-                atomic_write(out / name, lambda p, d=data: Path(p).write_bytes(d))
+                write_file(out / name, data)
                 journal.add({"index": it.index, "file": name, "prompt": it.prompt, "seed": it.seed,
                              "settings": settings, "sha256": bytes_sha256(data),
                              "model_sha256": renderer.identity["sha256"]})
+            _fsync_dir(out)
             journal.sync()
             st.drawn += len(todo)
             st.chunks += 1
