@@ -223,6 +223,7 @@ def create_app(pipe, config: ServeConfig | None = None) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={ApiError: api_error, HTTPException: http_error})
     app.state.batcher, app.state.engine, app.state.metrics, app.state.config = batcher, engine, metrics, cfg
+    app.state.store = store
     return app
 
 
