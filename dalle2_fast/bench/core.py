@@ -52,6 +52,8 @@ class Case:
     flops: float | None = None  # useful floating-point operations (for TFLOP/s)
     missing: dict[str, str] = field(default_factory=dict)  # peer label -> why it is absent
     device: str = "cpu"
+    items: int | None = None  # items (images, requests) one call produces: reported per second
+    notes: Callable[[], dict] | None = None  # after timing: {variant label: {name: value}} (e.g. latency)
 
     def variant(self, label: str) -> Variant:
         for v in self.variants:
@@ -129,4 +131,8 @@ def run_case(case: Case, repeats: int = 5, warmup: int = 1) -> dict:
         out["gbps"] = {k: case.bytes / t / 1e9 for k, t in times.items()}
     if case.flops:
         out["tflops"] = {k: case.flops / t / 1e12 for k, t in times.items()}
+    if case.items:
+        out["items_per_s"] = {k: case.items / t for k, t in times.items()}
+    if case.notes is not None:
+        out["notes"] = case.notes()
     return out

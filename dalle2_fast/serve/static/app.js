@@ -11,7 +11,7 @@ async function loadConfig() {
   const cfg = await (await fetch("/config")).json();
   for (const k of FIELDS) $(k).value = cfg.defaults[k];
   $("n").max = cfg.limits.max_n;
-  $("model-info").textContent = `${cfg.model}, ${cfg.size} images, batches of ${cfg.limits.max_batch}`;
+  $("model-info").textContent = `${cfg.size} images, batches of ${cfg.limits.max_batch}, up to ${cfg.limits.max_n} a request`;
 }
 
 function settings() {
