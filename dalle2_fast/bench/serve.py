@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -106,7 +105,8 @@ def _service_cases(quick: bool) -> list[Case]:
     for c in (1, 16) if quick else CLIENTS:
         reqs = _requests(max(16, 2 * c) if not quick else max(8, c))
         lat = {k: [] for k in servers}
-        variants = [Variant(k, (lambda k=k: _load(servers[k].url, 1 if k == "one-at-a-time" else c, reqs, lat[k])),
+        variants = [Variant(k, (lambda k=k, c=c, reqs=reqs, lat=lat:  # bound now: cases run after all are built
+                                _load(servers[k].url, 1 if k == "one-at-a-time" else c, reqs, lat[k])),
                             "baseline" if k == "one-at-a-time" else "ours") for k in servers]
         out.append(Case(FAMILY, f"clients-{c}", dict(clients=c, requests=len(reqs), images_per_request=1,
                                                       max_batch=8, **STEPS),
@@ -118,14 +118,15 @@ def _job_run(workdir: Path, pipe_dir: Path, prompts: Path, procs: int, threads: 
     out = workdir / f"out-{procs}x{threads}"
     shutil.rmtree(out, ignore_errors=True)
     root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     job = ["-m", "dalle2_fast.cli", "sample", "--prompts-file", str(prompts), "--pipeline", str(pipe_dir),
            "--images-dir", str(out), "--batch-size", "8", "--quiet"]
-    if procs > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", *job[1:]]
-    else:
-        cmd = [sys.executable, *job]
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=3600)
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"] if procs > 1 else []
+    p = subprocess.run([sys.executable, *launch, *job], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, timeout=3600)
+    if p.returncode != 0:
+        raise RuntimeError(f"serve bench: the {procs}-process job failed ({p.returncode}): {p.stderr[-3000:]}")
 
 
 def _job_cases(quick: bool) -> list[Case]:

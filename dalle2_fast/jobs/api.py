@@ -111,7 +111,7 @@ def _run(out: Path, renderer, chunks, total: int, share: int, spec: dict, info, 
     D.barrier(info)
     done = load_done(out) if existing else {}
     label = f" (rank {info.rank} of {info.world})" if info.enabled else ""
-    say(f"job: {total} images into {out}{label}" + (f"; resuming, {len(done)} recorded so far" if existing else ""))
+    say(f"job: {total} images into {out}{label}" + (f"; resuming, {len(done)} recorded so far" if done else ""))
     progress = Progress(total, share, say, label)
     with StopRequest() as stop:
         st = run_chunks(out, renderer, chunks(), total, info.rank, info.world, done, progress, stop)
