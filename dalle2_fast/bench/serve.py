@@ -15,8 +15,8 @@ p50/p95 request latency (of its last timed run) is in ``notes``.
 
 Job cases ``job-N``: ``dalle2-fast sample --prompts-file`` of N one-image lines into a fresh
 directory, wall time of the whole command (process start and model load included): one process
-with one thread (baseline), one process with two threads, and two processes of one thread each
-under ``torch.distributed.run`` (sharded by image).
+with one thread (baseline) and two processes of one thread each under ``torch.distributed.run``
+(sharded by image); ``SETUPS`` lists them.
 """
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ from dalle2_fast.bench.core import Case, Variant
 
 FAMILY = "serve"
 CLIENTS = (1, 4, 16, 64)
+# (processes, threads each) of the batch-job cases. One process with two threads is left out of the
+# committed run: on the shared 2-core machine its OpenMP threads slowed to ~1 image/s while other
+# engineers' jobs ran, and the run did not finish in 50 minutes; add (1, 2) to measure it.
+SETUPS = ((1, 1), (2, 1))
 STEPS = dict(prior_steps=4, decoder_steps=4, upsampler_steps=2, prior_guidance=2.0, decoder_guidance=3.0)
 PROMPTS = ["a red circle", "a blue square above a green triangle", "a yellow star", "a purple diamond on the left",
            "a green circle next to a red square", "a blue triangle"]
@@ -142,8 +146,10 @@ def _job_cases(quick: bool) -> list[Case]:
     prompts = work / "prompts.txt"
     prompts.write_text("".join(f"{PROMPTS[i % len(PROMPTS)]} {i}\n" for i in range(n)))
     variants = [Variant(f"{p} proc x {t} thread", (lambda p=p, t=t: _job_run(work, work / "pipe", prompts, p, t)),
-                        "baseline" if (p, t) == (1, 1) else "ours") for p, t in ((1, 1), (1, 2), (2, 1))]
-    return [Case(FAMILY, f"job-{n}", dict(images=n, batch_size=8, **STEPS), variants, "1 proc x 1 thread", items=n)]
+                        "baseline" if (p, t) == (1, 1) else "ours") for p, t in SETUPS]
+    # each call is a fresh process (nothing to warm up); the whole command is timed
+    return [Case(FAMILY, f"job-{n}", dict(images=n, batch_size=8, **STEPS), variants, "1 proc x 1 thread", items=n,
+                 warmup=0)]
 
 
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
