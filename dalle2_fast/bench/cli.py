@@ -28,6 +28,7 @@ FAMILIES = {
     "vqvae2": "dalle2_fast.bench.vqvae2",
     "unclip": "dalle2_fast.bench.unclip",
     "unclip-peers": "dalle2_fast.bench.unclip_peers",
+    "serve": "dalle2_fast.bench.serve",
 }
 
 
@@ -64,6 +65,10 @@ def _fmt_row(r: dict, mem: dict) -> list[str]:
             extra.append(f"{r['gbps'][label]:.1f} GB/s")
         if "tflops" in r:
             extra.append(f"{r['tflops'][label] * 1e3:.1f} GFLOP/s")
+        if "items_per_s" in r:
+            extra.append(f"{r['items_per_s'][label]:.2f} images/s")
+        for k, v in r.get("notes", {}).get(label, {}).items():
+            extra.append(f"{k} {v}")
         if label in mem:
             extra.append(f"peak +{mem[label]:.1f} MB")
         roof = r.get("roofline", {}).get(label)
@@ -131,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         (out / "results.md").write_text("\n".join(head + md) + "\n")
         from dalle2_fast.bench.plots import plot_family
 
-        for fam in ops:
-            plot_family(results, fam, out / f"{fam}.png")
+        for fam in ops:  # a family may draw its own plot (``plot(results, path)``)
+            own = getattr(importlib.import_module(FAMILIES[fam]), "plot", None)
+            (own or (lambda res, path, f=fam: plot_family(res, f, path)))(
+                [r for r in results if r["family"] == fam], out / f"{fam}.png")
         print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
 
