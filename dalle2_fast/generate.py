@@ -94,12 +94,12 @@ class CheckpointSampler:
             raise ValueError(f"--temperature: applies to the VQ-VAE-2 generator, not to a {type(m).__name__}")
         if not (temperature > 0):
             raise ValueError(f"--temperature: expected a positive number, got {temperature!r}")
-        self.clf = None
+        self.clf = self.clf_path = None
         if guidance == "classifier":
             if classifier is None:
                 raise ValueError("--guidance classifier needs --classifier CKPT")
-            self.clf = load_pretrained(resolve_checkpoint(classifier, "--classifier"),
-                                       expected_cls=NoisyClassifier).eval()
+            self.clf_path = resolve_checkpoint(classifier, "--classifier")
+            self.clf = load_pretrained(self.clf_path, expected_cls=NoisyClassifier).eval()
         elif classifier is not None:
             raise ValueError("--classifier: only used with --guidance classifier")
         if guidance == "cfg" and diffusion and m.null_label is None:

@@ -69,7 +69,19 @@ def report() -> str:
 
 
 def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="dalle2-fast info", description=__doc__)
+    p.add_argument("--gpu-plan", action="store_true",
+                   help="the audited Triton launch table (sm_80, sm_90 and this GPU), the attention dispatch "
+                        "estimate and where the rest of docs/gpu-readiness.md comes from")
+    a = p.parse_args(argv)
     print(report())
+    if a.gpu_plan:
+        from dalle2_fast.gpu_plan.plan import plan_text
+
+        print()
+        print(plan_text())
     return 0
 
 

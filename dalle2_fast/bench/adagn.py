@@ -63,6 +63,16 @@ def _fwd_bwd(fn, x, ps, dy):
     return run
 
 
+def _name(mode, shape, layout, dt) -> str:
+    return f"{mode}-{'x'.join(map(str, shape))}-{layout}-{str(dt).replace('torch.', '')}"
+
+
+def specs(device: str = "cpu", quick: bool = False) -> list[dict]:
+    """Name and params of every case, without building tensors (for the roofline)."""
+    return [dict(name=_name(mode, shape, layout, dt), params=dict(shape=shape, dtype=str(dt), layout=layout, mode=mode))
+            for shape, dt, layouts in _shapes(device, quick) for layout in layouts for mode in ("fwd", "fwd+bwd")]
+
+
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
     out = []
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -99,7 +109,7 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
                     # touch page faults dominate above glibc's 32 MB mmap threshold).
                     variants.append(Variant("clone (bound)", lambda x=x: x.clone(), "bound"))
                 n = x.numel() * x.element_size()
-                name = f"{mode}-{'x'.join(map(str, shape))}-{layout}-{str(dt).replace('torch.', '')}"
+                name = _name(mode, shape, layout, dt)
                 out.append(Case(FAMILY, name, dict(shape=shape, dtype=str(dt), layout=layout, mode=mode),
                                 variants, "eager", bytes=(2 if mode == "fwd" else 5) * n,
                                 missing=missing, device=device))

@@ -65,6 +65,16 @@ def _shapes(device: str, quick: bool):
     return out
 
 
+def _name(B, H, Sq, Sk, D, causal, dt, mode) -> str:
+    return f"{mode}-B{B}-H{H}-Sq{Sq}-Sk{Sk}-D{D}{'-causal' if causal else ''}-{str(dt).replace('torch.', '')}"
+
+
+def specs(device: str = "cpu", quick: bool = False) -> list[dict]:
+    """Name and params of every case, without building tensors (for the roofline)."""
+    return [dict(name=_name(*s), params=dict(B=s[0], H=s[1], Sq=s[2], Sk=s[3], D=s[4], causal=s[5], mode=s[7],
+                                             dtype=str(s[6]))) for s in _shapes(device, quick)]
+
+
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
     out = []
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -93,8 +103,7 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
         assert not causal or Sq == Sk
         sdpa = (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
         variants.append(Variant("sdpa", _step(sdpa, q, k, v, go, mode), "baseline"))
-        name = (f"{mode}-B{B}-H{H}-Sq{Sq}-Sk{Sk}-D{D}{'-causal' if causal else ''}-"
-                f"{str(dt).replace('torch.', '')}")
+        name = _name(B, H, Sq, Sk, D, causal, dt, mode)
         out.append(Case(FAMILY, name, dict(B=B, H=H, Sq=Sq, Sk=Sk, D=D, causal=causal, mode=mode, dtype=str(dt)),
                         variants, "sdpa", flops=_flops(B, H, Sq, Sk, D, causal, mode), missing=missing,
                         device=device))

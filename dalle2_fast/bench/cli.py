@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from dalle2_fast.bench.core import copy_bandwidth, matmul_rate, run_case
+from dalle2_fast.bench.roofline import peak_for, run_roofline
 
 # family name -> module under dalle2_fast.bench defining cases(device, quick)
 FAMILIES = {
@@ -27,6 +28,7 @@ FAMILIES = {
     "vqvae2": "dalle2_fast.bench.vqvae2",
     "unclip": "dalle2_fast.bench.unclip",
     "unclip-peers": "dalle2_fast.bench.unclip_peers",
+    "serve": "dalle2_fast.bench.serve",
 }
 
 
@@ -63,8 +65,15 @@ def _fmt_row(r: dict, mem: dict) -> list[str]:
             extra.append(f"{r['gbps'][label]:.1f} GB/s")
         if "tflops" in r:
             extra.append(f"{r['tflops'][label] * 1e3:.1f} GFLOP/s")
+        if "items_per_s" in r:
+            extra.append(f"{r['items_per_s'][label]:.2f} images/s")
+        for k, v in r.get("notes", {}).get(label, {}).items():
+            extra.append(f"{k} {v}")
         if label in mem:
             extra.append(f"peak +{mem[label]:.1f} MB")
+        roof = r.get("roofline", {}).get(label)
+        if roof:  # the time at the roofline and the fraction of it this run reached
+            extra.append(f"roofline {roof * 1e3:.3f} ms ({100 * roof / t:.0f}% reached)")
         rows.append(f"| {r['family']} | {r['name']} | {label} ({r['kinds'][label]}) | {t * 1e3:.2f} ms | "
                     f"{r['ratios'][label]:.2f}x | {', '.join(extra)} |")
     for peer, why in r["missing"].items():
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = a.repeats or (3 if a.quick else 5)
 
     t0 = time.time()
+    gpu_name = torch.cuda.get_device_name() if a.device == "cuda" else ""
     bounds = {"copy_GBps": copy_bandwidth(a.device, 64 << 20 if a.quick else 256 << 20) / 1e9,
               "matmul_GFLOPs": matmul_rate(a.device, 1024 if a.quick else 2048) / 1e9}
     print(f"machine bounds ({a.device}): copy {bounds['copy_GBps']:.1f} GB/s, "
@@ -99,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         mod = importlib.import_module(FAMILIES[fam])
         for case in mod.cases(a.device, quick=a.quick):
             r = run_case(case, repeats=repeats)
+            r["bytes"], r["flops"] = case.bytes, case.flops
+            r["roofline"], r["roofline_of"] = run_roofline(r, bounds, a.device, gpu_name)
             mem = {}
             if a.memory and a.device == "cpu":
                 from dalle2_fast.bench.peakmem import peak_extra_mb
@@ -118,12 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         head = [f"Machine: {doc['machine'].get('cpu_model') or doc['machine']['processor']} "
                 f"({doc['machine']['cpu_count']} cores), torch {torch.__version__}, commit "
                 f"{doc['machine']['git_commit'][:10]}. Bounds measured in the same run: copy "
-                f"{bounds['copy_GBps']:.1f} GB/s, fp32 matmul {bounds['matmul_GFLOPs']:.0f} GFLOP/s.", ""]
+                f"{bounds['copy_GBps']:.1f} GB/s, fp32 matmul {bounds['matmul_GFLOPs']:.0f} GFLOP/s. Roofline: "
+                + (f"{peak_for(gpu_name).name} published peaks" if peak_for(gpu_name) else "the bounds measured here")
+                + " (dalle2_fast/bench/roofline.py).", ""]
         (out / "results.md").write_text("\n".join(head + md) + "\n")
         from dalle2_fast.bench.plots import plot_family
 
-        for fam in ops:
-            plot_family(results, fam, out / f"{fam}.png")
+        for fam in ops:  # a family may draw its own plot (``plot(results, path)``)
+            own = getattr(importlib.import_module(FAMILIES[fam]), "plot", None)
+            (own or (lambda res, path, f=fam: plot_family(res, f, path)))(
+                [r for r in results if r["family"] == fam], out / f"{fam}.png")
         print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
 

@@ -33,6 +33,15 @@ def _mm_argmin(x: torch.Tensor, c: torch.Tensor):
     return d.argmin(1)
 
 
+def _name(n, k, d, dt) -> str:
+    return f"N{n}-K{k}-D{d}-{str(dt).replace('torch.', '')}"
+
+
+def specs(device: str = "cpu", quick: bool = False) -> list[dict]:
+    """Name and params of every case, without building tensors (for the roofline)."""
+    return [dict(name=_name(n, k, d, dt), params=dict(N=n, K=k, D=d, dtype=str(dt))) for n, k, d, dt in _shapes(device, quick)]
+
+
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
     out = []
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -60,7 +69,7 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
             variants.append(Variant("mm+argmin", lambda x=x, c=c: _mm_argmin(x, c), "baseline"))
             variants.append(Variant("bare mm (bound)", lambda x=x, c=c: x @ c.T, "bound"))
             baseline = "mm+argmin"
-        name = f"N{n}-K{k}-D{d}-{str(dt).replace('torch.', '')}"
+        name = _name(n, k, d, dt)
         out.append(Case(FAMILY, name, dict(N=n, K=k, D=d, dtype=str(dt)), variants, baseline,
                         flops=2.0 * n * k * d,
                         missing=missing, device=device))

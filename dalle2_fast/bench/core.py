@@ -52,6 +52,9 @@ class Case:
     flops: float | None = None  # useful floating-point operations (for TFLOP/s)
     missing: dict[str, str] = field(default_factory=dict)  # peer label -> why it is absent
     device: str = "cpu"
+    items: int | None = None  # items (images, requests) one call produces: reported per second
+    notes: Callable[[], dict] | None = None  # after timing: {variant label: {name: value}} (e.g. latency)
+    warmup: int | None = None  # warm-up calls per variant (None: run_case's); 0 for fresh-process variants
 
     def variant(self, label: str) -> Variant:
         for v in self.variants:
@@ -106,7 +109,7 @@ def run_case(case: Case, repeats: int = 5, warmup: int = 1) -> dict:
     returns {'times': {label: s}, 'ratios': {label: baseline_time / time}, ...}."""
     samples: dict[str, list[float]] = {v.label: [] for v in case.variants}
     for v in case.variants:
-        for _ in range(warmup):
+        for _ in range(warmup if case.warmup is None else case.warmup):
             v.fn()
         _sync(case.device)
     if case.device == "cuda":
@@ -129,4 +132,8 @@ def run_case(case: Case, repeats: int = 5, warmup: int = 1) -> dict:
         out["gbps"] = {k: case.bytes / t / 1e9 for k, t in times.items()}
     if case.flops:
         out["tflops"] = {k: case.flops / t / 1e12 for k, t in times.items()}
+    if case.items:
+        out["items_per_s"] = {k: case.items / t for k, t in times.items()}
+    if case.notes is not None:
+        out["notes"] = case.notes()
     return out

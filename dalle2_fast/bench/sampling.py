@@ -70,8 +70,30 @@ def _step_case(device: str, B: int) -> Case:
         variants.append(Variant(b, lambda b=b: ddim_step(x, out2, coefs, guidance=scale, clip="static", backend=b)))
     variants.append(Variant("eager", lambda: eager_ddim_cfg_step(x, out2, a_t, s_t, a_s, c_eps, scale), "baseline"))
     n = x.numel()
-    return Case(FAMILY, f"ddim-cfg-step-B{B}-3x64x64-float32", dict(B=B, C=3, H=64, W=64, dtype="float32"),
-                variants, "eager", bytes=4 * n * 4, device=device)
+    s = _step_spec(B)
+    return Case(FAMILY, s["name"], s["params"], variants, "eager", bytes=4 * n * 4, device=device)
+
+
+def _step_spec(B: int) -> dict:
+    return dict(name=f"ddim-cfg-step-B{B}-3x64x64-float32", params=dict(B=B, C=3, H=64, W=64, dtype="float32"))
+
+
+def _loop_spec(B: int, res: int, ch: int) -> dict:
+    return dict(name=f"ddim25-cfg-loop-B{B}-3x{res}x{res}-ch{ch}", params=dict(B=B, res=res, ch=ch, steps=25))
+
+
+def _plan(device: str, quick: bool) -> list[tuple]:
+    """(kind, args) of every case: ('step', B) or ('loop', B, res, ch)."""
+    if device == "cuda":
+        return [("step", 16)] + ([] if quick else [("step", 64)]) + [("loop", 16, 64, 64)]
+    if quick:
+        return [("step", 16), ("loop", 4, 32, 16)]
+    return [("step", 64), ("loop", 8, 32, 32)]
+
+
+def specs(device: str = "cpu", quick: bool = False) -> list[dict]:
+    """Name and params of every case, without building tensors (for the roofline)."""
+    return [_step_spec(*a) if k == "step" else _loop_spec(*a) for k, *a in _plan(device, quick)]
 
 
 class _Free(nn.Module):
@@ -141,17 +163,12 @@ def _loop_case(device: str, B: int, res: int, ch: int) -> Case:
     variants.append(Variant("eager loop sampler only",
                             torch.no_grad()(lambda: _eager_loop(free, proc, x_T, y, null, 3.0)), "peer"))
     variants.append(Variant("denoiser x25", denoiser_only, "baseline"))
-    return Case(FAMILY, f"ddim25-cfg-loop-B{B}-3x{res}x{res}-ch{ch}", dict(B=B, res=res, ch=ch, steps=25),
-                variants, "denoiser x25", device=device)
+    s = _loop_spec(B, res, ch)
+    return Case(FAMILY, s["name"], s["params"], variants, "denoiser x25", device=device)
 
 
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
-    if device == "cuda":
-        steps = [_step_case(device, 16)] + ([] if quick else [_step_case(device, 64)])
-        return steps + [_loop_case(device, 16, 64, 64)]
-    if quick:
-        return [_step_case(device, 16), _loop_case(device, 4, 32, 16)]
-    return [_step_case(device, 64), _loop_case(device, 8, 32, 32)]
+    return [_step_case(device, *a) if k == "step" else _loop_case(device, *a) for k, *a in _plan(device, quick)]
 
 
 __all__ = ["cases", "eager_ddim_cfg_step", "SmallDenoiser"]

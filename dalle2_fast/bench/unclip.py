@@ -66,6 +66,16 @@ def stage_shares(pipe, prompts=PROMPTS, **kw) -> dict[str, float]:
     return out
 
 
+def specs(device: str = "cpu", quick: bool = False) -> list[dict]:
+    """Name and params of the case, without loading the pipeline (for the roofline)."""
+    from dalle2_fast.pipeline import shipped_weights_dir
+
+    kind = "shipped" if shipped_weights_dir() is not None else "random-init"
+    n = 2 if quick else 4
+    steps = dict(prior_steps=8, decoder_steps=5, upsampler_steps=3) if quick else {}
+    return [dict(name=f"{kind}-{n}img" + ("-quick" if quick else ""), params=dict(images=n, weights=kind, **steps))]
+
+
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
     try:
         pipe, kind = load_pipeline(device)

@@ -35,6 +35,17 @@ def _settings(device: str, quick: bool) -> list[tuple[int, int, int]]:
     return [(1, 32, 32)] if quick else [(2, 64, 64)]
 
 
+def _name(mc: int, b: int, mode: str, device: str) -> str:
+    return f"adm64-w{mc}-B{b}-{mode}-{'bf16' if device == 'cuda' else 'fp32'}"
+
+
+def specs(device: str = "cpu", quick: bool = False) -> list[dict]:
+    """Name and params of every case, without building models (for the roofline)."""
+    return [dict(name=_name(mc, b, mode, device), params=dict(batch=b, model_channels=mc, image=64, mode=mode),
+                 head_channels=hc)
+            for b, mc, hc in _settings(device, quick) for mode in ("fwd", "fwd+bwd")]
+
+
 def _guided_peer(model: UNet, hc: int):
     """OpenAI's UNetModel with our weights, or None when guided-diffusion-sdk is absent."""
     if importlib.util.find_spec("guided_diffusion") is None:
@@ -97,7 +108,7 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
             with FlopCounterMode(display=False) as fc:
                 run()
             mode = "fwd+bwd" if backward else "fwd"
-            name = f"adm64-w{mc}-B{b}-{mode}-{'bf16' if device == 'cuda' else 'fp32'}"
+            name = _name(mc, b, mode, device)
             out.append(Case(FAMILY, name, dict(batch=b, model_channels=mc, image=64, mode=mode), variants,
                             "torch-backend", flops=float(fc.get_total_flops()), missing=missing, device=device))
     return out

@@ -60,6 +60,12 @@ def _sampler(gen: VQVAE2Generator, n: int, ours: bool, backend: str | None, devi
     return run
 
 
+def specs(device: str = "cpu", quick: bool = False) -> list[dict]:
+    """Name and params of the case, without building models (for the roofline)."""
+    n = 8 if quick else 64
+    return [dict(name=f"sample-{n}x32px", params=dict(images=n, resolution=32))]
+
+
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
     n = 8 if quick else 64
     gen = build_generator(32, device)

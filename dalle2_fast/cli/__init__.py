@@ -8,6 +8,7 @@ model loads, and calls.
     text-diff    edit an image toward a caption (the paper's text diffs)
     train        train a suite model, CLIP, or the unCLIP recipe
     eval         the caption-match report of a pipeline
+    serve        an HTTP service: OpenAI's Images API with dynamic batching, and a web page
     bench        the kernel and model benchmarks
     info         versions, devices and which kernel backends run here
     convert      other projects' weights (Karlo, diffusers priors, OpenAI CLIP, the LAION prior, ...) into our format
@@ -17,9 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dalle2_fast.cli import bench_info, convert, edit, evaluate, sample, train
+from dalle2_fast.cli import bench_info, convert, edit, evaluate, sample, serve, train
 
-VERBS = (sample, edit, train, evaluate, bench_info, convert)
+VERBS = (sample, edit, train, evaluate, serve, bench_info, convert)
 
 
 class UsageError(ValueError):

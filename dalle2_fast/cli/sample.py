@@ -3,13 +3,16 @@ checkpoint. Prompts and checkpoints are separate arguments (nothing is guessed f
 
     dalle2-fast sample "a red circle above a blue square" -n 16 -o samples.png [--pipeline DIR]
     dalle2-fast sample --checkpoint runs/adm --sampler dpmpp --steps 20 --label circle -n 16 -o grid.png
-    dalle2-fast sample "a green triangle" -n 1000 --images-dir out/   # one PNG per image, streamed
+    dalle2-fast sample "a green triangle" -n 1000 --images-dir out/   # one PNG per image, a resumable job
+    dalle2-fast sample --prompts-file prompts.jsonl --images-dir out/  # a prompt file of any length
     torchrun --nproc-per-node 2 -m dalle2_fast.cli sample --checkpoint runs/gan -n 256 --images-dir out/
 
 Image k of a call with ``--seed s`` is the image of seed s + k (prompts-major for several
 prompts), whatever ``--batch-size`` or the number of processes; every PNG records its seed(s),
 prompt and settings in a ``dalle2_fast`` text chunk. A grid (``-o``) holds every image in memory
-and is limited to ``--max-grid`` images; ``--images-dir`` streams any number to disk.
+and is limited to ``--max-grid`` images; ``--images-dir`` runs a batch job (``dalle2_fast.jobs``):
+any number of images streamed to disk, sharded over torchrun ranks, with ``job.json`` and a
+``manifest.jsonl``; killed, the same command continues where it stopped, with the same bytes.
 """
 from __future__ import annotations
 
@@ -34,8 +37,11 @@ def add_parsers(sub) -> None:
                    help="a trained suite model: a checkpoint, or a run directory (its final/)")
     s.add_argument("-n", type=int, default=None, help="images per prompt (default 16), or images (default 64)")
     s.add_argument("-o", "--out", default=None, help="the grid PNG (default samples.png)")
-    s.add_argument("--images-dir", default=None, help="write one PNG per image here, streamed (under torchrun: "
-                                                      "sharded over ranks, each image written once)")
+    s.add_argument("--images-dir", default=None, help="a batch job: one PNG per image here with a manifest, "
+                                                      "resumable (under torchrun: sharded over ranks)")
+    s.add_argument("--prompts-file", default=None, metavar="FILE",
+                   help="prompts for a batch job, one a line (or *.jsonl: {\"prompt\", \"n\", \"seed\", steps, "
+                        "guidance} a line); needs --images-dir; -n is the images per line (default 1)")
     s.add_argument("--seed", type=int, default=0, help="image k uses seed SEED + k")
     s.add_argument("--batch-size", type=int, default=16, help="images per forward pass (does not change images)")
     s.add_argument("--max-grid", type=int, default=MAX_GRID, help="largest grid -o may hold in memory")
@@ -66,10 +72,15 @@ def add_parsers(sub) -> None:
 
 
 def run(args) -> int:
-    if args.checkpoint is not None and args.prompts:
-        raise ValueError("sample: give PROMPT... (the unCLIP pipeline) or --checkpoint (a suite model), not both")
-    if args.checkpoint is None and not args.prompts:
-        raise ValueError("sample: give one or more PROMPTs, or --checkpoint RUN_OR_CKPT")
+    if args.checkpoint is not None and (args.prompts or args.prompts_file):
+        raise ValueError("sample: give PROMPT... or --prompts-file (the unCLIP pipeline) or --checkpoint (a suite "
+                         "model), not both")
+    if args.prompts and args.prompts_file:
+        raise ValueError("sample: give PROMPT... or --prompts-file FILE, not both")
+    if args.checkpoint is None and not args.prompts and args.prompts_file is None:
+        raise ValueError("sample: give one or more PROMPTs, --prompts-file FILE, or --checkpoint RUN_OR_CKPT")
+    if args.prompts_file is not None and args.images_dir is None:
+        raise ValueError("--prompts-file: writes one PNG per image; give --images-dir DIR")
     check_seed_arg(args.seed)
     check_count("--batch-size", args.batch_size)
     check_count("--max-grid", args.max_grid)
@@ -118,10 +129,10 @@ def _grid_or_dir(args, total: int) -> None:
 def _prompts(args) -> int:
     from dalle2_fast.pipeline import UnCLIPPipeline
 
-    prompts = check_prompts(args.prompts)
-    n = 16 if args.n is None else args.n
-    total = len(prompts) * n
-    _grid_or_dir(args, total)
+    prompts = check_prompts(args.prompts) if args.prompts_file is None else None
+    n = (16 if prompts else 1) if args.n is None else args.n
+    if prompts:
+        _grid_or_dir(args, len(prompts) * n)
     for k in ("prior_steps", "decoder_steps", "upsampler_steps"):
         if getattr(args, k) is not None:
             check_count("--" + k.replace("_", "-"), getattr(args, k))
@@ -131,10 +142,17 @@ def _prompts(args) -> int:
     if args.pipeline is not None and not Path(args.pipeline).is_dir():
         raise FileNotFoundError(f"--pipeline: no such directory {args.pipeline!r}")
     _probe_output(args)
+    opts = {k: getattr(args, k) for k in PROMPT_OPTS[1:] if getattr(args, k) is not None}
+    if args.images_dir is not None:
+        from dalle2_fast.jobs import prompts_job
+
+        return prompts_job(args.images_dir, pipeline=args.pipeline, prompts=prompts, prompts_file=args.prompts_file,
+                           n=n, seed=args.seed, batch_size=args.batch_size, options=opts,
+                           say=lambda m: _say(args, m), dtype=args.dtype or "float32")
     import torch
 
+    total = len(prompts) * n
     pipe = UnCLIPPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype or "float32"))
-    opts = {k: getattr(args, k) for k in PROMPT_OPTS[1:] if getattr(args, k) is not None}
     settings = pipe.settings(**opts)
     source = {"pipeline": str(args.pipeline) if args.pipeline else "shipped:unclip_shapes"}
     stream = pipe.iter_images(prompts, n, seed=args.seed, batch_size=args.batch_size, **opts)
@@ -165,6 +183,11 @@ def _checkpoint(args) -> int:
 
         check_output_path("--metrics", args.metrics, (".json",))
     _probe_output(args)
+    if args.images_dir is not None:
+        from dalle2_fast.jobs import checkpoint_job
+
+        return checkpoint_job(args.images_dir, args.checkpoint, n=n, seed=args.seed, batch_size=args.batch_size,
+                              sampler_options=opts, say=lambda m: _say(args, m))
     sampler = CheckpointSampler(args.checkpoint, **opts)
     settings = sampler.settings
     if args.metrics is not None and not hasattr(sampler.model, "diffusion"):
@@ -176,7 +199,7 @@ def _checkpoint(args) -> int:
             imgs = sampler(seeds, first=i)
             yield [Generated(i + j, "", s, img) for j, (s, img) in enumerate(zip(seeds, imgs))]
 
-    pairs = sampler.reconstructs and args.images_dir is None
+    pairs = sampler.reconstructs
     images = _write(args, stream(), n, lambda g: {"seed": g.seed, "index": g.index, **settings},
                     {"seed": args.seed, "n": n, **settings}, scale=2, inputs=sampler.inputs if pairs else None)
     if args.metrics is not None:
@@ -207,35 +230,13 @@ def _metrics(args, sampler, images, n: int) -> None:
 
 
 def _write(args, stream, total: int, image_meta, grid_meta: dict, nrow=None, scale: int = 1, inputs=None) -> int:
-    """Consume a stream of batches of ``Generated``: one PNG each under --images-dir (this rank's
-    share, streamed; returns None), or one grid PNG (-o; returns the images)."""
+    """Consume a stream of batches of ``Generated`` into one grid PNG (-o); returns the images.
+    (--images-dir is a batch job: ``dalle2_fast.jobs``.)"""
     import torch
 
     from dalle2_fast.data.images import make_grid, save_png
 
     t0 = time.time()
-    if args.images_dir is not None:
-        from dalle2_fast.train import distributed as D
-
-        info = D.setup()
-        out = Path(args.images_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        done = 0
-        for j, batch in enumerate(stream):
-            if j % info.world != info.rank:
-                continue
-            for g in batch:
-                save_png(g.image, out / f"{g.index:06d}.png", image_meta(g))
-                done += 1
-            rate = done / max(time.time() - t0, 1e-9)
-            left = (total / info.world - done) / max(rate, 1e-9)
-            _say(args, f"  {batch[-1].index + 1}/{total} images, {rate:.2f} images/s, ~{max(left, 0):.0f} s left"
-                       + (f" (rank {info.rank})" if info.enabled else ""))
-        D.barrier(info)
-        if info.is_main:
-            print(f"wrote {total} images to {out}" + (f" ({info.world} ranks)" if info.enabled else ""))
-        D.teardown(info)
-        return None
     images, seeds = [], []
     for batch in stream:
         for g in batch:

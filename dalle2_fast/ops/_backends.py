@@ -24,10 +24,11 @@ from dalle2_fast import _ext
 BACKENDS = ("torch", "cpu", "cuda", "triton")
 ENV_VAR = "DALLE2_FAST_BACKEND"
 
-# Default priority per device type. Justification (benchmarks/results/): on the CPU the C++
-# kernels beat eager torch for every family measured; on CUDA Triton is tried first (autotuned,
-# tensor cores), then our CUDA C++ kernels, then torch. A family may override (e.g. attention on
-# CPU keeps torch's SDPA first if it measures faster).
+# Default priority per device type. Justification: on the CPU the C++ kernels beat eager torch
+# for every family measured (benchmarks/results/); on CUDA — not measured yet, no GPU so far —
+# Triton first (tensor cores for half types, launch configurations audited offline to fit the
+# GPU: triton/launch.py), then our CUDA C++ kernels, then torch: the order of their roofline
+# estimates (docs/gpu-readiness.md) until GPU measurements replace it. A family may override.
 DEFAULT_PRIORITY: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu", "torch"),
     "cuda": ("triton", "cuda", "torch"),

@@ -17,6 +17,8 @@ offset in ``x`` does not cancel catastrophically.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -160,9 +162,16 @@ adagn_family.register("cpu", dtypes=_FLOATS + (torch.float64,), devices=("cpu",)
 adagn_family.register("cuda", dtypes=_FLOATS + (torch.float64,), devices=("cuda",))(_adagn_ext)
 
 
-def _triton_limits(x, *args, **kwargs):
+def _triton_limits(x, num_groups=None, *args, **kwargs):
     if x.device.type == "cpu" and x.dtype == torch.bfloat16:
         return ["the Triton interpreter has no bfloat16 arithmetic"]
+    if x.device.type == "cuda" and num_groups:  # only audited launches that fit this GPU (triton/launch.py)
+        from dalle2_fast.triton import launch as L
+
+        target, S = L.target_for(x), math.prod(x.shape[2:])
+        Cg = x.shape[1] // num_groups
+        return [L.refusal(k, x.dtype, target, L.adagn_candidates(Cg, S), "audited launch")
+                for k in L.ADAGN_KERNELS if L.adagn_config(k, x.dtype, Cg, S, target) is None]
     return []
 
 
@@ -240,7 +249,7 @@ def adagn(
         kernel backends). Differentiable in x, weight, bias, scale and shift.
     """
     _validate(x, num_groups, weight, bias, scale, shift, eps, act)
-    impl = adagn_family.select(x, backend=backend)
+    impl = adagn_family.select(x, num_groups, backend=backend)
     return impl.fn(x, num_groups, weight, bias, scale, shift, eps, act)
 
 

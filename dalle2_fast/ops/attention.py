@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from dalle2_fast import _ext
 from dalle2_fast.ops._backends import family
+from dalle2_fast.triton.launch import ATTENTION_KERNELS
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256
@@ -60,8 +61,16 @@ CPU_BACKEND_REASON = (
     "test of the math the CUDA kernel shares (csrc/include/dalle2_fast/attention.h)"
 )
 
-attention_family = family("attention")
-attention_family.notes = CPU_BACKEND_REASON  # printed by `info`
+# On CUDA (no GPU measurement yet): triton (tensor cores for half types, 3xTF32 for float32),
+# then the CUDA C++ kernel (scalar FP32 FMAs, no tensor cores), then the explicit-score torch
+# reference — the order of their roofline times (bench/roofline.attention_order, tested).
+CUDA_ORDER_REASON = (
+    "on CUDA, unmeasured: triton, then cuda, then torch, by roofline estimate (docs/gpu-readiness.md); "
+    "the CUDA kernel is scalar FP32 with no tensor cores: for bfloat16 its ceiling is ~15x below "
+    "the GPU's SDPA (FlashAttention/cuDNN) on A100 and H100"
+)
+attention_family = family("attention", priority={"cpu": ("cpu", "torch"), "cuda": ("triton", "cuda", "torch")})
+attention_family.notes = CPU_BACKEND_REASON + "; " + CUDA_ORDER_REASON  # printed by `info`
 
 
 def _hidden_mask(
@@ -319,13 +328,27 @@ def _attention_ext(q, k, v, key_padding_mask, causal, scale):
 attention_family.register("cuda", dtypes=_FLOATS, devices=("cuda",))(_attention_ext)
 
 
-def _triton_limits(q, *args, **kwargs):
+def _triton_limits(q, k=None, v=None, *args, **kwargs):
     reasons = []
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         reasons.append("the Triton interpreter has no bfloat16 arithmetic")
     if q.shape[0] * q.shape[1] > 65535:  # grid axis 1 is B * H
         reasons.append(f"B * H must be <= 65535 for the Triton grid, got {q.shape[0] * q.shape[1]}")
+    if q.device.type == "cuda":  # only audited launches that fit this GPU (triton/launch.py)
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v))
+        kernels = ATTENTION_KERNELS if needs_grad else ("attention_fwd",)
+        reasons += triton_launch_reasons(kernels, q, q.shape[3])
     return reasons
+
+
+def triton_launch_reasons(kernels, q: torch.Tensor, D: int) -> list[str]:
+    """Why the audited launch table has no configuration of these attention kernels that fits
+    q's GPU ([] when each has one)."""
+    from dalle2_fast.triton import launch as L
+
+    target, block_d = L.target_for(q), max(16, 1 << (int(D) - 1).bit_length())
+    return [L.refusal(kern, q.dtype, target, L.attention_candidates(kern, block_d), "audited launch")
+            for kern in kernels if L.attention_config(kern, q.dtype, block_d, target) is None]
 
 
 @attention_family.register("triton", dtypes=_FLOATS, devices=("cpu", "cuda"), limits=_triton_limits)

@@ -95,6 +95,12 @@ nearest_code_family.register("cuda", dtypes=_FLOATS, devices=("cuda",))(_nearest
 def _triton_limits(x, codebook):
     if x.device.type == "cpu" and x.dtype == torch.bfloat16:
         return ["the Triton interpreter has no bfloat16 arithmetic"]
+    if x.device.type == "cuda":  # only audited launches that fit this GPU (triton/launch.py)
+        from dalle2_fast.triton import launch as L
+
+        target, D = L.target_for(x), x.shape[1]
+        if L.codebook_config(x.dtype, D, target) is None:
+            return [L.refusal("nearest_code", x.dtype, target, L.codebook_candidates(x.dtype, D), "audited launch")]
     return []
 
 

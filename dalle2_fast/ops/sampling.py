@@ -169,6 +169,12 @@ sampling_family.register("cuda", dtypes=_FLOATS + (torch.float64,), devices=("cu
 def _triton_limits(x, *args):
     if x.device.type == "cpu" and x.dtype == torch.bfloat16:
         return ["the Triton interpreter has no bfloat16 arithmetic"]
+    if x.device.type == "cuda":  # only audited launches that fit this GPU (triton/launch.py)
+        from dalle2_fast.triton import launch as L
+
+        target = L.target_for(x)
+        if L.sampling_config(x.dtype, target) is None:
+            return [L.refusal("sampling_step", x.dtype, target, L.SAMPLING_CANDIDATES, "audited launch")]
     return []
 
 

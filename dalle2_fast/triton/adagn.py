@@ -14,7 +14,9 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
+
+from dalle2_fast.triton.launch import Target, adagn_candidates, adagn_config, launch, refusal, target_for
 
 
 @triton.jit
@@ -180,11 +182,14 @@ def _params(x, weight, bias, scale, shift):
     return get(weight, (C,), 1.0), get(bias, (C,), 0.0), get(scale, (B, C), 0.0), get(shift, (B, C), 0.0)
 
 
-def _config(x: torch.Tensor, Cg: int, S: int) -> dict:
-    bc = min(triton.next_power_of_2(Cg), 16)
-    if x.device.type == "cpu":  # interpreter: few, large tiles
+def _config(x: torch.Tensor, Cg: int, S: int, kernel: str, target: Target | None) -> dict:
+    if target is None:  # interpreter: few, large tiles
+        bc = min(triton.next_power_of_2(Cg), 16)
         return dict(BLOCK_C=bc, BLOCK_S=min(triton.next_power_of_2(S), max(16, 2048 // bc)), num_warps=1)
-    return dict(BLOCK_C=bc, BLOCK_S=min(triton.next_power_of_2(S), max(32, 4096 // bc)), num_warps=8)
+    cfg = adagn_config(kernel, x.dtype, Cg, S, target)  # audited for this dtype and GPU (launch.py)
+    if cfg is None:  # the dispatcher refuses these inputs first (ops.adagn._triton_limits)
+        raise RuntimeError(refusal(kernel, x.dtype, target, adagn_candidates(Cg, S), "adagn"))
+    return cfg
 
 
 @triton_op("dalle2_fast::adagn_forward_triton", mutates_args=())
@@ -204,9 +209,10 @@ def adagn_forward_triton(
         w, b, sc, sh = _params(x, weight, bias, scale, shift)
         Cg = C // num_groups
         sb, sc_, ss = _strides(B, C, S, nhwc)
-        wrap_triton(_adagn_fwd_kernel)[(B * num_groups,)](
+        launch(
+            _adagn_fwd_kernel, (B * num_groups,),
             xk, y, w, b, sc, sh, mean, rstd, C, S, num_groups, Cg, sb, sc_, ss, eps,
-            SILU=silu, **_config(x, Cg, S),
+            SILU=silu, **_config(x, Cg, S, "adagn_fwd", target_for(x)),
         )
     return (y.movedim(-1, 1) if nhwc else y), mean, rstd
 
@@ -230,9 +236,10 @@ def adagn_backward_triton(
     if B > 0 and C > 0 and S > 0:
         Cg = C // num_groups
         sb, sc_, ss = _strides(B, C, S, nhwc)
-        wrap_triton(_adagn_bwd_kernel)[(B * num_groups,)](
+        launch(
+            _adagn_bwd_kernel, (B * num_groups,),
             dyk, xk, dx, mean.float().contiguous(), rstd.float().contiguous(), w, b, sc, sh, Ssum, Tsum,
-            C, S, num_groups, Cg, sb, sc_, ss, SILU=silu, **_config(x, Cg, S),
+            C, S, num_groups, Cg, sb, sc_, ss, SILU=silu, **_config(x, Cg, S, "adagn_bwd", target_for(x)),
         )
     one_plus = sc + 1.0  # (B, C)
     dweight = (one_plus * Tsum).sum(0)

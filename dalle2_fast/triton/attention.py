@@ -24,7 +24,9 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
+
+from dalle2_fast.triton.launch import Target, attention_candidates, attention_config, launch, refusal, target_for
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -205,22 +207,22 @@ def _bwd_dq_kernel(
              mask=qmask)
 
 
-def _config(q: torch.Tensor, D: int) -> dict:
+def _config(q: torch.Tensor, D: int, kernel: str, target: Target | None) -> dict:
+    """Tiles, warps and stages of ``kernel``: interpreter tiles on CPU tensors, else the audited
+    choice for this dtype, head dim and GPU (dalle2_fast/triton/launch.py)."""
     block_d = max(16, triton.next_power_of_2(D))
-    if q.device.type == "cpu":  # interpreter: small tiles (tl.dot needs >= 16)
+    if target is None:  # interpreter: small tiles (tl.dot needs >= 16)
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=block_d, num_warps=1)
-    # TODO(perf): autotune on an H100 (no GPU was available when this was written).
-    if block_d <= 64:
-        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=4, num_stages=3)
-    if block_d <= 128:
-        return dict(BLOCK_M=128, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=2)
-    return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=block_d, num_warps=8, num_stages=1)
+    cfg = attention_config(kernel, q.dtype, block_d, target)
+    if cfg is None:  # the dispatcher refuses these inputs first (ops.attention._triton_limits)
+        raise RuntimeError(refusal(kernel, q.dtype, target, attention_candidates(kernel, block_d), "attention"))
+    return cfg
 
 
-def _precision(q: torch.Tensor) -> str:
+def _precision(q: torch.Tensor, target: Target | None) -> str:
     """tl.dot input precision: exact in the interpreter, 3xTF32 (about fp32 accuracy) for
     float32 on a GPU, native tensor-core math for half types."""
-    if q.device.type == "cpu":
+    if target is None:
         return "ieee"
     return "tf32x3" if q.dtype == torch.float32 else "tf32"
 
@@ -248,12 +250,14 @@ def attention_fwd_triton(
     if B * H * SQ == 0 or SK == 0:
         return out, lse
     pad, spb, has_pad = _pad_arg(key_padding_mask, q)
-    cfg = _config(q, D)
+    target = target_for(q)
+    cfg = _config(q, D, "attention_fwd", target)
     grid = (triton.cdiv(SQ, cfg["BLOCK_M"]), B * H)
-    wrap_triton(_fwd_kernel)[grid](
+    launch(
+        _fwd_kernel, grid,
         q, k, v, pad, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out), spb,
         H, SQ, SK, D, scale * LOG2E,
-        HAS_PAD=has_pad, CAUSAL=causal, PREC=_precision(q), **cfg,
+        HAS_PAD=has_pad, CAUSAL=causal, PREC=_precision(q, target), **cfg,
     )
     return out, lse
 
@@ -272,13 +276,15 @@ def attention_bwd_triton(
         return dq, dk, dv
     delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # (B, H, SQ)
     pad, spb, has_pad = _pad_arg(key_padding_mask, q)
-    cfg = _config(q, D)
+    target = target_for(q)
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), spb, H, SQ, SK, D, scale * LOG2E, scale)
-    flags = dict(HAS_PAD=has_pad, CAUSAL=causal, PREC=_precision(q), **cfg)
-    wrap_triton(_bwd_dkdv_kernel)[(triton.cdiv(SK, cfg["BLOCK_N"]), B * H)](
-        q, k, v, pad, grad_out, lse, delta, dk, dv, *common, **flags)
-    wrap_triton(_bwd_dq_kernel)[(triton.cdiv(SQ, cfg["BLOCK_M"]), B * H)](
-        q, k, v, pad, grad_out, lse, delta, dq, *common, **flags)
+    flags = dict(HAS_PAD=has_pad, CAUSAL=causal, PREC=_precision(q, target))
+    cfg = _config(q, D, "attention_bwd_dkdv", target)  # each kernel tiles on its own
+    launch(_bwd_dkdv_kernel, (triton.cdiv(SK, cfg["BLOCK_N"]), B * H),
+           q, k, v, pad, grad_out, lse, delta, dk, dv, *common, **flags, **cfg)
+    cfg = _config(q, D, "attention_bwd_dq", target)
+    launch(_bwd_dq_kernel, (triton.cdiv(SQ, cfg["BLOCK_M"]), B * H),
+           q, k, v, pad, grad_out, lse, delta, dq, *common, **flags, **cfg)
     return dq, dk, dv
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from dalle2_fast.ops._backends import triton_interpret
+from dalle2_fast.triton.launch import Target, codebook_candidates, codebook_config, launch, refusal, target_for
 
 
 @triton.jit
@@ -56,11 +56,13 @@ def _nearest_code_kernel(
     tl.store(part_ptr + rows, best_d, mask=rmask)
 
 
-def _config(x: torch.Tensor, D: int) -> dict:
-    if x.device.type == "cpu":  # interpreter: small tiles, tl.dot needs >= 16
+def _config(x: torch.Tensor, D: int, target: Target | None) -> dict:
+    if target is None:  # interpreter: small tiles, tl.dot needs >= 16
         return dict(BLOCK_N=16, BLOCK_K=32, BLOCK_D=16, num_warps=1)
-    bd = 64 if D >= 64 else (32 if D >= 32 else 16)
-    return dict(BLOCK_N=128, BLOCK_K=128 if x.element_size() == 2 else 64, BLOCK_D=bd, num_warps=8, num_stages=3)
+    cfg = codebook_config(x.dtype, D, target)  # audited for this dtype and GPU (launch.py)
+    if cfg is None:  # the dispatcher refuses these inputs first (ops.codebook._triton_limits)
+        raise RuntimeError(refusal("nearest_code", x.dtype, target, codebook_candidates(x.dtype, D), "nearest_code"))
+    return cfg
 
 
 @triton_op("dalle2_fast::nearest_code_triton", mutates_args=())
@@ -71,12 +73,14 @@ def nearest_code_triton_op(x: torch.Tensor, codebook: torch.Tensor) -> tuple[tor
     part = torch.empty((N,), dtype=torch.float32, device=x.device)
     cn = codebook.float().pow(2).sum(1)  # (K,) code norms, O(K D)
     if N > 0:
-        cfg = _config(x, D)
+        target = target_for(x)
+        cfg = _config(x, D, target)
         grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
-        wrap_triton(_nearest_code_kernel)[grid](
+        launch(
+            _nearest_code_kernel, grid,
             x, codebook, cn, idx, part, N, K, D,
             x.stride(0), x.stride(1), codebook.stride(0), codebook.stride(1),
-            IEEE=x.device.type == "cpu", **cfg,
+            IEEE=target is None, **cfg,
         )
     xsq = x.float().pow(2).sum(1)
     bad = ~(xsq <= 3.402823466e38)  # a non-finite row: index 0, sqdist NaN or +inf (codebook.h finish_row)
@@ -88,4 +92,4 @@ def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor):
     return nearest_code_triton_op(x, codebook)
 
 
-__all__ = ["nearest_code_triton", "triton_interpret"]
+__all__ = ["nearest_code_triton"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
+
+from dalle2_fast.triton.launch import SAMPLING_CANDIDATES, launch, refusal, sampling_config, target_for
 
 
 @triton.jit
@@ -100,13 +102,17 @@ def sampling_step_triton_op(
     out = torch.empty_like(x)
     want = want_x0 and kind != 0
     x0 = torch.empty_like(x) if want else x.new_empty((0,))
-    block = 1024 if x.device.type == "cuda" else 256
-    grid = (B, triton.cdiv(N, block))
-    wrap_triton(_sampling_step_kernel)[grid](
+    target = target_for(x)
+    cfg = dict(BLOCK=256) if target is None else sampling_config(x.dtype, target)  # interpreter | audited
+    if cfg is None:  # the dispatcher refuses these inputs first (ops.sampling._triton_limits)
+        raise RuntimeError(refusal("sampling_step", x.dtype, target, SAMPLING_CANDIDATES, "sampling step"))
+    grid = (B, triton.cdiv(N, cfg["BLOCK"]))
+    launch(
+        _sampling_step_kernel, grid,
         x, m, c, g, th, z, p, out, x0 if want else out, B, N, n_out,
         KIND=kind, PRED=pred, CFG=guidance is not None, CLIP=thresh is not None,
         LEARNED=bool(learned_var and kind == 1), NOISE=noise is not None, PREV=prev_x0 is not None,
-        WANT_X0=want, BLOCK=block,
+        WANT_X0=want, **cfg,
     )
     return out, x0
 

@@ -44,3 +44,29 @@ def test_missing_peer_is_reported(tmp_path, monkeypatch):
 def test_unknown_family_is_an_error():
     with pytest.raises(SystemExit):
         cli.main(["--ops", "nope"])
+
+
+def test_items_per_second_and_notes_are_reported(tmp_path):
+    """A case that counts items (images) gets items/s per variant, and its notes (e.g. latency
+    percentiles) land in the result and the table."""
+    from dalle2_fast.bench.core import Case, Variant, run_case
+
+    case = Case("serve", "toy", {}, [Variant("a", lambda: sum(range(1000))), Variant("b", lambda: None, "baseline")],
+                "b", items=10, notes=lambda: {"a": {"p50_ms": 1.5}})
+    r = run_case(case, repeats=1)
+    assert set(r["items_per_s"]) == {"a", "b"} and all(v > 0 for v in r["items_per_s"].values())
+    assert r["notes"] == {"a": {"p50_ms": 1.5}}
+    row = "\n".join(cli._fmt_row(r, {}))
+    assert "images/s" in row and "p50_ms 1.5" in row
+
+
+def test_the_serve_family_draws_its_own_plot(tmp_path):
+    from dalle2_fast.bench import serve
+
+    def res(name, params, times):
+        return {"family": "serve", "name": name, "params": params, "times": times,
+                "items_per_s": {k: 16 / t for k, t in times.items()}}
+
+    results = [res(f"clients-{c}", {"clients": c}, {"batched": 1.0 / c ** 0.5, "one-at-a-time": 1.0})
+               for c in (1, 4, 16)] + [res("job-100", {}, {"1 proc x 1 thread": 2.0, "2 proc x 1 thread": 1.2})]
+    assert serve.plot(results, tmp_path / "serve.png").stat().st_size > 5000

@@ -103,7 +103,7 @@ def test_prompts_are_never_taken_for_paths(tmp_path):
         main(["sample", "", "-o", str(tmp_path / "x.png")])
     with pytest.raises(ValueError, match=r"PROMPT: a prompt of 5000 characters"):
         main(["sample", "x" * 5000, "-o", str(tmp_path / "x.png")])
-    with pytest.raises(ValueError, match=r"give one or more PROMPTs, or --checkpoint"):
+    with pytest.raises(ValueError, match=r"give one or more PROMPTs, --prompts-file FILE, or --checkpoint"):
         main(["sample"])
     with pytest.raises(ValueError, match=r"not both"):
         main(["sample", "a red circle", "--checkpoint", str(tmp_path)])

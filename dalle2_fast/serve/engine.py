@@ -1,0 +1,84 @@
+"""What runs a batch: the unCLIP pipeline at one fixed batch shape.
+
+Per-image seeds make an image's noise independent of its batch, but on the CPU a forward pass's
+floating-point results depend on the batch *size* (GEMM and convolution kernels are chosen and
+blocked per shape): measured on the shipped pipeline (8/6/3 steps, 2 threads), the same image
+drawn in batches of 1, 2, 5 and 8 differs by up to 1.4e-4, enough to change PNG bytes. At one
+shape the position in the batch made no difference (bit-identical at positions 0-3 of 4). So
+with ``fixed_batch_shape`` every batch is padded to ``max_batch`` (copies of its last image,
+thrown away): a request's bytes are the same whether it is served alone or with others. The
+cost: a lone request pays for a full batch (see the ``serve`` benchmark).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import torch
+
+from dalle2_fast.seeding import check_seed
+
+GENERATION_SETTINGS = ("prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance", "decoder_guidance")
+VARIATION_SETTINGS = ("decoder_steps", "upsampler_steps", "decoder_guidance")
+
+
+class Engine:
+    """``generate(prompts, seeds, settings)`` and ``variations(embeds, seeds, settings)`` -> images
+    (3, H, W) in [-1, 1], each batch run at ``batch_shape`` images when that is set."""
+
+    def __init__(self, pipe, batch_shape: int | None):
+        self.pipe = pipe
+        self.batch_shape = batch_shape
+        self.lock = threading.Lock()  # one batch at a time: torch uses every core it was given
+
+    @property
+    def image_size(self) -> int:
+        return self.pipe.image_size
+
+    def settings(self, kind: str, overrides: dict) -> dict:
+        """Every option a request's images use (the pipeline's defaults for what it leaves out)."""
+        s = self.pipe.settings(**overrides)
+        return {k: s[k] for k in (GENERATION_SETTINGS if kind == "generation" else VARIATION_SETTINGS)}
+
+    def _pad(self, n: int) -> int:
+        if self.batch_shape is None:
+            return 0
+        if n > self.batch_shape:
+            raise ValueError(f"Engine: a batch of {n} images is larger than the fixed shape {self.batch_shape}")
+        return self.batch_shape - n
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], settings: dict) -> torch.Tensor:
+        n = len(prompts)
+        for s in seeds:
+            check_seed(s)
+        pad = self._pad(n)
+        prompts, seeds = list(prompts) + [prompts[-1]] * pad, list(seeds) + [seeds[-1]] * pad
+        with self.lock:
+            text, z = self.pipe.text_to_embeddings(prompts, seeds, settings["prior_steps"],
+                                                   settings["prior_guidance"])
+            x = self.pipe.decode_embeddings(z, text, seeds, settings["decoder_steps"], settings["upsampler_steps"],
+                                            settings["decoder_guidance"])
+        return x[:n]
+
+    @torch.no_grad()
+    def image_embed(self, image: torch.Tensor) -> torch.Tensor:
+        """z_i (D,) of one image (3, H, W) in [-1, 1], always encoded alone (batch 1)."""
+        with self.lock:
+            return self.pipe.clip.encode_image(image[None].to(self.pipe.device))[0]
+
+    @torch.no_grad()
+    def variations(self, embeds: torch.Tensor, seeds: Sequence[int], settings: dict) -> torch.Tensor:
+        """Images that keep the CLIP content ``embeds`` (B, D), decoded with new noise (the
+        paper's variations: ``UnCLIPPipeline.variations``)."""
+        n = len(seeds)
+        pad = self._pad(n)
+        z = torch.cat([embeds, embeds[-1:].expand(pad, -1)]) if pad else embeds
+        seeds = list(seeds) + [seeds[-1]] * pad
+        with self.lock:
+            x = self.pipe.decode_embeddings(z, None, seeds, settings["decoder_steps"], settings["upsampler_steps"],
+                                            settings["decoder_guidance"])
+        return x[:n]
+
+
+__all__ = ["Engine", "GENERATION_SETTINGS", "VARIATION_SETTINGS"]
