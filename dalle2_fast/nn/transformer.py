@@ -86,7 +86,8 @@ class Transformer(nn.Module):
             if start and cache.batch != x.shape[0]:
                 raise ValueError(f"Transformer: cache holds batch {cache.batch}, x has batch {x.shape[0]}")
         if start + x.shape[1] > self.max_len:
-            raise ValueError(f"Transformer: sequence length {start} + {x.shape[1]} > max_len {self.max_len}")
+            cached = f" ({start} cached)" if start else ""
+            raise ValueError(f"Transformer: sequence length {start + x.shape[1]}{cached} > max_len {self.max_len}")
         x = x + self.pos[start: start + x.shape[1]].to(x.dtype)
         if self.ln_in is not None:
             x = self.ln_in(x)
