@@ -21,7 +21,6 @@ uncached path and the peers in one run.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import os
 import subprocess
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle2_fast.bench.core import Case, Variant
+from dalle2_fast.eval.solver_steps import stage_options
 
 FAMILY = "caches"
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,22 +186,6 @@ def ar_prior_case(quick: bool) -> Case:
                                                                       guidance=2.0),
                 [Variant("kv-cache", lambda: run(True)), Variant("uncached", lambda: run(False), "baseline")],
                 "uncached", items=b)
-
-
-@contextlib.contextmanager
-def stage_options(pipe, prior: dict | None = None, decoder: dict | None = None):
-    """Calls of the pipeline's prior / decoder ``sample`` with extra keyword arguments (e.g. a cache
-    turned off), restored after."""
-    saved = []
-    for mod, kw in ((pipe.prior, prior), (pipe.decoder, decoder)):
-        if kw:
-            saved.append((mod, mod.sample))
-            mod.sample = functools.partial(mod.sample, **kw)
-    try:
-        yield
-    finally:
-        for mod, orig in saved:
-            mod.sample = orig
 
 
 def _prior_off(pipe) -> dict:
