@@ -244,3 +244,25 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
     out.append(ar_prior_case(quick))
     pipe, kind = load_pipeline(device)
     return out + [decoder_step_case(pipe, quick), pipeline_case(pipe, kind, quick)]
+
+
+def op_profile(pipe, n: int = 4, top: int = 15) -> str:
+    """Where the time of one shipped-pipeline call (all caches, default quality) goes, per op:
+    torch.profiler's table of self CPU time, the ``top`` ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dalle2_fast.bench.unclip import PROMPTS
+
+    with torch.no_grad():
+        pipe(PROMPTS[:n], seed=0, batch_size=n)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            pipe(PROMPTS[:n], seed=0, batch_size=n)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+if __name__ == "__main__":  # python -m dalle2_fast.bench.caches OUT.txt: the per-op table
+    from dalle2_fast.bench.unclip import load_pipeline
+
+    table = op_profile(load_pipeline()[0])
+    Path(sys.argv[1]).write_text(table)
+    print(table)
