@@ -21,11 +21,14 @@ uncached path and the peers in one run.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -124,7 +127,7 @@ def prior_matched_case(quick: bool) -> Case:
         variants.append(Variant("dalle2-pytorch", peer, "peer"))
     return Case(FAMILY, "prior-matched" + ("-quick" if quick else ""), dict(m, candidates=1, guidance=1.0),
                 variants, "dalle2-pytorch" if peer is not None else "ours-uncached", missing=missing, items=b,
-                flops=prior_flops(w, m["depth"], L + 1, 3, steps, b))
+                flops=prior_flops(w, m["depth"], L + 1, 3, steps, b), warmup=0)
 
 
 def prior_karlo_case(quick: bool) -> Case:
@@ -208,7 +211,7 @@ def decoder_step_case(pipe, quick: bool) -> Case:
 
 
 def pipeline_case(pipe, kind: str, quick: bool) -> Case:
-    from dalle2_fast.bench.unclip import PROMPTS, stage_shares
+    from dalle2_fast.bench.unclip import PROMPTS
 
     steps = dict(prior_steps=8, decoder_steps=5, upsampler_steps=3) if quick else {}
     n = 2 if quick else 4
@@ -216,21 +219,49 @@ def pipeline_case(pipe, kind: str, quick: bool) -> Case:
     levers = {"caches": ({}, {}), "prior-cache-only": ({}, off_d), "decoder-cache-only": (off_p, {}),
               "no-caches": (off_p, off_d)}
 
-    def run(label):
-        with stage_options(pipe, *levers[label]), torch.no_grad():
-            return pipe(PROMPTS[:n], seed=0, batch_size=n, **steps)
+    stage_times: dict[str, dict[str, list[float]]] = {k: {} for k in levers}
+
+    def run(label):  # per-stage seconds of every timed call, from the stages' own sample calls
+        clock: dict[str, float] = {}
+        with stage_options(pipe, *levers[label]), _stage_clock(pipe, clock), torch.no_grad():
+            pipe(PROMPTS[:n], seed=0, batch_size=n, **steps)
+        for k, v in clock.items():
+            stage_times[label].setdefault(k, []).append(v)
 
     def notes():
-        out = {}
-        for label in levers:
-            with stage_options(pipe, *levers[label]), torch.no_grad():
-                out[label] = {k: f"{v:.3f}" for k, v in stage_shares(pipe, PROMPTS[:n], seed=0, batch_size=n,
-                                                                      **steps).items()}
-        return out
+        return {label: {f"{k}_s": f"{statistics.median(v):.3f}" for k, v in st.items()}
+                for label, st in stage_times.items()}
 
     variants = [Variant(k, functools.partial(run, k), "baseline" if k == "no-caches" else "ours") for k in levers]
     return Case(FAMILY, f"pipeline-{kind}-{n}img" + ("-quick" if quick else ""), dict(images=n, weights=kind, **steps),
-                variants, "no-caches", items=n, notes=notes)
+                variants, "no-caches", items=n, notes=notes, warmup=0)
+
+
+@contextlib.contextmanager
+def _stage_clock(pipe, clock: dict):
+    """Adds each stage's ``sample`` seconds to ``clock`` (prior, decoder, upsampler1, ...)."""
+    stages = [("prior", pipe.prior), ("decoder", pipe.decoder)] + [(f"upsampler{i + 1}", u)
+                                                                   for i, u in enumerate(pipe.upsamplers)]
+    saved = []
+    for name, mod in stages:
+        saved.append((mod, vars(mod).get("sample")))
+        orig = mod.sample
+
+        def timed(*a, _orig=orig, _name=name, **k):
+            t0 = time.perf_counter()
+            out = _orig(*a, **k)
+            clock[_name] = clock.get(_name, 0.0) + time.perf_counter() - t0
+            return out
+
+        mod.sample = timed
+    try:
+        yield
+    finally:
+        for mod, own in reversed(saved):
+            if own is None:
+                del mod.sample
+            else:
+                mod.sample = own
 
 
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
