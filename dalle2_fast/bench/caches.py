@@ -40,6 +40,9 @@ from dalle2_fast.eval.solver_steps import stage_options
 
 FAMILY = "caches"
 ROOT = Path(__file__).resolve().parents[2]
+STEP_CALLS = 8
+# the shipped pipeline's steps before issue 19's fewer-steps change (unclip.json at commit 1328172)
+BEFORE_DEFAULTS = dict(prior_steps=32, decoder_steps=25, upsampler_steps=8)
 MATCHED = {"full": dict(width=256, depth=6, heads=4, text_len=77, steps=64, batch=16),
            "quick": dict(width=64, depth=2, heads=2, text_len=77, steps=8, batch=4)}
 
@@ -205,26 +208,34 @@ def decoder_step_case(pipe, quick: bool) -> Case:
     calls = {}
     for cache in (True, False):
         den, kwc = dec._denoiser(3.0, kw, None, cache)
-        calls[cache] = functools.partial(torch.no_grad()(den), x, t, **kwc)
-    return Case(FAMILY, "decoder-step" + ("-quick" if quick else ""), dict(images=n, guidance=3.0, size=s),
+
+        @torch.no_grad()
+        def steps(den=den, kwc=kwc):  # STEP_CALLS calls per timing: a short call is noisy on a shared machine
+            for _ in range(STEP_CALLS):
+                den(x, t, **kwc)
+        calls[cache] = steps
+    return Case(FAMILY, "decoder-step" + ("-quick" if quick else ""),
+                dict(images=n, guidance=3.0, size=s, calls_per_timing=STEP_CALLS),
                 [Variant("context-cache", calls[True]), Variant("uncached", calls[False], "baseline")], "uncached")
 
 
 def pipeline_case(pipe, kind: str, quick: bool) -> Case:
     from dalle2_fast.bench.unclip import PROMPTS
 
-    steps = dict(prior_steps=8, decoder_steps=5, upsampler_steps=3) if quick else {}
     n = 2 if quick else 4
     off_p, off_d = _prior_off(pipe), {"context_cache": False}
     levers = {"caches": ({}, {}), "prior-cache-only": ({}, off_d), "decoder-cache-only": (off_p, {}),
-              "no-caches": (off_p, off_d)}
+              "no-caches": (off_p, off_d), "caches+fewer-steps": ({}, {})}
+    # the cache levers at the steps shipped before issue 19; the last variant at today's defaults
+    before = dict(prior_steps=8, decoder_steps=5, upsampler_steps=3) if quick else BEFORE_DEFAULTS
+    steps_of = {k: ({} if k == "caches+fewer-steps" and not quick else before) for k in levers}
 
     stage_times: dict[str, dict[str, list[float]]] = {k: {} for k in levers}
 
     def run(label):  # per-stage seconds of every timed call, from the stages' own sample calls
         clock: dict[str, float] = {}
         with stage_options(pipe, *levers[label]), _stage_clock(pipe, clock), torch.no_grad():
-            pipe(PROMPTS[:n], seed=0, batch_size=n, **steps)
+            pipe(PROMPTS[:n], seed=0, batch_size=n, **steps_of[label])
         for k, v in clock.items():
             stage_times[label].setdefault(k, []).append(v)
 
@@ -233,7 +244,8 @@ def pipeline_case(pipe, kind: str, quick: bool) -> Case:
                 for label, st in stage_times.items()}
 
     variants = [Variant(k, functools.partial(run, k), "baseline" if k == "no-caches" else "ours") for k in levers]
-    return Case(FAMILY, f"pipeline-{kind}-{n}img" + ("-quick" if quick else ""), dict(images=n, weights=kind, **steps),
+    return Case(FAMILY, f"pipeline-{kind}-{n}img" + ("-quick" if quick else ""),
+                dict(images=n, weights=kind, before=before, now=dict(pipe.defaults)),
                 variants, "no-caches", items=n, notes=notes, warmup=0)
 
 
