@@ -138,3 +138,24 @@ def test_ar_prior_kv_cached_decoding_equals_rerunning_the_sequence():
             kw = dict(guidance=guidance, n_candidates=3)
             torch.testing.assert_close(p.sample(text, [5, 6, 7, 8], **kw),
                                        p.sample(text, [5, 6, 7, 8], kv_cache=False, **kw), **TOL)
+
+
+@pytest.mark.gpu
+def test_prefix_cache_in_a_captured_cuda_graph_is_a_static_buffer():
+    """cuda_graph=True: the cache kwarg is cloned into the graph's buffers and copied in before
+    every replay, so a second call with another caption's cache (same shapes) replays with it."""
+    from dalle2_fast.diffusion import run_sampler
+
+    torch.manual_seed(0)
+    p = DiffusionPrior(DiffusionPriorConfig(clip_dim=D, text_width=W, text_len=L, width=32, layers=2,
+                                            heads=2)).cuda().eval()
+    out = {}
+    for seed in (0, 1):
+        t = _text(seed=seed)
+        with torch.no_grad():
+            kw = {"prefix": p.prefix_cache(t.tokens.cuda(), t.mask.cuda(), t.embed.cuda())}
+            for graph in (False, True):
+                out[seed, graph] = run_sampler("ddim", p, p.diffusion, (3, D), steps=5, model_kwargs=dict(kw),
+                                               seeds=SEEDS, device="cuda", cuda_graph=graph)
+        torch.testing.assert_close(out[seed, True], out[seed, False], **TOL)
+    assert not torch.allclose(out[0, True], out[1, True])
