@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import json
 import os
 import statistics
 import subprocess
@@ -303,9 +304,66 @@ def op_profile(pipe, n: int = 4, top: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
-if __name__ == "__main__":  # python -m dalle2_fast.bench.caches OUT.txt: the per-op table
+def plot_speedups(results_json: Path, out: Path) -> Path:
+    """One horizontal bar per variant of each case: its speed-up over the case's uncached path
+    (ours-uncached for the priors, the variant marked baseline elsewhere), log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = json.loads(Path(results_json).read_text())["results"]
+    labels, values, colours = [], [], []
+    for r in rows:
+        base = "ours-uncached" if "ours-uncached" in r["times"] else r["baseline"]
+        for label, t in r["times"].items():
+            labels.append(f"{r['name']}: {label}")
+            values.append(r["times"][base] / t)
+            colours.append({"peer": "tab:red", "baseline": "tab:grey"}.get(r["kinds"][label], "tab:blue"))
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(labels) + 1.2))
+    ax.barh(range(len(labels)), values, color=colours)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.2f}x", va="center", fontsize=7)
+    ax.set_xlabel("speed-up over the case's uncached path (blue: ours, red: peers, grey: baselines)")
+    ax.set_title("issue 19 caches, one run (shared 2-core Xeon, 1 thread)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def compile_times(pipe, n: int = 4, **options) -> dict[str, float]:
+    """Seconds of one shipped-pipeline call (default quality) eager, then after
+    :meth:`UnCLIPPipeline.compile` its first call (compilation included) and its second."""
+    from dalle2_fast.bench.unclip import PROMPTS
+
+    def call():
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            pipe(PROMPTS[:n], seed=0, batch_size=n)
+        return time.perf_counter() - t0
+
+    call()  # warm-up
+    out = {"eager_s": call()}
+    pipe.compile(**options)
+    out["compiled_first_call_s"] = call()
+    out["compiled_s"] = call()
+    return out
+
+
+if __name__ == "__main__":  # python -m dalle2_fast.bench.caches OUT.txt [--compile]: per-op table / compile times
     from dalle2_fast.bench.unclip import load_pipeline
 
-    table = op_profile(load_pipeline()[0])
-    Path(sys.argv[1]).write_text(table)
-    print(table)
+    if "--compile" in sys.argv:
+        res = compile_times(load_pipeline()[0])
+        Path(sys.argv[1]).write_text(json.dumps(res, indent=2))
+        print(res)
+    else:
+        table = op_profile(load_pipeline()[0])
+        Path(sys.argv[1]).write_text(table)
+        print(table)
