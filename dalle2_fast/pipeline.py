@@ -275,6 +275,15 @@ class UnCLIPPipeline:
         self._null_cache.clear()
         return self
 
+    def compile(self, **options) -> "UnCLIPPipeline":
+        """``torch.compile`` the networks of the prior, the decoder and the upsamplers in place
+        (``nn.Module.compile(**options)``, e.g. ``mode=``, ``backend=``, ``dynamic=``; our custom
+        ops are registered with fake implementations, so they stay inside the graphs). Compilation
+        happens at the first call of each shape, so the first images pay for it. Returns self."""
+        for m in (self.prior, self.decoder, *self.upsamplers):
+            m.compile(**options)
+        return self
+
     @property
     def device(self) -> torch.device:
         """Where the stages run (the offload device when offloading)."""

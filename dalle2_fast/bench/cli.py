@@ -29,6 +29,7 @@ FAMILIES = {
     "unclip": "dalle2_fast.bench.unclip",
     "unclip-peers": "dalle2_fast.bench.unclip_peers",
     "serve": "dalle2_fast.bench.serve",
+    "caches": "dalle2_fast.bench.caches",
 }
 
 

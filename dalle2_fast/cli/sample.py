@@ -55,6 +55,8 @@ def add_parsers(sub) -> None:
         g.add_argument(f"--{k}", type=float, default=None)
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="the pipeline's weights in this dtype, sampled under autocast (default float32)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the stages' networks (the first batch pays the compilation)")
     c = s.add_argument_group("--checkpoint (suite models)")
     c.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpmpp"], help="diffusion models (ddim)")
     c.add_argument("--steps", type=int, default=None, help="diffusion models: sampling steps (respaced; 50)")
@@ -99,7 +101,8 @@ def run(args) -> int:
         args.out = args.out or "samples.png"
         check_output_path("-o/--out", args.out)
     if args.checkpoint is not None:
-        refuse_unused(args, PROMPT_OPTS + ("dtype",), "apply to text prompts (the unCLIP pipeline), not to --checkpoint")
+        refuse_unused(args, PROMPT_OPTS + ("dtype", "compile"),
+                      "apply to text prompts (the unCLIP pipeline), not to --checkpoint")
         return _checkpoint(args)
     refuse_unused(args, CKPT_OPTS, "apply to --checkpoint (suite models), not to text prompts")
     return _prompts(args)
@@ -146,6 +149,8 @@ def _prompts(args) -> int:
     if args.images_dir is not None:
         from dalle2_fast.jobs import prompts_job
 
+        refuse_unused(args, ("compile",), "applies to one call (-o), not to batch jobs (--images-dir)")
+
         return prompts_job(args.images_dir, pipeline=args.pipeline, prompts=prompts, prompts_file=args.prompts_file,
                            n=n, seed=args.seed, batch_size=args.batch_size, options=opts,
                            say=lambda m: _say(args, m), dtype=args.dtype or "float32")
@@ -153,6 +158,9 @@ def _prompts(args) -> int:
 
     total = len(prompts) * n
     pipe = UnCLIPPipeline.from_pretrained(args.pipeline, dtype=getattr(torch, args.dtype or "float32"))
+    if args.compile:
+        _say(args, "torch.compile: the first batch includes the compilation of every stage's network")
+        pipe.compile()
     settings = pipe.settings(**opts)
     source = {"pipeline": str(args.pipeline) if args.pipeline else "shipped:unclip_shapes"}
     stream = pipe.iter_images(prompts, n, seed=args.seed, batch_size=args.batch_size, **opts)

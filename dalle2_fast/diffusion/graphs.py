@@ -3,7 +3,8 @@
 Shapes and the number of steps are fixed, so the S model calls and S fused steps are captured
 once into one ``torch.cuda.CUDAGraph`` and replayed with a single launch: no per-kernel launch
 cost and no host synchronisation per step. What the graph reads lives in static device
-buffers: x_T, the tensors of ``model_kwargs`` (copied in before each replay), the (S, B, 10)
+buffers: x_T, the tensors of ``model_kwargs`` and its key/value caches (``nn.KVCache``: anything
+with ``signature``, ``clone`` and ``copy_``; copied in before each replay), the (S, B, 10)
 coefficient table and the (S, B) model timesteps (both built before capture, on the device).
 Per-sample generators are registered with the graph (``register_generator_state``) and
 reseeded before replay, so sample i still depends only on its seed. NaN detection is recorded
@@ -33,15 +34,26 @@ class _Captured:
         self.coefs, self.model_t, self.out, self.flags, self.noise = coefs, model_t, out, flags, noise
 
 
+def _buffered(v) -> bool:
+    """A kwarg held in a static buffer: a tensor, or a batched object with ``signature`` / ``clone`` /
+    ``copy_`` (a KV cache)."""
+    return isinstance(v, torch.Tensor) or all(hasattr(v, a) for a in ("signature", "clone", "copy_"))
+
+
+def _sig(k: str, v) -> tuple:
+    if isinstance(v, torch.Tensor):
+        return (k, tuple(v.shape), v.dtype)
+    return (k, v.signature()) if _buffered(v) else (k, repr(v))
+
+
 def _key(key: tuple, plan: Plan, x: torch.Tensor, model_kwargs: dict, noise: NoiseSource) -> tuple:
-    kw = tuple(sorted((k, tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else (k, repr(v))
-                      for k, v in model_kwargs.items()))
+    kw = tuple(sorted((_sig(k, v) for k, v in model_kwargs.items()), key=lambda e: e[0]))
     return key + (plan.kind, tuple(x.shape), x.dtype, str(x.device), plan.num_steps, kw, noise.seeds is None)
 
 
 def _capture(step, plan: Plan, x: torch.Tensor, model_kwargs: dict, noise: NoiseSource) -> _Captured:
     x_in = x.clone()
-    kwargs_in = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in model_kwargs.items()}
+    kwargs_in = {k: v.clone() if _buffered(v) else v for k, v in model_kwargs.items()}
     model_kwargs.clear()
     model_kwargs.update(kwargs_in)  # the step closure reads this dict: point it at the static buffers
     graph = torch.cuda.CUDAGraph()
@@ -89,7 +101,7 @@ def run_graphed(step, plan: Plan, x: torch.Tensor, model_kwargs: dict, noise: No
     cap.noise.reseed()
     cap.x_in.copy_(cap.noise.draw() if draw_x else x)
     for k, v in user_kwargs.items():
-        if isinstance(v, torch.Tensor):
+        if _buffered(v):
             cap.kwargs_in[k].copy_(v)
     cap.coefs.copy_(plan.coefs)
     cap.model_t.copy_(plan.model_t)

@@ -26,12 +26,25 @@ from dalle2_fast.diffusion.gaussian import GaussianDiffusion
 class ClassifierFreeGuidance:
     """Args: model; scale: float or (B,) tensor (s = 1 is the conditional model); null_kwargs:
     the unconditional model kwargs (a dict of tensors with batch 1 or B, or a callable
-    cond_kwargs -> uncond_kwargs). Keys absent from null_kwargs are passed unchanged to both."""
+    cond_kwargs -> uncond_kwargs). Keys absent from null_kwargs are passed unchanged to both.
+
+    A kwarg may also be a batched object that is not a tensor, e.g. a key/value cache
+    (:class:`dalle2_fast.nn.KVCache`): anything with ``cat_batch(other)`` and ``expand(B)`` is
+    paired by those. The kwargs of a sampling loop are the same objects at every step, so the
+    (cond; uncond) pairs are built once and reused while the call's kwargs are identical (the
+    same objects: the samplers never modify them in place); not while a CUDA graph is captured,
+    where the concatenation must be part of the graph."""
 
     def __init__(self, model, scale, null_kwargs: dict | Callable[[dict], dict]):
         self.model, self.scale, self.null_kwargs = model, scale, null_kwargs
+        self._memo: tuple | None = None  # (B, the call's kwargs, their pairs)
 
     def _pair_kwargs(self, B: int, kw: dict) -> dict:
+        memo = not callable(self.null_kwargs) and not _capturing()
+        m = self._memo
+        if memo and m is not None and m[0] == B and m[1].keys() == kw.keys() and all(
+                m[1][k] is v for k, v in kw.items()):
+            return m[2]
         null = self.null_kwargs(kw) if callable(self.null_kwargs) else self.null_kwargs
         unknown = set(null) - set(kw)
         if unknown:
@@ -42,8 +55,11 @@ class ClassifierFreeGuidance:
             if isinstance(v, torch.Tensor):
                 u = u.expand(B, *u.shape[1:]) if (isinstance(u, torch.Tensor) and u.shape[0] == 1 and B > 1) else u
                 out[k] = torch.cat([v, u.to(device=v.device, dtype=v.dtype)], dim=0)
+            elif hasattr(v, "cat_batch"):  # a batched object (a KV cache): [cond rows; uncond rows]
+                out[k] = v.cat_batch(u.expand(B))
             else:
                 out[k] = v
+        self._memo = (B, dict(kw), out) if memo else None
         return out
 
     def scales(self, B: int, device) -> torch.Tensor:
@@ -69,6 +85,10 @@ class ClassifierFreeGuidance:
         s = s.to(out.dtype).reshape(B, *([1] * (x.dim() - 1)))
         mixed = uncond[:, :C] + s * (cond[:, :C] - uncond[:, :C])
         return torch.cat([mixed, cond[:, C:]], dim=1) if out.shape[1] > C else mixed
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 class GradientGuidance:

@@ -46,6 +46,12 @@ def caption_match_rate(pipe, prompts, n_per_prompt: int = 2, seed: int = 0, base
         imgs = pipe([p for p, _ in prompts], num_images_per_prompt=n_per_prompt, seed=seed, **sample_kw)
     finally:
         pipe.upsamplers = ups
+    return judge(imgs, prompts, n_per_prompt)
+
+
+def judge(imgs: torch.Tensor, prompts, n_per_prompt: int) -> dict:
+    """Caption match of images (N, 3, H, W) in [0, 1], image k drawn for ``prompts[k //
+    n_per_prompt]``: {'rate', 'colour_rate', 'shape_rate', 'n'}."""
     hit = col = shp = 0
     for k, img in enumerate(imgs):
         want = prompts[k // n_per_prompt][1]

@@ -131,17 +131,45 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         """Files with the U-Net's v1 attention-block keys (the shipped weights) load unchanged."""
         return convert_v1_unet_state_dict(state, prefix="unet.")
 
-    def forward(self, x, t, image_embed, text_tokens, text_mask, text_embed=None):  # noqa: D102
-        # text context (B, L, context_dim), padding mask True = padded; the U-Net prepends the
-        # cond_tokens CLIP tokens (never padded) and adds cond (+ the projected z_t) to the time embedding
-        ctx = self.text_proj(text_tokens)
+    def forward(self, x, t, image_embed, text_tokens=None, text_mask=None, text_embed=None, context=None):
+        """Model output for x (B, 3, S, S) at t (B,): z_i image_embed (B, D), the caption's
+        text_tokens (B, L, W) and text_mask (B, L) bool True = real, or instead of those two their
+        :meth:`context_cache` (``context``: the U-Net's context keys/values, projected once per
+        sampling call); text_embed (B, D) z_t with ``text_embed_to_time``."""
         extra = None
         if self.text_time is not None:
             if text_embed is None:
                 raise ValueError("UnCLIPDecoder: this decoder adds the caption's z_t to the time embedding "
                                  "(text_embed_to_time): pass text_embed (B, D)")
             extra = self.text_time(text_embed)
+        if context is not None:
+            if text_tokens is not None or text_mask is not None:
+                raise ValueError("UnCLIPDecoder: pass the caption (text_tokens, text_mask) or its context cache "
+                                 "(context), not both")
+            return self.unet(x, t, cond=image_embed, context_kv=context, emb=extra)
+        if text_tokens is None or text_mask is None:
+            raise ValueError("UnCLIPDecoder: pass text_tokens and text_mask (or their context cache)")
+        # text context (B, L, context_dim), padding mask True = padded; the U-Net prepends the
+        # cond_tokens CLIP tokens (never padded) and adds cond (+ the projected z_t) to the time embedding
+        ctx = self.text_proj(text_tokens)
         return self.unet(x, t, cond=image_embed, context=ctx, context_mask=~text_mask.to(torch.bool), emb=extra)
+
+    def context_cache(self, image_embed, text_tokens, text_mask):
+        """The U-Net's context keys/values of (z_i's tokens, the projected caption) at every
+        attention block (:meth:`UNet.context_cache <dalle2_fast.models.unet.UNet.context_cache>`):
+        the ``context`` of :meth:`forward` for a whole sampling loop. Batch-1 arguments broadcast."""
+        n = max(v.shape[0] for v in (image_embed, text_tokens, text_mask))
+        grow = lambda v: v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v  # noqa: E731
+        return self.unet.context_cache(grow(image_embed), self.text_proj(grow(text_tokens)),
+                                       ~grow(text_mask).to(torch.bool))
+
+    def _cached_kwargs(self, kw: dict, fill: dict | None = None) -> dict:
+        """Sampling kwargs with the caption replaced by its context cache; ``fill``: kwargs to take
+        what kw lacks from (the conditional rows', for an unconditional branch)."""
+        src = {**(fill or {}), **kw}
+        out = {k: v for k, v in kw.items() if k not in ("text_tokens", "text_mask")}
+        out["context"] = self.context_cache(src["image_embed"], src["text_tokens"], src["text_mask"])
+        return out
 
     @property
     def image_size(self) -> int:
@@ -226,6 +254,18 @@ class UnCLIPDecoder(Pretrained, nn.Module):
                 null["text_embed"] = emb
         return ClassifierFreeGuidance(self, guidance, null)
 
+    def _denoiser(self, guidance: float, kw: dict, null_text, context_cache: bool):
+        """(denoiser, model kwargs) of a sampling loop; with ``context_cache`` the caption enters as
+        the U-Net's context keys/values, computed once here for the conditional and null branches."""
+        if not context_cache:
+            return self.guided(guidance, kw, null_text), kw
+        cached = self._cached_kwargs(kw)
+        if guidance == 1.0:
+            return self, cached
+        null = self.guided(guidance, kw, null_text).null_kwargs
+        first = {k: kw[k][:1] for k in ("image_embed", "text_tokens", "text_mask")}
+        return ClassifierFreeGuidance(self, guidance, self._cached_kwargs(null, fill=first)), cached
+
     @staticmethod
     def _batch1(null_text) -> bool:
         return null_text is not None and null_text.tokens.shape[0] == 1
@@ -233,7 +273,8 @@ class UnCLIPDecoder(Pretrained, nn.Module):
     @torch.no_grad()
     def sample(self, image_embed: torch.Tensor, text=None, *, seeds: Sequence[int], steps: int | str | None = 50,
                guidance: float = 3.0, sampler: str | None = None, eta: float | None = None, clip=FROM_CONFIG,
-               x_T: torch.Tensor | None = None, progress: bool = False, null_text=None) -> torch.Tensor:
+               x_T: torch.Tensor | None = None, progress: bool = False, null_text=None,
+               context_cache: bool = True) -> torch.Tensor:
         """Images (B, 3, S, S) in [-1, 1] for z_i (B, D) and an optional caption encoding (``.tokens``
         (B, L, W), ``.mask`` (B, L)); image i depends only on seeds[i]. ``steps`` in the respacing
         vocabulary; classifier-free guidance ``guidance`` (1 = off). ``x_T``: start from this latent
@@ -243,14 +284,17 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         the shipped shapes decoder they raised the caption match of new single-object prompts from
         62% (eta 0, static clip) to 80% (seed-1 selection set,
         benchmarks/results/cpu-xeon-2core/unclip-shipped/). ``null_text``: the encoding of
-        :attr:`null_prompt` (batch 1 or B), for ``uncond='empty_prompt'``."""
+        :attr:`null_prompt` (batch 1 or B), for ``uncond='empty_prompt'``. ``context_cache``: the
+        U-Net's context keys/values projected once per call (:meth:`context_cache`; the same images
+        to float tolerance) instead of at every step in every attention block."""
         b = image_embed.shape[0]
         seeds = check_seeds(seeds, b)
         sampler, eta, clip = self.config.sampling.resolve(sampler, eta, clip)
         kw = self._kwargs(image_embed, *self._text(text), null_text=null_text)
         s = self.image_size
         start = (b, 3, s, s) if x_T is None else x_T
-        return run_sampler(sampler, self.guided(guidance, kw, null_text), self.diffusion, start,
+        denoiser, kw = self._denoiser(guidance, kw, null_text, context_cache)
+        return run_sampler(sampler, denoiser, self.diffusion, start,
                            steps=self.config.sampling.steps(steps), eta=eta, model_kwargs=kw, seeds=seeds, clip=clip,
                            progress=progress, device=image_embed.device)
 
@@ -264,5 +308,6 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         if images.dim() != 4 or images.shape[1:] != (3, s, s):
             raise ValueError(f"UnCLIPDecoder.invert: images must be (B, 3, {s}, {s}), got {tuple(images.shape)}")
         kw = self._kwargs(image_embed, *self._text(text), null_text=null_text)
-        return ddim_invert(self.guided(guidance, kw, null_text), respace(self.diffusion, self.config.sampling.steps(steps)),
+        denoiser, kw = self._denoiser(guidance, kw, null_text, context_cache=True)
+        return ddim_invert(denoiser, respace(self.diffusion, self.config.sampling.steps(steps)),
                            images, model_kwargs=kw, progress=progress)

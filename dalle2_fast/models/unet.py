@@ -37,6 +37,7 @@ from torch import nn
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.nn.adagn import AdaGN
 from dalle2_fast.nn.embeddings import timestep_embedding
+from dalle2_fast.nn.kv_cache import KVCache
 from dalle2_fast.nn.unet_blocks import AttentionBlock, Downsample, ResBlock, TimestepSequential, Upsample, _zero
 
 # v1 -> v2 attention-block keys: <block>.{qkv,context_kv,proj_out}.* -> <block>.attn.{to_qkv,...}.*
@@ -242,6 +243,9 @@ class UNet(nn.Module, Pretrained):
         self.out_norm = AdaGN(ch, cfg.num_groups, act="silu")
         self.out_conv = _zero(nn.Conv2d(int(cfg.channel_mult[0] * mc), cfg.final_out_channels, 3, padding=1))
         self.set_checkpointing(cfg.use_checkpoint)
+        if cfg.context_dim:  # each attention block's layer in a context cache (context_cache)
+            for i, blk in enumerate(m for m in self.modules() if isinstance(m, AttentionBlock)):
+                blk.cache_index = i
 
     def set_checkpointing(self, enabled: bool) -> None:
         """Turn activation (gradient) checkpointing of every block on or off."""
@@ -299,17 +303,47 @@ class UNet(nn.Module, Pretrained):
                 f"UNet: context_mask must be (B, T) matching context, got {tuple(context_mask.shape)}"
             )
 
-    def forward(self, x, t, y=None, cond=None, context=None, context_mask=None, low_res=None, emb=None):  # noqa: D102
-        self._check(x, t, y, cond, context, context_mask, low_res)
-        emb = self.embed(t, y, cond, emb)
+    def _context(self, cond, context, context_mask):
+        """The attention blocks' context: [cond_tokens tokens of cond; context] and its mask."""
         if self.cond_to_tokens is not None:  # unCLIP: the CLIP embedding as extra context tokens
-            tokens = self.cond_to_tokens(cond).view(x.shape[0], self.config.cond_tokens, -1)  # (B, Tc, ctx)
+            tokens = self.cond_to_tokens(cond).view(cond.shape[0], self.config.cond_tokens, -1)  # (B, Tc, ctx)
             if context is not None:
                 if context_mask is not None:
-                    keep = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=x.device)
+                    keep = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
                     context_mask = torch.cat([keep, context_mask.to(torch.bool)], dim=1)
                 tokens = torch.cat([tokens, context.to(tokens.dtype)], dim=1)
             context = tokens
+        return context, context_mask
+
+    def context_cache(self, cond=None, context=None, context_mask=None) -> KVCache:
+        """Every attention block's keys/values of the context (the ``cond_tokens`` tokens of cond and
+        ``context``, arguments as :meth:`forward`'s), projected once: pass it as ``context_kv`` to
+        every call of a sampling loop instead of ``context`` / ``context_mask`` (the same result to
+        float tolerance; ``cond`` is still needed there for the embedding)."""
+        if not self.config.context_dim:
+            raise ValueError("UNet.context_cache: the model has no context (context_dim is unset)")
+        if self.cond_to_tokens is not None and (cond is None or cond.dim() != 2):
+            raise ValueError(f"UNet.context_cache: cond must be (B, {self.config.cond_dim}) (the cond tokens are "
+                             f"part of the context), got {None if cond is None else tuple(cond.shape)}")
+        context, context_mask = self._context(cond, context, context_mask)
+        if context is None:
+            raise ValueError("UNet.context_cache: no context given")
+        blocks = sorted((m for m in self.modules() if isinstance(m, AttentionBlock)), key=lambda m: m.cache_index)
+        return KVCache([blk.attn.context_kv(context, context_mask) for blk in blocks])
+
+    def forward(self, x, t, y=None, cond=None, context=None, context_mask=None, low_res=None, emb=None,
+                context_kv: KVCache | None = None):
+        """Arguments in the class docstring; context_kv: :meth:`context_cache` instead of ``context``
+        and ``context_mask``."""
+        if context_kv is not None:
+            if context is not None or context_mask is not None:
+                raise ValueError("UNet: pass context (and context_mask) or its cache (context_kv), not both")
+            if context_kv.batch != x.shape[0]:
+                raise ValueError(f"UNet: context_kv holds batch {context_kv.batch}, x has batch {x.shape[0]}")
+        self._check(x, t, y, cond, context, context_mask, low_res)
+        emb = self.embed(t, y, cond, emb)
+        context, context_mask = (context_kv, None) if context_kv is not None else self._context(cond, context,
+                                                                                                 context_mask)
         if low_res is not None:
             up = low_res.to(x.dtype)
             if up.shape[-2:] != x.shape[-2:]:  # already x's size: upsampled outside (e.g. bicubic)

@@ -20,6 +20,12 @@ other layouts (guided-diffusion's legacy ``QKVAttentionLegacy``, GLIDE / unCLIP'
 ``qkv`` and ``encoder_kv``, their 1x1 conv1d weights) are mapped onto this one by a state-dict
 transform in :mod:`dalle2_fast.interop.guided_diffusion`, never by a second code path here.
 
+Cached keys/values (``past``, a :class:`~dalle2_fast.nn.kv_cache.KVLayer`): in self-attention
+and 'concat' mode they are prepended to the keys/values of x (a prefix computed once, or a
+growing cache for token-by-token decoding; a growing layer stores [past; x]'s), in 'cross' mode
+they are the context's own (:meth:`Attention.context_kv` projects a context once). Results equal
+the uncached call's to float tolerance.
+
 Optional QK normalisation (``qk_norm=True``): LayerNorm over each head's channels of q and k
 before the dot product (Dehghani et al. 2023, ViT-22B), which keeps logits bounded.
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dalle2_fast.nn.kv_cache import KVLayer
 from dalle2_fast.ops import attention
 
 _CONTEXT_MODES = ("cross", "concat")
@@ -96,17 +103,35 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(dim_head) if qk_norm else None
         self.to_out = nn.Linear(inner, dim, bias=bias)
 
+    def context_kv(self, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> KVLayer:
+        """The keys/values of context tokens (B, Tc, context_dim) ('cross' or 'concat' mode), computed
+        once for many calls: pass the result as ``past`` instead of ``context`` / ``context_mask``."""
+        if self.context_dim is None:
+            raise ValueError("Attention.context_kv: the module was built without context_dim")
+        if context.dim() != 3 or context.shape[-1] != self.context_dim:
+            raise ValueError(f"Attention.context_kv: context must be (B, Tc, {self.context_dim}), "
+                             f"got {tuple(context.shape)}")
+        proj = self.to_kv if self.context_mode == "cross" else self.to_context_kv
+        k, v = _split_heads(proj(context), 2, self.heads)  # (B, H, Tc, dh)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        mask = None if context_mask is None else context_mask.to(torch.bool)
+        return KVLayer(k, v, mask)
+
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-        key_padding_mask: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None, past: KVLayer | None = None,
     ) -> torch.Tensor:
         """x: (B, T, dim); context: (B, Tc, context_dim), required in 'cross' mode, optional in
         'concat' mode (None: plain self-attention over x); context_mask: optional (B, Tc) bool,
         True = padded context token; key_padding_mask: optional (B, T) bool, True = padded x
         token, ignored as a key (self-attention and 'concat' mode; with ``causal`` every query
-        must still see a key, e.g. token 0 unpadded). -> (B, T, dim)."""
+        must still see a key, e.g. token 0 unpadded); past: cached keys/values (module
+        docstring), instead of ``context``. -> (B, T, dim)."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"Attention: x must be (B, T, {self.dim}), got {tuple(x.shape)}")
+        if past is not None:
+            return self._forward_cached(x, past, key_padding_mask, context, context_mask)
         if context is not None and self.context_dim is None:
             raise ValueError(f"Attention: context given (shape {tuple(context.shape)}) but the module was built "
                              "without context_dim")
@@ -146,9 +171,37 @@ class Attention(nn.Module):
                 mask = torch.cat([ctx, own], dim=1)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        return self._attend(q, k, v, mask, B, T)
+
+    def _attend(self, q, k, v, mask, B: int, T: int) -> torch.Tensor:
         out = attention(q, k, v, causal=self.causal, key_padding_mask=mask, backend=self.backend)  # (B, H, T, dh)
-        out = out.transpose(1, 2).reshape(B, T, H * self.dim_head)  # (B, T, inner)
+        out = out.transpose(1, 2).reshape(B, T, self.heads * self.dim_head)  # (B, T, inner)
         return self.to_out(out)
+
+    def _forward_cached(self, x, past: KVLayer, key_padding_mask, context, context_mask) -> torch.Tensor:
+        if context is not None or context_mask is not None:
+            raise ValueError("Attention: pass context (and context_mask) or past (its cached keys/values), not both")
+        B, T, H = x.shape[0], x.shape[1], self.heads
+        if past.k is not None and past.k.shape[0] != B:
+            raise ValueError(f"Attention: past holds batch {past.k.shape[0]}, x has batch {B}")
+        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, T):
+            raise ValueError(f"Attention: key_padding_mask must be (B, T) = {(B, T)}, got {tuple(key_padding_mask.shape)}")
+        if self.context_dim is not None and self.context_mode == "cross":
+            if past.k is None:
+                raise ValueError("Attention: in 'cross' mode past must hold the context's keys/values (context_kv)")
+            if key_padding_mask is not None:
+                raise ValueError("Attention: key_padding_mask masks x tokens as keys; in 'cross' mode the keys "
+                                 "are the context tokens (their mask is the cached one)")
+            q = self.to_q(x).view(B, T, H, self.dim_head).transpose(1, 2)  # (B, H, T, dh)
+            if self.q_norm is not None:
+                q = self.q_norm(q)
+            return self._attend(q, past.k.to(q.dtype), past.v.to(q.dtype), past.mask, B, T)
+        q, k, v = _split_heads(self.to_qkv(x), 3, H)  # (B, H, T, dh) each
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)  # cached keys were normed when they were computed
+        own = None if key_padding_mask is None else key_padding_mask.to(torch.bool)
+        k, v, mask = past.extend(k, v, own)  # (B, H, P + T, dh), mask (B, P + T) or None
+        return self._attend(q, k, v, mask, B, T)
 
 
 __all__ = ["Attention"]

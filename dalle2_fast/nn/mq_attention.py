@@ -17,8 +17,11 @@ and keys 0..i. Both layer norms are gain-only (no bias).
 
 The product runs through torch's ``scaled_dot_product_attention`` with the bias (and the
 causal mask) as a float ``attn_mask`` — not ``ops.attention``, whose kernels take no additive
-bias. The key/value computation is one method, :meth:`MultiQueryAttention.keys_values`, so a
-prefix KV cache can store its output (keys already rotated) and prepend it.
+bias. The key/value computation is one method, :meth:`MultiQueryAttention.keys_values`, and a
+:class:`~dalle2_fast.nn.kv_cache.KVLayer` (``past``) stores its output (keys already rotated, the
+null key/value not included; (B, P, dh) each): the tokens of a call then sit at positions
+P .. P + S - 1, their keys are [null; cached; own] and the causal mask stays bottom-right aligned,
+so a constant prefix runs once (the LAION prior's text) with results equal to the whole sequence's.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle2_fast.nn.kv_cache import KVLayer
 from dalle2_fast.nn.positional import apply_rotary, rotary_freqs
 
 SIMILARITIES = ("dot", "cosine")
@@ -82,24 +86,31 @@ class MultiQueryAttention(nn.Module):
         k, v = self.to_kv(h).chunk(2, dim=-1)
         return self._rotate(k, positions), v
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, S, dim); bias: (H, S, S + 1) or None -> (B, S, dim)."""
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, past: KVLayer | None = None) -> torch.Tensor:
+        """x: (B, S, dim) at positions P .. P + S - 1 (P = ``past.length``, 0 without a cache); bias:
+        (H, S, P + S + 1) or None; past: the cached keys/values of the P tokens before x (a
+        growing layer also stores x's). -> (B, S, dim)."""
         B, S, _ = x.shape
+        P = 0 if past is None else past.length
         h = self.norm_in(x)
-        pos = torch.arange(S, device=x.device)
+        pos = torch.arange(P, P + S, device=x.device)
         q = self._rotate(self.to_q(h).view(B, S, self.heads, self.dim_head).transpose(1, 2), pos)  # (B, H, S, dh)
         k, v = self.keys_values(h, pos)
+        if past is not None:
+            k, v, _ = past.extend(k, v)  # (B, P + S, dh)
         nk, nv = (t.to(k.dtype).expand(B, 1, -1) for t in self.null_kv.unbind(0))
-        k, v = torch.cat((nk, k), dim=1), torch.cat((nv, v), dim=1)  # (B, S + 1, dh)
+        k, v = torch.cat((nk, k), dim=1), torch.cat((nv, v), dim=1)  # (B, P + S + 1, dh)
         if self.similarity == "cosine":
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        hidden = torch.ones(S, S + 1, dtype=torch.bool, device=x.device).triu(2)  # query i sees keys 0..i+1
-        mask = torch.zeros(S, S + 1, dtype=q.dtype, device=x.device).masked_fill(hidden, float("-inf"))
+        sk = P + S + 1
+        hidden = torch.ones(S, sk, dtype=torch.bool, device=x.device).triu(sk - S + 1)  # query i sees keys 0..P+i+1
+        mask = torch.zeros(S, sk, dtype=q.dtype, device=x.device).masked_fill(hidden, float("-inf"))
         if bias is not None:
-            mask = mask + self.bias_scale * bias.to(q.dtype)  # (H, S, S + 1)
-        kh, vh = k[:, None].expand(B, self.heads, S + 1, -1), v[:, None].expand(B, self.heads, S + 1, -1)
+            if tuple(bias.shape[-2:]) != (S, sk):
+                raise ValueError(f"MultiQueryAttention: bias must be (H, {S}, {sk}), got {tuple(bias.shape)}")
+            mask = mask + self.bias_scale * bias.to(q.dtype)  # (H, S, P + S + 1)
+        kh, vh = k[:, None].expand(B, self.heads, sk, -1), v[:, None].expand(B, self.heads, sk, -1)
         out = F.scaled_dot_product_attention(q, kh, vh, attn_mask=mask, scale=self.scale)  # (B, H, S, dh)
         return self.norm_out(self.proj_out(out.transpose(1, 2).reshape(B, S, -1)))
-
 
 __all__ = ["GainLayerNorm", "MultiQueryAttention", "SIMILARITIES"]

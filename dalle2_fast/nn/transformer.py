@@ -7,11 +7,14 @@ diffusers' ``PriorTransformer(norm_in_type="layer")``), a stack of blocks, a fin
 ``ops.attention``: ``key_padding_mask`` (B, S) True = padded token (ignored as a key), causal
 attention bottom-right aligned (query i sees keys j <= i + Sk - Sq).
 
-Each block computes its keys and values in one place (its ``attn``'s fused ``to_qkv``). That is
-where a prefix KV cache would hook in: under causal attention a prefix's keys and values at
-every layer depend on the prefix only (e.g. the diffusion prior's text tokens, the same at
-every sampling step), so they could be computed once and concatenated in front of the
-suffix's — bottom-right alignment already lets a suffix of queries attend to them.
+Each block computes its keys and values in one place (its ``attn``'s fused ``to_qkv``), and a
+:class:`~dalle2_fast.nn.kv_cache.KVCache` hooks in there: under causal attention a prefix's keys
+and values at every layer depend on the prefix only (e.g. the diffusion prior's text tokens, the
+same at every sampling step). :meth:`Transformer.prefill` runs a prefix once and returns its
+cache; ``forward(x, cache=...)`` then runs only the tokens after it (at positions
+``cache.length`` on), their queries attending to [cached; own] keys with bottom-right causal
+alignment — equal to running the whole sequence, to float tolerance. A growing cache (not
+frozen) also stores each call's tokens: token-by-token decoding at one position per token.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from dalle2_fast.nn.attention import Attention
+from dalle2_fast.nn.kv_cache import KVCache, KVLayer
 
 
 class TransformerBlock(nn.Module):
@@ -38,8 +42,9 @@ class TransformerBlock(nn.Module):
         self.ln2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), key_padding_mask=key_padding_mask)
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                past: KVLayer | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), key_padding_mask=key_padding_mask, past=past)
         return x + self.mlp(self.ln2(x))
 
 
@@ -66,17 +71,38 @@ class Transformer(nn.Module):
     def max_len(self) -> int:
         return self.pos.shape[0]
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """x: (B, S, width) tokens at positions P .. P + S - 1, P = ``cache.length`` (0 without a
+        cache); key_padding_mask: (B, S) bool True = padded, for these tokens; cache: the keys and
+        values of the P tokens before them (module docstring). -> (B, S, width)."""
         if x.dim() != 3 or x.shape[-1] != self.pos.shape[1]:
             raise ValueError(f"Transformer: x must be (B, S, {self.pos.shape[1]}), got {tuple(x.shape)}")
-        if x.shape[1] > self.max_len:
-            raise ValueError(f"Transformer: sequence length {x.shape[1]} > max_len {self.max_len}")
-        x = x + self.pos[: x.shape[1]].to(x.dtype)
+        start = 0
+        if cache is not None:
+            if len(cache) != len(self.blocks):
+                raise ValueError(f"Transformer: cache has {len(cache)} layers, the transformer {len(self.blocks)}")
+            start = cache.length
+            if start and cache.batch != x.shape[0]:
+                raise ValueError(f"Transformer: cache holds batch {cache.batch}, x has batch {x.shape[0]}")
+        if start + x.shape[1] > self.max_len:
+            cached = f" ({start} cached)" if start else ""
+            raise ValueError(f"Transformer: sequence length {start + x.shape[1]}{cached} > max_len {self.max_len}")
+        x = x + self.pos[start: start + x.shape[1]].to(x.dtype)
         if self.ln_in is not None:
             x = self.ln_in(x)
-        for blk in self.blocks:
-            x = blk(x, key_padding_mask)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, key_padding_mask, None if cache is None else cache.layers[i])
         return self.ln(x)
+
+    def prefill(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                grow: bool = False) -> tuple[torch.Tensor, KVCache]:
+        """Run a prefix x (B, P, width) once: (its outputs (B, P, width), the cache of its keys and
+        values at every layer). ``grow``: the cache keeps storing later calls' tokens (decoding);
+        otherwise it is frozen (a constant prefix for many calls)."""
+        cache = KVCache.empty(len(self.blocks), grow=True)
+        h = self(x, key_padding_mask, cache)
+        return h, (cache if grow else cache.freeze())
 
 
 __all__ = ["Transformer", "TransformerBlock"]

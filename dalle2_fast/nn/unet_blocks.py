@@ -5,7 +5,9 @@
   up/down-sampling inside the block (ADM, Sec. 3 "BigGAN residual blocks").
 - ``AttentionBlock``: GroupNorm, then :class:`~dalle2_fast.nn.Attention` over the H*W
   positions, then the residual; with ``context_dim`` the tokens attend to
-  concat(context tokens, own tokens) as GLIDE does (``context_mode='concat'``).
+  concat(context tokens, own tokens) as GLIDE does (``context_mode='concat'``); the context may
+  also come as a :class:`~dalle2_fast.nn.KVCache` of every block's projected context keys/values
+  (``UNet.context_cache``: computed once per sampling call, the same result).
 - ``AttentionPool2d``: CLIP-style attention pooling (the ADM classifier head).
 
 Every norm is an :class:`~dalle2_fast.nn.AdaGN` (the fused ``ops.adagn`` kernel; the
@@ -20,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dalle2_fast.nn.adagn import AdaGN
 from dalle2_fast.nn.attention import Attention
+from dalle2_fast.nn.kv_cache import KVCache
 from dalle2_fast.ops import attention
 
 
@@ -133,10 +136,18 @@ class AttentionBlock(nn.Module):
         self.attn = Attention(channels, heads=num_heads, context_dim=context_dim or None, context_mode="concat")
         _zero(self.attn.to_out)
 
+    cache_index: int | None = None  # this block's layer in a U-Net's context cache (set by the U-Net)
+
     def forward(self, x, context=None, context_mask=None):  # noqa: D102
         b, c, hh, ww = x.shape
         tok = self.norm(x).flatten(2).transpose(1, 2)  # (B, T, C); a view for channels-last
-        out = self.attn(tok, context, context_mask if context is not None else None)  # (B, T, C)
+        if isinstance(context, KVCache):  # the context's keys/values, projected once (UNet.context_cache)
+            if self.cache_index is None or context_mask is not None:
+                raise ValueError("AttentionBlock: a context cache comes from UNet.context_cache (no context_mask: "
+                                 "the cache holds it)")
+            out = self.attn(tok, past=context[self.cache_index])
+        else:
+            out = self.attn(tok, context, context_mask if context is not None else None)  # (B, T, C)
         return x + out.transpose(1, 2).reshape(b, c, hh, ww).to(x.dtype)
 
 

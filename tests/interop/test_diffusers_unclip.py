@@ -120,7 +120,9 @@ def test_pipeline_images_equal_diffusers(karlo):
     """The whole chain, with our latents given to diffusers (prior_latents, decoder_latents,
     super_res_latents) and our per-step noise injected into its schedulers (float64 tables).
 
-    Tolerances: the prior's z_i and the decoder's 16 px image agree to 1e-5 / 1e-4. The final image
+    Tolerances: the prior's z_i and the decoder's 16 px image agree to 1e-5 / 3e-4 (our prior runs
+    its text prefix once, a different float summation order; the decoder's guided steps (scale 8)
+    amplify z_i's 1e-7-relative differences to ~1.5e-4 at a few pixels). The final image
     agrees to 2e-5 on average but up to ~3e-3 at a few pixels: the first super-resolution step, at
     t = 999, predicts x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) with sqrt(abar_999) = 4.9e-5, which
     multiplies the two networks' float32 rounding differences (1e-7 relative) by 2e4 wherever x0 is
@@ -149,7 +151,7 @@ def test_pipeline_images_equal_diffusers(karlo):
             su.randn_tensor = saved
     assert not queue
     close(mine["z"], theirs["z"][-len(PROMPTS):])  # theirs: (null; cond) rows
-    close(ours.upsamplers[0].condition(mine["small"], (32, 32)), theirs["up"], tol=1e-4)
+    close(ours.upsamplers[0].condition(mine["small"], (32, 32)), theirs["up"], tol=3e-4)
     err = np.abs(got.permute(0, 2, 3, 1).numpy() - want)
     assert err.mean() < 2e-5 and err.max() < 1e-2, f"images differ by {err.mean():.3g} on average, {err.max():.3g} max"
     assert float(np.abs(want - want.mean()).max()) > 0.05  # not a degenerate (flat) image

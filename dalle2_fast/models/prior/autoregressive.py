@@ -92,12 +92,19 @@ class AutoregressivePrior(Pretrained, nn.Module):
         c = self.config
         if k >= c.n_components:
             raise ValueError(f"AutoregressivePrior: at most {c.n_components - 1} input codes, got {k}")
-        tok, mask, emb = self.text(text_tokens, text_mask, text_embed, drop)
+        pre, pre_mask = self._prefix(text_tokens, text_mask, text_embed, dot_code, drop)
         offs = torch.arange(k, device=codes.device) * c.n_buckets
-        seq = torch.cat([tok, emb, self.dot_emb(dot_code)[:, None], self.code_emb(codes + offs)], dim=1)
-        full_mask = torch.cat([mask, mask.new_ones(b, 1 + 1 + k)], dim=1)
+        seq = torch.cat([pre, self.code_emb(codes + offs)], dim=1)
+        full_mask = torch.cat([pre_mask, pre_mask.new_ones(b, k)], dim=1)
         h = self.transformer(seq, key_padding_mask=~full_mask)
         return self.head(h[:, c.text_len + 1:])  # positions of the dot token and the k codes
+
+    def _prefix(self, text_tokens, text_mask, text_embed, dot_code, drop):
+        """The sequence before the codes, [text tokens, z_t, dot token]: (B, L + 2, width), and its
+        mask (B, L + 2) bool True = real."""
+        tok, mask, emb = self.text(text_tokens, text_mask, text_embed, drop)
+        seq = torch.cat([tok, emb, self.dot_emb(dot_code)[:, None]], dim=1)
+        return seq, torch.cat([mask, mask.new_ones(mask.shape[0], 2)], dim=1)
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """Cross-entropy of the K codes of z_i (teacher forcing): {'loss'} (mean over the batch).
@@ -124,7 +131,7 @@ class AutoregressivePrior(Pretrained, nn.Module):
     @torch.no_grad()
     def sample(self, text, seeds: Sequence[int], *, guidance: float = 1.0, temperature: float = 1.0,
                dot_range: tuple[float, float] = (0.5, 1.0), n_candidates: int = 1,
-               steps: int | str | None = None, progress: bool = False) -> torch.Tensor:
+               steps: int | str | None = None, progress: bool = False, kv_cache: bool = True) -> torch.Tensor:
         """Unit-norm z_i (B, D); z_i of caption i depends only on ``seeds[i]``.
 
         text: any object with ``.tokens`` (B, L, W), ``.mask`` (B, L) and ``.embed`` (B, D) (the
@@ -132,7 +139,10 @@ class AutoregressivePrior(Pretrained, nn.Module):
         u + s (c - u). dot_range: the dot-product token is drawn uniformly from this fraction of
         its buckets (default: the top half). With ``n_candidates`` > 1 the draw with the largest
         z_i . z_t is kept. ``steps`` is accepted for the priors' common sampling call and ignored:
-        AR sampling always takes n_components steps.
+        AR sampling always takes n_components steps. kv_cache: decode with a growing key/value
+        cache (:meth:`Transformer.prefill <dalle2_fast.nn.Transformer.prefill>`: the prefix once,
+        then one position per code; the same logits to float tolerance) instead of re-running the
+        whole sequence for every code.
         """
         self._require_fitted()
         c = self.config
@@ -155,20 +165,32 @@ class AutoregressivePrior(Pretrained, nn.Module):
                                                            int(round(dot_range[1] * c.n_dot_buckets)))
         dot = (lo + (u[:, 0] * (hi - lo)).long()).clamp_(0, c.n_dot_buckets - 1)
         n = tokens.shape[0]
-        codes = torch.zeros(n, 0, dtype=torch.long, device=dev)
-        drop = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(dev)
         steps_k = range(c.n_components)
         if progress:
             from tqdm.auto import tqdm
 
             steps_k = tqdm(steps_k, desc="ar prior", leave=False)
+        if guidance != 1.0:  # [cond rows; uncond rows], combined u + s (c - u) on the logits
+            drop = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(dev)
+            tokens, mask, emb, dot2 = (torch.cat([v, v]) for v in (tokens, mask, emb, dot))
+        else:
+            drop, dot2 = None, dot
+        codes = torch.zeros(n, 0, dtype=torch.long, device=dev)
+        if kv_cache:  # the prefix runs once, then every code is one position against the growing cache
+            seq, seq_mask = self._prefix(tokens, mask, emb, dot2, drop)
+            h, cache = self.transformer.prefill(seq, key_padding_mask=~seq_mask, grow=True)
         for k in steps_k:
-            if guidance == 1.0:
-                logits = self(codes, tokens, mask, emb, dot)[:, -1]
+            if kv_cache:
+                if k:
+                    last = codes[:, -1] + (k - 1) * c.n_buckets
+                    h = self.transformer(self.code_emb(last if drop is None else torch.cat([last, last]))[:, None],
+                                         cache=cache)
+                logits = self.head(h[:, -1])
             else:
-                both = self(torch.cat([codes, codes]), torch.cat([tokens, tokens]), torch.cat([mask, mask]),
-                            torch.cat([emb, emb]), torch.cat([dot, dot]), drop)[:, -1]
-                cond, uncond = both.chunk(2)
+                cc = codes if drop is None else torch.cat([codes, codes])
+                logits = self(cc, tokens, mask, emb, dot2, drop)[:, -1]
+            if drop is not None:
+                cond, uncond = logits.chunk(2)
                 logits = uncond + guidance * (cond - uncond)
             codes = torch.cat([codes, sample_categorical(logits, u[:, k + 1], temperature)[:, None]], dim=1)
         return select_best(self.quantizer.decode(codes).view(n_candidates, b, -1), text_embed)

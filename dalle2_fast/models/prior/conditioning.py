@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from dalle2_fast.nn.kv_cache import KVCache
 from dalle2_fast.seeding import MAX_SEED
 
 
@@ -79,10 +80,23 @@ def candidate_seeds(seeds: Sequence[int], c: int) -> list[int]:
     return [(int(s) * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407 * c) % MAX_SEED for s in seeds]
 
 
+def repeat_batch(v, n: int):
+    """A tensor or a :class:`~dalle2_fast.nn.KVCache` with its batch repeated n times
+    (candidate-major: [rows] * n)."""
+    if isinstance(v, KVCache):
+        return v.repeat(n)
+    return v.repeat(n, *([1] * (v.dim() - 1)))
+
+
+def batch_of(v) -> int:
+    """The batch size of a tensor or a KVCache."""
+    return v.batch if isinstance(v, KVCache) else v.shape[0]
+
+
 def select_best(candidates: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
     """Of candidates (C, B, D), the one per caption with the largest dot product with z_t (B, D)."""
     best = (candidates * text_embed.float()[None]).sum(-1).argmax(0)  # (B,)
     return candidates[best, torch.arange(candidates.shape[1], device=candidates.device)]
 
 
-__all__ = ["TextConditioning", "candidate_seeds", "select_best", "text_fields"]
+__all__ = ["TextConditioning", "batch_of", "candidate_seeds", "repeat_batch", "select_best", "text_fields"]

@@ -37,8 +37,10 @@ from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.diffusion import ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, run_sampler
 from dalle2_fast.diffusion.conventions import SamplingConfig
 from dalle2_fast.models.prior._v1 import convert_v1_diffusion_prior_config, convert_v1_state_dict
-from dalle2_fast.models.prior.conditioning import TextConditioning, candidate_seeds, select_best, text_fields
+from dalle2_fast.models.prior.conditioning import (TextConditioning, batch_of, candidate_seeds, repeat_batch,
+                                                   select_best, text_fields)
 from dalle2_fast.nn.embeddings import timestep_embedding
+from dalle2_fast.nn.kv_cache import KVCache
 from dalle2_fast.nn.transformer import Transformer
 from dalle2_fast.seeding import Draws, check_seeds
 
@@ -169,28 +171,51 @@ class DiffusionPrior(Pretrained, nn.Module):
         self.embed_scale.fill_(s)
         return s
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-                text_embed: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_tokens: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None, text_embed: torch.Tensor | None = None,
+                drop: torch.Tensor | None = None, prefix: KVCache | None = None) -> torch.Tensor:
         """Predicted x0 (scaled z_i): (B, D).
 
         x_t: (B, D) noised embedding in the diffusion space; t: (B,) timesteps; text_tokens:
         (B, L, W); text_mask: (B, L) bool True = real token; text_embed: (B, D) z_t (unit-norm, or
         raw with ``raw_embeddings``); drop: (B,) bool, True = replace the text by the null
-        conditioning (learned nulls only).
+        conditioning (learned nulls only). prefix: instead of the four text arguments, their
+        :meth:`prefix_cache` (the same text for many calls: only the trailing tokens run).
         """
         b, d = x_t.shape
         if d != self.config.clip_dim:
             raise ValueError(f"DiffusionPrior: x_t must be (B, {self.config.clip_dim}), got {tuple(x_t.shape)}")
-        tok, mask, emb = self.text(text_tokens, text_mask, self._text_in(text_embed), drop)
         tim = self.time_mlp(timestep_embedding(t, self.config.width))[:, None]
         x = self.x_proj(x_t)[:, None]
-        parts = [tok, emb, tim.to(x.dtype), x]
+        parts = [tim.to(x.dtype), x]  # the trailing tokens: [timestep, noised z_i, (query)]
         if self.query is not None:
             parts.append(self.query.to(x.dtype).expand(b, 1, -1))
-        seq = torch.cat([p.to(x.dtype) for p in parts], dim=1)  # (B, L + 3 or 4, width)
+        if prefix is not None:
+            if any(v is not None for v in (text_tokens, text_mask, text_embed, drop)):
+                raise ValueError("DiffusionPrior: pass the text (text_tokens, text_mask, text_embed, drop) or its "
+                                 "prefix cache (prefix), not both")
+            if prefix.length != self.config.text_len + 1:
+                raise ValueError(f"DiffusionPrior: prefix must cache the {self.config.text_len + 1} text tokens and "
+                                 f"z_t, got {prefix.length}")
+            h = self.transformer(torch.cat(parts, dim=1), cache=prefix)  # (B, 2 or 3, width)
+            return self.out(h[:, -1])
+        if text_tokens is None or text_mask is None or text_embed is None:
+            raise ValueError("DiffusionPrior: pass text_tokens, text_mask and text_embed (or a prefix cache)")
+        tok, mask, emb = self.text(text_tokens, text_mask, self._text_in(text_embed), drop)
+        seq = torch.cat([p.to(x.dtype) for p in [tok, emb] + parts], dim=1)  # (B, L + 3 or 4, width)
         full_mask = torch.cat([mask, mask.new_ones(b, seq.shape[1] - mask.shape[1])], dim=1)  # True = real
         h = self.transformer(seq, key_padding_mask=~full_mask)
         return self.out(h[:, -1])  # the query token, or z_i's token without one
+
+    def prefix_cache(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_embed: torch.Tensor,
+                     drop: torch.Tensor | None = None) -> KVCache:
+        """The causal prefix [text tokens, z_t] run once: the keys and values of its L + 1 tokens at
+        every layer (frozen), the ``prefix`` of :meth:`forward` for every step of a sampling call.
+        Arguments as :meth:`forward`'s."""
+        tok, mask, emb = self.text(text_tokens, text_mask, self._text_in(text_embed), drop)
+        seq = torch.cat([tok, emb.to(tok.dtype)], dim=1)  # (B, L + 1, width)
+        full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # True = real
+        return self.transformer.prefill(seq, key_padding_mask=~full_mask)[1]
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """L_simple on x0 at a uniformly drawn step: {'loss', 'mse'} (means over the batch).
@@ -220,7 +245,8 @@ class DiffusionPrior(Pretrained, nn.Module):
     @torch.no_grad()
     def sample(self, text, seeds: Sequence[int], *, steps: int | str | Sequence[int] | None = None,
                guidance: float = 1.0, n_candidates: int | None = None, eta: float | None = None,
-               sampler: str | None = None, progress: bool = False, null_text=None) -> torch.Tensor:
+               sampler: str | None = None, progress: bool = False, null_text=None,
+               prefix_cache: bool = True) -> torch.Tensor:
         """CLIP image embeddings z_i: (B, D), one per caption (unit-norm, or raw with
         ``raw_embeddings``); z_i of caption i depends only on ``seeds[i]``.
 
@@ -232,10 +258,13 @@ class DiffusionPrior(Pretrained, nn.Module):
         ``n_candidates`` draws (default ``config.n_candidates``) the one with the largest
         z_i . z_t is kept. sampler / eta: default ``config.sampling``. null_text: the encoding of
         :attr:`null_prompt` (batch 1 or B), required for guidance with ``uncond='empty_prompt'``.
+        prefix_cache: run the text prefix once per call (:meth:`prefix_cache`; the same result to
+        float tolerance) instead of the whole sequence at every step.
         """
         _, _, embed = text_fields(text, raw=self.config.raw_embeddings)
         cands = self.sample_candidates(text, seeds, steps=steps, guidance=guidance, n_candidates=n_candidates,
-                                       eta=eta, sampler=sampler, progress=progress, null_text=null_text)
+                                       eta=eta, sampler=sampler, progress=progress, null_text=null_text,
+                                       prefix_cache=prefix_cache)
         return select_best(cands, embed)
 
     def _null_kwargs(self, null_text, dev) -> dict:
@@ -250,7 +279,8 @@ class DiffusionPrior(Pretrained, nn.Module):
     @torch.no_grad()
     def sample_candidates(self, text, seeds: Sequence[int], *, steps: int | str | Sequence[int] | None = None,
                           guidance: float = 1.0, n_candidates: int | None = None, eta: float | None = None,
-                          sampler: str | None = None, progress: bool = False, null_text=None) -> torch.Tensor:
+                          sampler: str | None = None, progress: bool = False, null_text=None,
+                          prefix_cache: bool = True) -> torch.Tensor:
         """All draws: (n_candidates, B, D) (unit-norm, or raw with ``raw_embeddings``); candidate
         c of caption i depends only on ``seeds[i]`` and c. Arguments as :meth:`sample`."""
         c = self.config
@@ -264,16 +294,22 @@ class DiffusionPrior(Pretrained, nn.Module):
             raise ValueError(f"DiffusionPrior.sample: guidance must be a finite number, got {guidance!r}")
         sampler, eta, _ = c.sampling.resolve(sampler, eta, None)
         all_seeds = [s for k in range(n_cand) for s in candidate_seeds(seeds, k)]  # candidate-major
-        rep = lambda z: z.repeat(n_cand, *([1] * (z.dim() - 1)))  # noqa: E731
         dev = embed.device
-        kw = {"text_tokens": rep(tokens), "text_mask": rep(mask), "text_embed": rep(embed)}
+        kw = {"text_tokens": tokens, "text_mask": mask, "text_embed": embed}
         if c.uncond == "learned":
-            kw["drop"] = torch.zeros(n_cand * b, dtype=torch.bool, device=dev)
+            kw["drop"] = torch.zeros(b, dtype=torch.bool, device=dev)
+        # the text is the same at every step and for every candidate: its prefix runs once (or, with
+        # prefix_cache=False, the whole sequence runs at every step)
+        rep = lambda z: repeat_batch(z, n_cand)  # noqa: E731  (candidate-major rows)
+        kw = {"prefix": rep(self.prefix_cache(**kw))} if prefix_cache else {k: rep(v) for k, v in kw.items()}
         denoiser = self
         if guidance != 1.0:  # uncond rows: the same inputs with the text dropped / the empty prompt
             null = self._null_kwargs(null_text, dev)
-            if c.uncond != "learned":
-                null = {k: (v if v.shape[0] == 1 else rep(v)) for k, v in null.items()}
+            if c.uncond == "learned" and prefix_cache:  # the learned nulls replace the text: any row will do
+                null = dict(text_tokens=tokens[:1], text_mask=mask[:1], text_embed=embed[:1], **null)
+            if prefix_cache:
+                null = {"prefix": self.prefix_cache(**null)}
+            null = {k: v if batch_of(v) == 1 else rep(v) for k, v in null.items()}
             denoiser = ClassifierFreeGuidance(self, float(guidance), null)
         if c.x0_clamp is not None:
             denoiser = ClampedX0(denoiser, c.x0_clamp)

@@ -41,7 +41,8 @@ from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.diffusion import ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion, run_sampler
-from dalle2_fast.models.prior.conditioning import candidate_seeds, text_fields
+from dalle2_fast.models.prior.conditioning import candidate_seeds, repeat_batch, text_fields
+from dalle2_fast.nn.kv_cache import KVCache, KVLayer
 from dalle2_fast.nn.mq_attention import GainLayerNorm, MultiQueryAttention
 from dalle2_fast.nn.positional import RelativePositionBias
 from dalle2_fast.seeding import Draws, check_seeds
@@ -113,8 +114,8 @@ class _Block(nn.Module):
                                         bias_scale=bias_scale, rot_dim=min(32, c.dim_head) if c.rotary_emb else 0)
         self.ff = _FeedForward(c.dim, c.ff_mult, c.normformer)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(x, bias)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, past: KVLayer | None = None) -> torch.Tensor:
+        x = x + self.attn(x, bias, past)
         return x + self.ff(x)
 
 
@@ -182,60 +183,109 @@ class LaionDiffusionPrior(Pretrained, nn.Module):
         arg = t.float()[:, None] * f[None]
         return self.time_embed(torch.cat((arg.sin(), arg.cos()), dim=-1)).to(dtype)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-                text_embed: torch.Tensor, drop: torch.Tensor | None = None,
-                image_drop: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text_tokens: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None, text_embed: torch.Tensor | None = None,
+                drop: torch.Tensor | None = None, image_drop: torch.Tensor | None = None,
+                prefix: KVCache | None = None) -> torch.Tensor:
         """Predicted x0 (scaled z_i): (B, dim).
 
         x_t: (B, dim); t: (B,) timesteps; text_tokens: (B, L, dim) CLIP token features (L <=
         max_text_len is padded, longer is cut); text_mask: (B, L) bool, True = real token;
         text_embed: (B, dim) unit-norm z_t; drop / image_drop: (B,) bool, True = use the null
-        text / null image embedding (image_drop None: = drop). Needs ``null_conditioning``."""
+        text / null image embedding (image_drop None: = drop). Needs ``null_conditioning``.
+        prefix: instead of the text arguments and ``drop``, their :meth:`prefix_cache` (the same
+        text for many calls: only the trailing tokens run; ``image_drop`` still applies)."""
         c = self.config
         B = x_t.shape[0]
         if x_t.dim() != 2 or x_t.shape[1] != c.dim:
             raise ValueError(f"LaionDiffusionPrior: x_t must be (B, {c.dim}), got {tuple(x_t.shape)}")
+        if prefix is None:
+            if text_tokens is None or text_mask is None or text_embed is None:
+                raise ValueError("LaionDiffusionPrior: pass text_tokens, text_mask and text_embed (or a prefix cache)")
+            image_drop = drop if image_drop is None else image_drop
+            self._check_drop(drop, image_drop)
+            x = torch.cat((self._text_part(text_tokens, text_mask, text_embed, drop, x_t.dtype),
+                           self._trailing_part(x_t, t, image_drop)), dim=1)  # (B, S, dim)
+            bias = self.rel_pos_bias(x.shape[1], x.shape[1] + 1)  # (H, S, S + 1): keys are [null; tokens]
+            for blk in self.blocks:
+                x = blk(x, bias)
+        else:
+            if any(v is not None for v in (text_tokens, text_mask, text_embed, drop)):
+                raise ValueError("LaionDiffusionPrior: pass the text (text_tokens, text_mask, text_embed, drop) or "
+                                 "its prefix cache (prefix), not both")
+            n_pre = c.max_text_len + c.num_text_embeds
+            if len(prefix) != c.depth or prefix.length != n_pre:
+                raise ValueError(f"LaionDiffusionPrior: prefix must cache {n_pre} tokens in {c.depth} layers, got "
+                                 f"{prefix.length} in {len(prefix)}")
+            self._check_drop(None, image_drop)
+            x = self._trailing_part(x_t, t, image_drop)
+            bias = self.rel_pos_bias(x.shape[1], n_pre + x.shape[1] + 1, k_offset=n_pre)  # rows n_pre.. of the full
+            for blk, past in zip(self.blocks, prefix.layers):
+                x = blk(x, bias, past)
+        return self._out(x)[:, -1]
+
+    def prefix_cache(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_embed: torch.Tensor,
+                     drop: torch.Tensor | None = None) -> KVCache:
+        """The causal prefix [text tokens, z_t] run once: its keys/values at every layer (frozen),
+        the ``prefix`` of :meth:`forward` for every step of a sampling call. Arguments as
+        :meth:`forward`'s (``drop`` replaces the text by the null text)."""
+        self._check_drop(drop, None)
+        x = self._text_part(text_tokens, text_mask, text_embed, drop, self.learned_query.dtype)
+        cache = KVCache.empty(len(self.blocks), grow=True)
+        bias = self.rel_pos_bias(x.shape[1], x.shape[1] + 1)
+        for blk, past in zip(self.blocks, cache.layers):
+            x = blk(x, bias, past)
+        return cache.freeze()
+
+    def _check_drop(self, drop, image_drop) -> None:
+        if not self.config.null_conditioning and any(d is not None and bool(d.any()) for d in (drop, image_drop)):
+            raise ValueError("LaionDiffusionPrior: this prior has no unconditional branch (null_conditioning="
+                             "False: DALLE2-pytorch < 1.9.0 trained none), so nothing can be dropped")
+
+    def _text_part(self, text_tokens, text_mask, text_embed, drop, dt) -> torch.Tensor:
+        """The prefix tokens [text encodings (max_text_len), z_t (n_text)]: (B, P, dim), normed."""
+        c = self.config
+        B = text_embed.shape[0]
         if text_tokens.dim() != 3 or text_tokens.shape[0] != B or text_tokens.shape[2] != c.dim:
             raise ValueError(f"LaionDiffusionPrior: text_tokens must be (B={B}, L, {c.dim}), got "
                              f"{tuple(text_tokens.shape)}")
         if tuple(text_mask.shape) != tuple(text_tokens.shape[:2]):
             raise ValueError(f"LaionDiffusionPrior: text_mask must be {tuple(text_tokens.shape[:2])}, got "
                              f"{tuple(text_mask.shape)}")
-        image_drop = drop if image_drop is None else image_drop
-        if not c.null_conditioning and any(d is not None and bool(d.any()) for d in (drop, image_drop)):
-            raise ValueError("LaionDiffusionPrior: this prior has no unconditional branch (null_conditioning="
-                             "False: DALLE2-pytorch < 1.9.0 trained none), so nothing can be dropped")
-        dt = x_t.dtype
         te = text_embed.to(dt)
         te = (self.to_text_embeds(te) if self.to_text_embeds is not None else te).view(B, c.num_text_embeds, c.dim)
-        img = x_t if self.to_image_embeds is None else self.to_image_embeds(x_t)
-        img = img.view(B, c.num_image_embeds, c.dim)
         L = c.max_text_len
         if c.condition_on_text_encodings:
             tok, mask = text_tokens[:, :L].to(dt), text_mask[:, :L].to(torch.bool)
             tok = F.pad(tok, (0, 0, 0, L - tok.shape[1]))
             mask = F.pad(mask, (0, L - mask.shape[1]), value=False)
         else:
-            tok, mask = x_t.new_zeros(B, L, c.dim), torch.zeros(B, L, dtype=torch.bool, device=x_t.device)
+            tok, mask = te.new_zeros(B, L, c.dim), torch.zeros(B, L, dtype=torch.bool, device=te.device)
         if drop is not None and c.null_conditioning:
             keep = ~drop.to(torch.bool).view(B, 1)
             mask = mask & keep
             te = torch.where(keep[..., None], te, self.null_text_embeds.to(dt))
-            img = torch.where(~image_drop.to(torch.bool).view(B, 1, 1), img, self.null_image_embed.to(dt))
         tok = torch.where(mask[..., None], tok, self.null_text_encodings.to(dt))
+        x = torch.cat((tok, te), dim=1)
+        return x if self.init_norm is None else self.init_norm(x)
+
+    def _trailing_part(self, x_t, t, image_drop) -> torch.Tensor:
+        """The tokens after the prefix [timestep (n_time), noised z_i (n_image), query]: (B, S, dim), normed."""
+        c = self.config
+        B, dt = x_t.shape[0], x_t.dtype
+        img = x_t if self.to_image_embeds is None else self.to_image_embeds(x_t)
+        img = img.view(B, c.num_image_embeds, c.dim)
+        if image_drop is not None and c.null_conditioning:
+            img = torch.where(~image_drop.to(torch.bool).view(B, 1, 1), img, self.null_image_embed.to(dt))
         time = self._time(t, dt).view(B, c.num_time_embeds, c.dim)
         q = self.learned_query.to(dt).expand(B, 1, c.dim)
-        x = torch.cat((tok, te, time, img, q), dim=1)  # (B, S, dim)
-        if self.init_norm is not None:
-            x = self.init_norm(x)
-        bias = self.rel_pos_bias(x.shape[1], x.shape[1] + 1)  # (H, S, S + 1): keys are [null; tokens]
-        for blk in self.blocks:
-            x = blk(x, bias)
+        x = torch.cat((time, img, q), dim=1)
+        return x if self.init_norm is None else self.init_norm(x)
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:
             x = self.norm(x)
-        if self.project_out is not None:
-            x = self.project_out(x)
-        return x[:, -1]
+        return x if self.project_out is None else self.project_out(x)
 
     # ---- training ------------------------------------------------------------------------------
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -263,15 +313,17 @@ class LaionDiffusionPrior(Pretrained, nn.Module):
     @torch.no_grad()
     def sample(self, text, seeds: Sequence[int], *, steps: int | str | None = None, guidance: float = 1.0,
                n_candidates: int | None = None, eta: float | None = None, sampler: str = "ddim",
-               progress: bool = False) -> torch.Tensor:
+               progress: bool = False, prefix_cache: bool = True) -> torch.Tensor:
         """Image embeddings (B, dim) in CLIP's units (the sample divided by the embedding scale),
         the best of ``n_candidates`` per caption by cosine with z_t; caption i depends only on
         ``seeds[i]``. text: an encoding with ``.tokens`` (B, L, dim), ``.mask``, ``.embed``.
         steps: an int (None: ``config.sample_timesteps``); with ``sampler='ddim'`` fewer than the
         trained steps run DALLE2-pytorch's DDIM (eta default 1, as there) and all of them run
-        DDPM; 'ddpm' / 'dpmpp' take the respacing vocabulary."""
+        DDPM; 'ddpm' / 'dpmpp' take the respacing vocabulary. prefix_cache: run the text prefix
+        once per call (:meth:`prefix_cache`; the same result to float tolerance) instead of the
+        whole sequence at every step."""
         cands = self.sample_candidates(text, seeds, steps=steps, guidance=guidance, n_candidates=n_candidates,
-                                       eta=eta, sampler=sampler, progress=progress)
+                                       eta=eta, sampler=sampler, progress=progress, prefix_cache=prefix_cache)
         _, _, embed = text_fields(text)
         sim = (F.normalize(cands, dim=-1) * F.normalize(embed.float(), dim=-1)[None]).sum(-1)  # (C, B)
         return cands[sim.argmax(0), torch.arange(cands.shape[1], device=cands.device)]
@@ -279,7 +331,7 @@ class LaionDiffusionPrior(Pretrained, nn.Module):
     @torch.no_grad()
     def sample_candidates(self, text, seeds: Sequence[int], *, steps: int | str | None = None,
                           guidance: float = 1.0, n_candidates: int | None = None, eta: float | None = None,
-                          sampler: str = "ddim", progress: bool = False) -> torch.Tensor:
+                          sampler: str = "ddim", progress: bool = False, prefix_cache: bool = True) -> torch.Tensor:
         """All draws (n_candidates, B, dim); candidate c of caption i depends on ``seeds[i]`` and c."""
         c = self.config
         tokens, mask, embed = text_fields(text)
@@ -296,14 +348,22 @@ class LaionDiffusionPrior(Pretrained, nn.Module):
         T = self.diffusion.num_timesteps
         steps = (c.sample_timesteps or T) if steps is None else steps
         all_seeds = [s for k in range(n_cand) for s in candidate_seeds(seeds, k)]
-        rep = lambda z: z.repeat(n_cand, *([1] * (z.dim() - 1)))  # noqa: E731
-        kw = {"text_tokens": rep(tokens), "text_mask": rep(mask), "text_embed": rep(embed)}
+        rep = lambda z: repeat_batch(z, n_cand)  # noqa: E731  (candidate-major rows)
         dev = embed.device
+        yes = lambda n, v: torch.full((n,), v, dtype=torch.bool, device=dev)  # noqa: E731
         denoiser = self
-        if guidance != 1.0:
-            kw["drop"] = torch.zeros(n_cand * b, dtype=torch.bool, device=dev)
-            denoiser = ClassifierFreeGuidance(self, float(guidance), {"drop": torch.ones(1, dtype=torch.bool,
-                                                                                         device=dev)})
+        if prefix_cache:  # the text is the same at every step and for every candidate: its prefix runs once
+            kw = {"prefix": rep(self.prefix_cache(tokens, mask, embed))}
+            if guidance != 1.0:  # the null text replaces any caption's: one row, broadcast
+                kw["image_drop"] = yes(n_cand * b, False)
+                null = {"prefix": self.prefix_cache(tokens[:1], mask[:1], embed[:1], drop=yes(1, True)),
+                        "image_drop": yes(1, True)}
+                denoiser = ClassifierFreeGuidance(self, float(guidance), null)
+        else:
+            kw = {"text_tokens": rep(tokens), "text_mask": rep(mask), "text_embed": rep(embed)}
+            if guidance != 1.0:
+                kw["drop"] = yes(n_cand * b, False)
+                denoiser = ClassifierFreeGuidance(self, float(guidance), {"drop": yes(1, True)})
         if c.sampling_clamp_l2norm:
             denoiser = _L2Clamp(denoiser, self.embed_scale)
         shape = (n_cand * b, c.dim)

@@ -1,0 +1,169 @@
+"""Keys and values computed once and reused: the cache the attention layers accept.
+
+Under causal attention a token's keys and values at every layer depend only on the tokens up to
+it, and in cross / concatenated-context attention the context's keys and values depend only on
+the context. So work whose result cannot change is done once:
+
+- a **constant prefix** (the diffusion priors' text tokens and z_t, the same at every sampling
+  step): run once through the transformer with a growing cache (``Transformer.prefill``), then
+  frozen; every step runs only the trailing tokens, whose queries attend to [cached; own] keys
+  (``ops.attention``'s bottom-right causal alignment makes a suffix of queries see exactly what
+  it saw in the full sequence);
+- **token-by-token decoding** (the AR prior): the cache keeps growing, each new token costs one
+  position;
+- a **fixed context** (the decoder U-Net's text + CLIP tokens): each attention block's context
+  keys/values projected once per sampling call (``UNet.context_cache``).
+
+One :class:`KVLayer` per attention layer holds ``k`` and ``v`` with the sequence at dim -2 and
+the batch at dim 0 ((B, H, P, dh) for :class:`~dalle2_fast.nn.Attention`, (B, P, dh) for the
+single key/value head of :class:`~dalle2_fast.nn.MultiQueryAttention`) and the keys' padding mask
+(B, P) bool, True = padded (None: none padded). A :class:`KVCache` is the per-layer list with the
+batch operations a sampling loop needs: ``repeat`` (candidates), ``expand`` (a batch-1 null
+branch), ``cat_batch`` (classifier-free guidance pairs [cond; uncond] rows), and ``clone`` /
+``copy_`` / ``signature`` (static buffers of a captured CUDA graph).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _cat_mask(a: torch.Tensor | None, b: torch.Tensor | None, la: int, lb: int, batch: int, device):
+    """[a; b] along the sequence, None standing for 'nothing padded'; None if both are None."""
+    if a is None and b is None:
+        return None
+    a = torch.zeros(batch, la, dtype=torch.bool, device=device) if a is None else a.to(torch.bool)
+    b = torch.zeros(batch, lb, dtype=torch.bool, device=device) if b is None else b.to(torch.bool)
+    return torch.cat([a, b], dim=1)
+
+
+class KVLayer:
+    """One attention layer's cached keys/values: ``k``, ``v`` (B, ..., P, dh) or None (empty),
+    ``mask`` (B, P) bool True = padded key or None, and ``grow``: whether a forward appends its
+    own tokens' keys/values (prefill and decoding) or only reads (a frozen prefix or context)."""
+
+    __slots__ = ("k", "v", "mask", "grow")
+
+    def __init__(self, k: torch.Tensor | None = None, v: torch.Tensor | None = None,
+                 mask: torch.Tensor | None = None, grow: bool = False):
+        if (k is None) != (v is None) or (k is not None and k.shape != v.shape):
+            raise ValueError(f"KVLayer: k and v must both be given with one shape, got "
+                             f"{None if k is None else tuple(k.shape)} and {None if v is None else tuple(v.shape)}")
+        if mask is not None and (k is None or tuple(mask.shape) != (k.shape[0], k.shape[-2])):
+            raise ValueError(f"KVLayer: mask must be (B, P) = {None if k is None else (k.shape[0], k.shape[-2])}, "
+                             f"got {tuple(mask.shape)}")
+        self.k, self.v, self.mask, self.grow = k, v, mask, grow
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None):
+        """(keys, values, mask) of [cached; new] tokens for one attention call; stored when
+        ``grow``. k, v: (B, ..., S, dh) of the new tokens; mask: their (B, S) padding or None."""
+        if self.k is None:
+            kk, vv, mm = k, v, mask
+        else:
+            if self.k.shape[0] != k.shape[0] or self.k.shape[1:-2] != k.shape[1:-2] or self.k.shape[-1] != k.shape[-1]:
+                raise ValueError(f"KVLayer: cached keys {tuple(self.k.shape)} do not fit new keys {tuple(k.shape)} "
+                                 "(batch, heads and head dim must agree)")
+            kk = torch.cat([self.k.to(k.dtype), k], dim=-2)
+            vv = torch.cat([self.v.to(v.dtype), v], dim=-2)
+            mm = _cat_mask(self.mask, mask, self.length, k.shape[-2], k.shape[0], k.device)
+        if self.grow:
+            self.k, self.v, self.mask = kk, vv, mm
+        return kk, vv, mm
+
+    def _map(self, fn, mask_fn=None) -> "KVLayer":
+        mask_fn = mask_fn or fn
+        return KVLayer(None if self.k is None else fn(self.k), None if self.v is None else fn(self.v),
+                       None if self.mask is None else mask_fn(self.mask), self.grow)
+
+
+class KVCache:
+    """Per-layer :class:`KVLayer` s (module docstring). ``KVCache.empty(n, grow=True)`` starts a
+    prefill; :meth:`freeze` makes it read-only."""
+
+    def __init__(self, layers: list[KVLayer]):
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError("KVCache: needs at least one layer")
+
+    @classmethod
+    def empty(cls, n_layers: int, grow: bool = True) -> "KVCache":
+        return cls([KVLayer(grow=grow) for _ in range(n_layers)])
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> KVLayer:
+        return self.layers[i]
+
+    @property
+    def length(self) -> int:
+        """Cached tokens (of layer 0; every layer of a prefix cache holds the same tokens)."""
+        return self.layers[0].length
+
+    @property
+    def batch(self) -> int:
+        k = next((la.k for la in self.layers if la.k is not None), None)
+        return 0 if k is None else k.shape[0]
+
+    def freeze(self) -> "KVCache":
+        for la in self.layers:
+            la.grow = False
+        return self
+
+    def _map(self, fn, mask_fn=None) -> "KVCache":
+        return KVCache([la._map(fn, mask_fn) for la in self.layers])
+
+    def repeat(self, n: int) -> "KVCache":
+        """The batch repeated n times ([b rows] * n, as ``Tensor.repeat``: candidate-major)."""
+        return self._map(lambda t: t.repeat(n, *([1] * (t.dim() - 1))))
+
+    def expand(self, batch: int) -> "KVCache":
+        """A batch-1 cache broadcast to ``batch`` rows (views); other batches pass unchanged."""
+        if self.batch in (batch, 0):
+            return self
+        if self.batch != 1:
+            raise ValueError(f"KVCache.expand: only a batch-1 cache broadcasts, this one has batch {self.batch}")
+        return self._map(lambda t: t.expand(batch, *t.shape[1:]))
+
+    def cat_batch(self, other: "KVCache") -> "KVCache":
+        """[self rows; other rows] per layer (classifier-free guidance's cond / uncond pairs)."""
+        if len(other) != len(self) or other.length != self.length:
+            raise ValueError(f"KVCache.cat_batch: caches differ in layers or length ({len(self)} x {self.length} vs "
+                             f"{len(other)} x {other.length})")
+        out = []
+        for a, b in zip(self.layers, other.layers):
+            if a.k is None or b.k is None:
+                raise ValueError("KVCache.cat_batch: an empty layer cannot be batched")
+            mask = None
+            if a.mask is not None or b.mask is not None:
+                ma = a.mask if a.mask is not None else torch.zeros(a.k.shape[0], a.length, dtype=torch.bool,
+                                                                   device=a.k.device)
+                mb = b.mask if b.mask is not None else torch.zeros(b.k.shape[0], b.length, dtype=torch.bool,
+                                                                   device=b.k.device)
+                mask = torch.cat([ma, mb.to(ma.device)])
+            out.append(KVLayer(torch.cat([a.k, b.k.to(a.k)]), torch.cat([a.v, b.v.to(a.v)]), mask, a.grow))
+        return KVCache(out)
+
+    # ---- static buffers of a captured CUDA graph (diffusion/graphs.py) --------------------------
+    def signature(self) -> tuple:
+        """Shapes, dtypes and devices: what a captured graph's buffers must match."""
+        sig = lambda t: None if t is None else (tuple(t.shape), t.dtype, str(t.device))  # noqa: E731
+        return tuple((sig(la.k), sig(la.v), sig(la.mask)) for la in self.layers)
+
+    def clone(self) -> "KVCache":
+        return self._map(lambda t: t.clone())
+
+    def copy_(self, other: "KVCache") -> "KVCache":
+        if other.signature() != self.signature():
+            raise ValueError("KVCache.copy_: the caches differ in shapes, dtypes or devices")
+        for a, b in zip(self.layers, other.layers):
+            for x, y in ((a.k, b.k), (a.v, b.v), (a.mask, b.mask)):
+                if x is not None:
+                    x.copy_(y)
+        return self
+
+
+__all__ = ["KVCache", "KVLayer"]
