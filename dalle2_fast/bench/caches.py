@@ -40,6 +40,7 @@ from dalle2_fast.bench.core import Case, Variant
 from dalle2_fast.eval.solver_steps import stage_options
 
 FAMILY = "caches"
+NO_ROOFLINE = "whole sampling calls with and without caches, and peers timed in child processes: ratios, not a fixed amount of work"
 ROOT = Path(__file__).resolve().parents[2]
 STEP_CALLS = 8
 # the shipped pipeline's steps before issue 19's fewer-steps change (unclip.json at commit 1328172)
