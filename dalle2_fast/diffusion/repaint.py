@@ -101,4 +101,24 @@ def repaint_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, known=None, m
     return x
 
 
-__all__ = ["repaint_sample", "repaint_schedule", "num_model_calls"]
+def inpaint_sampling(sampler: str, eta: float, known, mask, jumps=None) -> tuple[str, float, dict]:
+    """What a model's ``sample`` hands ``run_sampler`` for inpainting: (sampler, eta, extra
+    keyword arguments). No ``known``: unchanged. ``jumps`` = (jump_length, jump_n_sample):
+    RePaint over the model's sampler (ancestral, or DDIM with its eta; DPM-Solver++ is
+    multistep, so DDIM stands in for it); None: the model's sampler with the plain fused blend."""
+    if known is None and mask is None:
+        if jumps is not None:
+            raise ValueError("jumps: RePaint's resampling needs known and mask")
+        return sampler, eta, {}
+    kw = {"known": known, "mask": mask}
+    if jumps is None:
+        return sampler, eta, kw
+    try:
+        jl, jn = (int(v) for v in jumps)
+    except (TypeError, ValueError):
+        raise ValueError(f"jumps must be (jump_length, jump_n_sample), got {jumps!r}") from None
+    base = "ddpm" if sampler == "ddpm" else "ddim"
+    return "repaint", (eta if base == "ddim" else 0.0), dict(kw, jump_length=jl, jump_n_sample=jn, base=base)
+
+
+__all__ = ["repaint_sample", "repaint_schedule", "num_model_calls", "inpaint_sampling"]

@@ -89,7 +89,7 @@ def run_sampler(sampler: str, denoiser, diffusion: GaussianDiffusion, x_T, *, st
 
     if sampler not in SAMPLERS + ("repaint",):
         raise ValueError(f"sampler must be one of {SAMPLERS + ('repaint',)}, got {sampler!r}")
-    if eta and sampler != "ddim":
+    if eta and sampler not in ("ddim", "repaint"):
         raise ValueError(f"eta applies to the 'ddim' sampler only, got eta={eta} with {sampler!r}")
     if sampler != "repaint" and ("jump_length" in kw or "jump_n_sample" in kw):
         raise ValueError(f"jump_length / jump_n_sample apply to the 'repaint' sampler only, got {sampler!r}")
@@ -97,7 +97,7 @@ def run_sampler(sampler: str, denoiser, diffusion: GaussianDiffusion, x_T, *, st
     if sampler == "repaint":
         from dalle2_fast.diffusion.repaint import repaint_sample
 
-        return repaint_sample(denoiser, proc, x_T, **kw)
+        return repaint_sample(denoiser, proc, x_T, eta=eta, **kw)
     if sampler == "ddim":
         return ddim_sample(denoiser, proc, x_T, eta=eta, **kw)
     return (ddpm_sample if sampler == "ddpm" else dpmpp_2m_sample)(denoiser, proc, x_T, **kw)

@@ -33,6 +33,7 @@ from torch import nn
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.diffusion import (FROM_CONFIG, ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion,
                                    SamplingConfig, ddim_invert, respace, run_sampler)
+from dalle2_fast.diffusion.repaint import inpaint_sampling
 from dalle2_fast.models.unet import UNet, UNetConfig, convert_v1_unet_state_dict
 from dalle2_fast.seeding import Draws, check_seeds
 
@@ -233,7 +234,8 @@ class UnCLIPDecoder(Pretrained, nn.Module):
     @torch.no_grad()
     def sample(self, image_embed: torch.Tensor, text=None, *, seeds: Sequence[int], steps: int | str | None = 50,
                guidance: float = 3.0, sampler: str | None = None, eta: float | None = None, clip=FROM_CONFIG,
-               x_T: torch.Tensor | None = None, progress: bool = False, null_text=None) -> torch.Tensor:
+               x_T: torch.Tensor | None = None, progress: bool = False, null_text=None, known=None, mask=None,
+               jumps=None) -> torch.Tensor:
         """Images (B, 3, S, S) in [-1, 1] for z_i (B, D) and an optional caption encoding (``.tokens``
         (B, L, W), ``.mask`` (B, L)); image i depends only on seeds[i]. ``steps`` in the respacing
         vocabulary; classifier-free guidance ``guidance`` (1 = off). ``x_T``: start from this latent
@@ -243,16 +245,20 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         the shipped shapes decoder they raised the caption match of new single-object prompts from
         62% (eta 0, static clip) to 80% (seed-1 selection set,
         benchmarks/results/cpu-xeon-2core/unclip-shipped/). ``null_text``: the encoding of
-        :attr:`null_prompt` (batch 1 or B), for ``uncond='empty_prompt'``."""
+        :attr:`null_prompt` (batch 1 or B), for ``uncond='empty_prompt'``. Inpainting: ``known``
+        (B or 1, 3, S, S) in [-1, 1] and ``mask`` (B or 1, 1 or 3, S, S), 1 = keep the known pixel,
+        blended in every fused step; ``jumps`` = (jump_length, jump_n_sample) adds RePaint's
+        resampling (``diffusion.repaint.inpaint_sampling``)."""
         b = image_embed.shape[0]
         seeds = check_seeds(seeds, b)
         sampler, eta, clip = self.config.sampling.resolve(sampler, eta, clip)
+        sampler, eta, inpaint = inpaint_sampling(sampler, eta, known, mask, jumps)
         kw = self._kwargs(image_embed, *self._text(text), null_text=null_text)
         s = self.image_size
         start = (b, 3, s, s) if x_T is None else x_T
         return run_sampler(sampler, self.guided(guidance, kw, null_text), self.diffusion, start,
                            steps=self.config.sampling.steps(steps), eta=eta, model_kwargs=kw, seeds=seeds, clip=clip,
-                           progress=progress, device=image_embed.device)
+                           progress=progress, device=image_embed.device, **inpaint)
 
     @torch.no_grad()
     def invert(self, images: torch.Tensor, image_embed: torch.Tensor, text=None, *, steps: int | str = 50,
