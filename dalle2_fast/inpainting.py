@@ -1,8 +1,10 @@
 """Edits for :class:`~dalle2_fast.pipeline.UnCLIPPipeline`: inpainting (fill a masked region from
-a caption) and outpainting (extend an image past a border), by RePaint-style sampling: every
-diffusion stage keeps the known pixels, forward-noised to each step's level, inside the fused
-sampling step, and the decoder resamples with jumps back in time so the fill harmonises with its
-border (``dalle2_fast.diffusion.repaint``).
+a caption) and outpainting (extend an image past a border). Method 'repaint' (training-free):
+every diffusion stage keeps the known pixels, forward-noised to each step's level, inside the
+fused sampling step, and the decoder resamples with jumps back in time so the fill harmonises
+with its border (``dalle2_fast.diffusion.repaint``). Method 'conditioned': the pipeline's
+mask-conditioned decoder (GLIDE's inpainting model, ``recipes.unclip`` stage ``inpaint``) is
+given the known pixels and the mask; nothing is blended, so the kept pixels are the model's.
 
 Masks at this level (API and command line) say what to **fill**: 1 / white = generate, 0 /
 black = keep (the sampling ops take the complement: 1 = keep). Behaviour at the edges:
@@ -140,9 +142,9 @@ def run_inpaint(pipe, image, fill, prompt: str, n: int, seed: int, method: str, 
     seeds = sample_seeds(seed, n)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "conditioned":
-        raise ValueError("method 'conditioned' needs a mask-conditioned decoder (trained with inpaint channels); "
-                         "this pipeline has none: use method='repaint'")
+    if method == "conditioned" and getattr(pipe, "inpaint_decoder", None) is None:
+        raise ValueError("method 'conditioned' needs a mask-conditioned decoder (`dalle2-fast train unclip --stages "
+                         "inpaint`); this pipeline has none: use method='repaint'")
     jumps = check_jumps(jumps)
     for k, v in opts.items():
         pipe._opt(k, v)
@@ -159,7 +161,7 @@ def run_inpaint(pipe, image, fill, prompt: str, n: int, seed: int, method: str, 
         text, z = pipe.text_to_embeddings([prompt] * len(chunk), chunk, opts.get("prior_steps"),
                                           opts.get("prior_guidance"))
         out.append(pipe.decode_embeddings(z, text, chunk, opts.get("decoder_steps"), opts.get("upsampler_steps"),
-                                          opts.get("decoder_guidance"), progress, inpaint=(x, fill, jumps)))
+                                          opts.get("decoder_guidance"), progress, inpaint=(x, fill, jumps, method)))
     return to_unit_range(torch.cat(out))
 
 

@@ -97,6 +97,7 @@ def read_manifest(path: Path) -> dict:
     out = {k: Path(path) / meta[k] for k in ("clip", "prior", "decoder")}
     out["upsamplers"] = [Path(path) / u for u in meta["upsamplers"]]
     out["defaults"] = meta["defaults"]
+    out["inpaint_decoder"] = Path(path) / meta["inpaint_decoder"] if "inpaint_decoder" in meta else None
     return out
 
 
@@ -124,6 +125,7 @@ class UnCLIPPipeline:
             if k not in self.defaults:
                 raise ValueError(f"UnCLIPPipeline: unknown default {k!r} (known: {sorted(self.defaults)})")
             self.defaults[k] = self._opt(k, v)
+        self.inpaint_decoder = None  # optional mask-conditioned decoder (inpaint(method='conditioned'))
         self.offload_device: torch.device | None = None  # enable_offload
         self.compute_dtype: torch.dtype = torch.float32  # autocast dtype when not float32
         self._null_cache: dict = {}
@@ -166,8 +168,10 @@ class UnCLIPPipeline:
         decoder = load_pretrained(meta["decoder"], map_location=device).eval()
         ups = [load_pretrained(u, map_location=device).eval() for u in meta["upsamplers"]]
         pipe = cls(clip, prior, decoder, ups, meta["defaults"])
+        if meta["inpaint_decoder"] is not None:
+            pipe.inpaint_decoder = load_pretrained(meta["inpaint_decoder"], map_location=device).eval()
         if _check_dtype(dtype) != torch.float32:
-            for m in (prior, decoder, *ups):
+            for m in (prior, decoder, *ups, *([pipe.inpaint_decoder] if pipe.inpaint_decoder is not None else [])):
                 m.to(dtype)
             for b in ("clip_mean", "clip_std"):  # the prior's normalisation statistics stay float32
                 if hasattr(prior, b):
@@ -265,11 +269,15 @@ class UnCLIPPipeline:
             save_pretrained(u, path / names[-1])
         meta = {"clip": "clip", "prior": "prior.safetensors", "decoder": "decoder.safetensors",
                 "upsamplers": names, "defaults": self.defaults}
+        if self.inpaint_decoder is not None:
+            save_pretrained(self.inpaint_decoder, path / "inpaint_decoder.safetensors")
+            meta["inpaint_decoder"] = "inpaint_decoder.safetensors"
         atomic_write_text(path / MANIFEST, json.dumps(meta, indent=2))
         return path
 
     def to(self, device: str | torch.device) -> "UnCLIPPipeline":
-        for m in (self.clip, self.prior, self.decoder, *self.upsamplers):
+        for m in (self.clip, self.prior, self.decoder, *self.upsamplers,
+                  *([self.inpaint_decoder] if self.inpaint_decoder is not None else [])):
             m.to(device)
         self.offload_device = None
         self._null_cache.clear()
@@ -344,25 +352,32 @@ class UnCLIPPipeline:
         """z_i (B, D) (+ optional text) -> images (B, 3, H, W) in [-1, 1] through decoder and upsamplers.
         ``x_T``: the decoder's starting latent (default: noise from the seeds), decoded
         deterministically (eta 0, no thresholding: the inverse of :meth:`Decoder.invert`).
-        ``inpaint``: (image (1, 3, H, W), fill mask (1, 1, H, W), jumps) at the final size — every
-        stage keeps the image outside the mask; the decoder resamples with ``jumps``
-        (:mod:`dalle2_fast.inpainting`)."""
+        ``inpaint``: (image (1, 3, H, W), fill mask (1, 1, H, W), jumps, method) at the final
+        size — 'repaint': every stage keeps the image outside the mask, the decoder resampling
+        with ``jumps``; 'conditioned': the mask-conditioned decoder (:attr:`inpaint_decoder`) is
+        given the known pixels and mask, nothing is blended (:mod:`dalle2_fast.inpainting`)."""
         from dalle2_fast.inpainting import stage_known
 
         extra = {} if x_T is None else {"x_T": x_T, "eta": 0.0, "clip": None}
         up_extra = [{} for _ in self.upsamplers]
+        decoder = self.decoder
         if inpaint is not None:
-            image, fill, jumps = inpaint
-            extra.update(stage_known(image, fill, self.decoder.image_size), jumps=jumps)
-            s = self.decoder.image_size
-            for i, up in enumerate(self.upsamplers):
-                s *= getattr(up, "factor", 1)
-                up_extra[i] = stage_known(image, fill, s)
+            image, fill, jumps, method = inpaint
+            k = stage_known(image, fill, self.decoder.image_size)
+            if method == "conditioned":  # the model alone sees the known pixels: nothing blended
+                decoder = self.inpaint_decoder
+                extra["inpaint_image"] = decoder.inpaint_condition(k["known"], k["mask"])
+            else:
+                extra.update(k, jumps=jumps)
+                s = self.decoder.image_size
+                for i, up in enumerate(self.upsamplers):
+                    s *= getattr(up, "factor", 1)
+                    up_extra[i] = stage_known(image, fill, s)
         if x_T is not None and getattr(getattr(self.decoder, "config", None), "sampling", None) is not None:
             extra["sampler"] = "ddim"  # the inverse of Decoder.invert: deterministic DDIM
-        extra.update(self._null_kw(self.decoder))
-        with self._running(self.decoder):
-            x = self.decoder.sample(image_embed, text, seeds=stage_seeds(seeds, STAGE_DECODER),
+        extra.update(self._null_kw(decoder))
+        with self._running(decoder):
+            x = decoder.sample(image_embed, text, seeds=stage_seeds(seeds, STAGE_DECODER),
                                     steps=self._opt("decoder_steps", decoder_steps),
                                     guidance=self._opt("decoder_guidance", decoder_guidance), progress=progress,
                                     **extra).float()
@@ -506,7 +521,8 @@ class UnCLIPPipeline:
         (H, W) is 0 and fill it from ``prompt`` where it is 1 (image k from seed + k). ``method``
         'repaint': training-free, the known pixels blended into every fused sampling step of every
         stage, the decoder resampling with ``jumps`` = (jump_length, jump_n_sample) (None: no
-        resampling). ``opts``: prior_steps, decoder_steps, upsampler_steps, prior_guidance,
+        resampling); 'conditioned': the mask-conditioned decoder (:attr:`inpaint_decoder`, GLIDE's
+        inpainting model) sees the known pixels and the mask, nothing is blended. ``opts``: prior_steps, decoder_steps, upsampler_steps, prior_guidance,
         decoder_guidance. Edge cases (mask size, non-binary, all zero / all one) as
         :mod:`dalle2_fast.inpainting` documents."""
         from dalle2_fast.inpainting import run_inpaint

@@ -63,3 +63,42 @@ def test_upsampler(residual):
     _check(out, known, mask)
     out = up.sample(lr, seeds=[0, 1], steps=3, known=known, mask=mask, jumps=(1, 2))
     _check(out, known, mask)
+
+
+def test_widened_decoder_starts_as_the_original_and_trains_on_masks():
+    """widen_for_inpainting: zero weights on the 4 new input channels, so the mask-conditioned copy
+    gives the original's output whatever the conditioning; its loss needs the fill mask; sampling
+    takes inpaint_image; configs are checked."""
+    from dalle2_fast.models.decoder import DecoderConfig, UnCLIPDecoder, widen_for_inpainting
+
+    dec = tiny_decoder().eval()
+    with torch.no_grad():  # a "trained" decoder: no zero-initialised layers left (they stop every gradient)
+        for p in dec.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(p.numel()))
+    wide = widen_for_inpainting(dec).eval()
+    assert wide.config.inpaint and wide.config.unet.low_res_channels == 4
+    z, text = cond(2)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 70])
+    kw = dec._kwargs(z, text.tokens, text.mask)
+    known, mask = _known_mask(2, 16)
+    c = wide.inpaint_condition(known, mask)
+    assert c.shape == (2, 4, 16, 16) and torch.equal(c[:, 3:], mask.expand(2, 1, 16, 16))
+    torch.testing.assert_close(wide(x, t, **kw, inpaint_image=c), dec(x, t, **kw), rtol=0, atol=1e-6)
+    batch = {"image": known, "image_embed": z, "text_tokens": text.tokens, "text_mask": text.mask,
+             "fill": 1 - mask.expand(2, 1, 16, 16), "seeds": None}
+    batch.pop("seeds")
+    loss = wide.loss(batch)["loss"]
+    loss.backward()
+    first = next(p for n, p in wide.named_parameters() if p.dim() == 4 and p.shape[1] == 7)
+    assert first.grad[:, 3:].abs().sum() > 0  # the new channels learn
+    with pytest.raises(ValueError, match="fill"):
+        wide.loss({k: v for k, v in batch.items() if k != "fill"})
+    with pytest.raises(ValueError, match="inpaint_image"):
+        wide(x, t, **kw)
+    out = wide.sample(z, text, seeds=[0, 1], steps=2, inpaint_image=c)
+    assert out.shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="low_res_channels=4"):
+        UnCLIPDecoder(DecoderConfig(**{**dec.config.__dict__, "inpaint": True}))
+    with pytest.raises(ValueError, match="already"):
+        widen_for_inpainting(wide)
