@@ -8,7 +8,8 @@ second object B's bounding square); the prompt asks for a class other than A's, 
 all 25 (shape, colour) pairs; image i uses seed ``seed + i``. Measured per case:
 
 - **kept**: the largest 8-bit difference between input and output outside the hole (0 = the
-  known pixels kept exactly), and whether the detector still finds B outside the hole;
+  known pixels kept exactly) and the PSNR there, and whether the detector still finds B outside
+  the hole;
 - **fill**: the detector finds the prompt's (shape, colour), score >= 0.5, with its centre
   inside the hole;
 - **seams**: the mean colour step (mean over RGB of |difference| in 8-bit levels) between
@@ -94,6 +95,12 @@ def _u8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two 8-bit arrays (inf when equal)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
 @torch.no_grad()
 def score_case(case: dict, out01: torch.Tensor) -> dict:
     size = out01.shape[-1]
@@ -106,6 +113,7 @@ def score_case(case: dict, out01: torch.Tensor) -> dict:
     return {
         "prompt": case["prompt"],
         "kept_max_diff": int(np.abs(got.astype(int) - src.astype(int))[keep].max()),
+        "kept_psnr_db": _psnr(got[keep], src[keep]),
         "fill_ok": any((d.shape, d.colour) == case["want"] and _inside(d, case["box"], size) for d in dets),
         "other_found": any((d.shape, d.colour) == (b.shape, b.colour) and not _inside(d, case["box"], size)
                            for d in dets),
@@ -125,6 +133,8 @@ def summarise(rows: list[dict], seconds: float) -> dict:
     return {"n": n, "fill_rate": k_fill / n, "fill_ci95": wilson(k_fill, n),
             "other_kept_rate": k_other / n, "other_kept_ci95": wilson(k_other, n),
             "kept_exact_rate": k_exact / n, "kept_max_diff": max(r["kept_max_diff"] for r in rows),
+            "kept_psnr_db_min": min(r["kept_psnr_db"] for r in rows),
+            "kept_psnr_db_median": float(np.median([r["kept_psnr_db"] for r in rows])),
             "seam_border_mean": sb, "seam_unmasked_mean": su, "seam_ratio": sb / su if su else float("nan"),
             "seconds": round(seconds, 1), "seconds_per_image": round(seconds / n, 2)}
 
