@@ -53,29 +53,43 @@ void run_range(const Args<scalar_t, acc_t>& a, int64_t begin, int64_t end) {
     scalar_t* ob = a.out + b * a.N;
     scalar_t* x0b = a.x0_out ? a.x0_out + b * a.N : nullptr;
     const scalar_t* kb = KNOWN ? a.known + b * a.N : nullptr;
-    const scalar_t* wb = KNOWN ? a.mask + b * a.w_bstride : nullptr;
-    const scalar_t* kzb = KNOWN && a.known_noise ? a.known_noise + b * a.N : nullptr;
-    const bool w_full = a.w_n == a.N;
+    const scalar_t* wrow = KNOWN ? a.mask + b * a.w_bstride : nullptr;
+    // Without known-region noise the blend reads kz = known with ks = 0: 0 * known is 0 for a
+    // finite known value and NaN exactly where w * (ka * known) is already NaN, so the result is
+    // the reference's (w (ka k + ks 0) + (1 - w) x') bit for bit, and the loop stays branch-free.
+    Coefs<acc_t> kk = k;
+    const scalar_t* kzb = KNOWN ? (a.known_noise ? a.known_noise + b * a.N : kb) : nullptr;
+    if (KNOWN && !a.known_noise) kk.ks = acc_t(0);
     const bool learned = KIND == kDDPM && a.learned;
-#pragma omp simd
-    for (int64_t e = e0; e < e1; ++e) {
-      const acc_t xv = static_cast<acc_t>(xb[e]);
-      acc_t m = static_cast<acc_t>(mc[e]);
-      if (CFG) m = cfg_combine(m, static_cast<acc_t>(mu[e]), g);
-      acc_t x0, eps;
-      predict_x0_eps<acc_t>(PRED, xv, m, k, thr, x0, eps);
-      // Variance channel of a learned-range model: taken from the conditional half.
-      const acc_t v = learned ? static_cast<acc_t>(mc[a.N + e]) : acc_t(0);
-      const acc_t z = NOISE ? static_cast<acc_t>(zb[e]) : acc_t(0);
-      const acc_t p = PREV ? static_cast<acc_t>(pb[e]) : acc_t(0);
-      acc_t o = step_update<acc_t>(KIND, learned, xv, x0, eps, v, z, p, k);
+    // A mask of one channel (or one row for the batch) repeats every w_n elements: walk the row
+    // in spans over which wrow[e - off] == wrow[e % w_n], so the inner loop has no division.
+    int64_t s0 = e0;
+    while (s0 < e1) {
+      int64_t s1 = e1, off = 0;
       if (KNOWN) {
-        const acc_t w = static_cast<acc_t>(wb[w_full ? e : e % a.w_n]);
-        const acc_t kz = kzb ? static_cast<acc_t>(kzb[e]) : acc_t(0);
-        o = known_blend<acc_t>(o, static_cast<acc_t>(kb[e]), w, kz, k);
+        off = (s0 / a.w_n) * a.w_n;
+        s1 = std::min(e1, off + a.w_n);
       }
-      ob[e] = static_cast<scalar_t>(o);
-      if (x0b) x0b[e] = static_cast<scalar_t>(x0);
+#pragma omp simd
+      for (int64_t e = s0; e < s1; ++e) {
+        const acc_t xv = static_cast<acc_t>(xb[e]);
+        acc_t m = static_cast<acc_t>(mc[e]);
+        if (CFG) m = cfg_combine(m, static_cast<acc_t>(mu[e]), g);
+        acc_t x0, eps;
+        predict_x0_eps<acc_t>(PRED, xv, m, k, thr, x0, eps);
+        // Variance channel of a learned-range model: taken from the conditional half.
+        const acc_t v = learned ? static_cast<acc_t>(mc[a.N + e]) : acc_t(0);
+        const acc_t z = NOISE ? static_cast<acc_t>(zb[e]) : acc_t(0);
+        const acc_t p = PREV ? static_cast<acc_t>(pb[e]) : acc_t(0);
+        acc_t o = step_update<acc_t>(KIND, learned, xv, x0, eps, v, z, p, k);
+        if (KNOWN) {
+          o = known_blend<acc_t>(o, static_cast<acc_t>(kb[e]), static_cast<acc_t>(wrow[e - off]),
+                                 static_cast<acc_t>(kzb[e]), kk);
+        }
+        ob[e] = static_cast<scalar_t>(o);
+        if (x0b) x0b[e] = static_cast<scalar_t>(x0);
+      }
+      s0 = s1;
     }
     i += e1 - e0;
   }
