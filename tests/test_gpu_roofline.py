@@ -20,6 +20,9 @@ def test_specs_name_the_same_cases_as_the_harness(family):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_gpu_benchmark_case_has_a_roofline(family):
+    if R.no_roofline(family) is not None:  # says why instead (a service, a comparison with a peer library)
+        assert len(R.no_roofline(family)) > 20 and not hasattr(importlib.import_module(FAMILIES[family]), "specs")
+        return
     for spec in R.specs(family, "cuda"):
         w = R.case_work(family, spec, "cuda")
         assert w, spec["name"]

@@ -204,6 +204,14 @@ def specs(family: str, device: str = "cuda", quick: bool = False) -> list[dict]:
     return importlib.import_module(FAMILIES[family]).specs(device, quick)
 
 
+def no_roofline(family: str) -> str | None:
+    """Why a family has no roofline (its module's ``NO_ROOFLINE``: a service's throughput or a
+    comparison with another library, not a fixed amount of work), or None when it has one."""
+    from dalle2_fast.bench.cli import FAMILIES
+
+    return getattr(importlib.import_module(FAMILIES[family]), "NO_ROOFLINE", None)
+
+
 # ----------------------------------------------------------------------------- in a bench run
 def run_roofline(result: dict, bounds: dict, device: str, gpu_name: str = "") -> tuple[dict, str]:
     """({variant: seconds at the roof}, what the roof is) for one ``run_case`` result: the
@@ -264,6 +272,10 @@ def markdown(device: str = "cuda", quick: bool = False) -> str:
 
     out = []
     for fam in FAMILIES:
+        why = no_roofline(fam)
+        if why is not None:
+            out += [f"**{fam}**: no roofline ({why})", ""]
+            continue
         cols = COLUMNS.get(fam, ("*",))
         head = " | ".join(f"{g} {c if c != '*' else 'roof'}" for g in ROOFLINE_GPUS for c in cols)
         out += [f"**{fam}**", "", f"| case | bytes | FLOPs | {head} |", "|---|---|---|" + "---|" * (len(cols) * 2)]

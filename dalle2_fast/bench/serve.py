@@ -34,6 +34,7 @@ import torch
 from dalle2_fast.bench.core import Case, Variant
 
 FAMILY = "serve"
+NO_ROOFLINE = "requests per second of a loopback HTTP service: queueing and batching, not a fixed amount of work"
 CLIENTS = (1, 4, 16, 64)
 # (processes, threads each) of the batch-job cases. One process with two threads is left out of the
 # committed run: on the shared 2-core machine its OpenMP threads slowed to ~1 image/s while other

@@ -32,6 +32,7 @@ from dalle2_fast.bench.core import Case, Variant
 from dalle2_fast.bench.karlo_reference import SIZES, build_reference
 
 FAMILY = "unclip-peers"
+NO_ROOFLINE = "a ratio against diffusers on the CPU at reduced Karlo widths; the unclip family carries the pipeline's roofline"
 PROMPTS = ["a photograph of an astronaut riding a horse", "a red cube on a wooden table",
            "an oil painting of a harbour at dusk", "two cats asleep on a sofa"]
 STEPS = {"full": dict(prior_steps=10, decoder_steps=8, upsampler_steps=3),

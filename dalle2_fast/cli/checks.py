@@ -64,19 +64,29 @@ def check_out_dir(name: str, path: str | Path) -> Path:
     return p
 
 
-def ensure_writable(name: str, directory: str | Path) -> Path:
+def ensure_writable(name: str, directory: str | Path, keep: bool = True) -> Path:
     """Create ``directory`` (and its parents) and prove a file can be written there, right before
     work starts: what os.access cannot tell (read-only mounts, /proc, quotas) shows here, not
-    after the work is done."""
+    after the work is done. ``keep=False`` removes again the directories the probe created, for
+    callers that create the directory themselves after checks of their own (a batch job), so a
+    refused command leaves nothing behind."""
     import tempfile
 
     d = Path(directory)
+    created = [p for p in [d, *d.parents] if not p.exists()]
     try:
         d.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=d, prefix=".write-probe-"):
             pass
     except OSError as e:
         raise ValueError(f"{name}: cannot write under {str(d)!r} ({e.strerror or e})") from None
+    finally:
+        if not keep:
+            for p in created:  # deepest first
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
     return d
 
 

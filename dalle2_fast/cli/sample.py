@@ -108,7 +108,7 @@ def run(args) -> int:
 def _probe_output(args) -> None:
     """Every flag is checked: prove the output can be written before any model loads."""
     if args.images_dir is not None:
-        ensure_writable("--images-dir", args.images_dir)
+        ensure_writable("--images-dir", args.images_dir, keep=False)  # the job creates it
     else:
         ensure_writable("-o/--out", Path(args.out).parent if str(Path(args.out).parent) else ".")
     if getattr(args, "metrics", None):
