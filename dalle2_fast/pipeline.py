@@ -97,6 +97,7 @@ def read_manifest(path: Path) -> dict:
     out = {k: Path(path) / meta[k] for k in ("clip", "prior", "decoder")}
     out["upsamplers"] = [Path(path) / u for u in meta["upsamplers"]]
     out["defaults"] = meta["defaults"]
+    out["inpaint_decoder"] = Path(path) / meta["inpaint_decoder"] if "inpaint_decoder" in meta else None
     return out
 
 
@@ -124,6 +125,7 @@ class UnCLIPPipeline:
             if k not in self.defaults:
                 raise ValueError(f"UnCLIPPipeline: unknown default {k!r} (known: {sorted(self.defaults)})")
             self.defaults[k] = self._opt(k, v)
+        self.inpaint_decoder = None  # optional mask-conditioned decoder (inpaint(method='conditioned'))
         self.offload_device: torch.device | None = None  # enable_offload
         self.compute_dtype: torch.dtype = torch.float32  # autocast dtype when not float32
         self._null_cache: dict = {}
@@ -166,8 +168,10 @@ class UnCLIPPipeline:
         decoder = load_pretrained(meta["decoder"], map_location=device).eval()
         ups = [load_pretrained(u, map_location=device).eval() for u in meta["upsamplers"]]
         pipe = cls(clip, prior, decoder, ups, meta["defaults"])
+        if meta["inpaint_decoder"] is not None:
+            pipe.inpaint_decoder = load_pretrained(meta["inpaint_decoder"], map_location=device).eval()
         if _check_dtype(dtype) != torch.float32:
-            for m in (prior, decoder, *ups):
+            for m in (prior, decoder, *ups, *([pipe.inpaint_decoder] if pipe.inpaint_decoder is not None else [])):
                 m.to(dtype)
             for b in ("clip_mean", "clip_std"):  # the prior's normalisation statistics stay float32
                 if hasattr(prior, b):
@@ -265,11 +269,15 @@ class UnCLIPPipeline:
             save_pretrained(u, path / names[-1])
         meta = {"clip": "clip", "prior": "prior.safetensors", "decoder": "decoder.safetensors",
                 "upsamplers": names, "defaults": self.defaults}
+        if self.inpaint_decoder is not None:
+            save_pretrained(self.inpaint_decoder, path / "inpaint_decoder.safetensors")
+            meta["inpaint_decoder"] = "inpaint_decoder.safetensors"
         atomic_write_text(path / MANIFEST, json.dumps(meta, indent=2))
         return path
 
     def to(self, device: str | torch.device) -> "UnCLIPPipeline":
-        for m in (self.clip, self.prior, self.decoder, *self.upsamplers):
+        for m in (self.clip, self.prior, self.decoder, *self.upsamplers,
+                  *([self.inpaint_decoder] if self.inpaint_decoder is not None else [])):
             m.to(device)
         self.offload_device = None
         self._null_cache.clear()
@@ -349,23 +357,44 @@ class UnCLIPPipeline:
     def decode_embeddings(self, image_embed: torch.Tensor, text: TextEncoding | None, seeds: Sequence[int],
                           decoder_steps: int | None = None, upsampler_steps: int | None = None,
                           decoder_guidance: float | None = None, progress: bool = False,
-                          x_T: torch.Tensor | None = None) -> torch.Tensor:
+                          x_T: torch.Tensor | None = None, inpaint: tuple | None = None) -> torch.Tensor:
         """z_i (B, D) (+ optional text) -> images (B, 3, H, W) in [-1, 1] through decoder and upsamplers.
         ``x_T``: the decoder's starting latent (default: noise from the seeds), decoded
-        deterministically (eta 0, no thresholding: the inverse of :meth:`Decoder.invert`)."""
+        deterministically (eta 0, no thresholding: the inverse of :meth:`Decoder.invert`).
+        ``inpaint``: (image (1, 3, H, W), fill mask (1, 1, H, W), jumps, method) at the final
+        size — 'repaint': every stage keeps the image outside the mask, the decoder resampling
+        with ``jumps``; 'conditioned': the mask-conditioned decoder (:attr:`inpaint_decoder`) is
+        given the known pixels and mask, nothing is blended (:mod:`dalle2_fast.inpainting`)."""
+        from dalle2_fast.inpainting import stage_known
+
         extra = {} if x_T is None else {"x_T": x_T, "eta": 0.0, "clip": None}
+        up_extra = [{} for _ in self.upsamplers]
+        decoder = self.decoder
+        if inpaint is not None:
+            image, fill, jumps, method = inpaint
+            k = stage_known(image, fill, self.decoder.image_size)
+            if method == "conditioned":  # the model alone sees the known pixels: nothing blended
+                decoder = self.inpaint_decoder
+                extra["inpaint_image"] = decoder.inpaint_condition(k["known"], k["mask"])
+            else:
+                extra.update(k, jumps=jumps)
+                s = self.decoder.image_size
+                for i, up in enumerate(self.upsamplers):
+                    s *= getattr(up, "factor", 1)
+                    up_extra[i] = stage_known(image, fill, s)
         if x_T is not None and getattr(getattr(self.decoder, "config", None), "sampling", None) is not None:
             extra["sampler"] = "ddim"  # the inverse of Decoder.invert: deterministic DDIM
-        extra.update(self._null_kw(self.decoder))
-        with self._running(self.decoder):
-            x = self.decoder.sample(image_embed, text, seeds=stage_seeds(seeds, STAGE_DECODER),
+        extra.update(self._null_kw(decoder))
+        with self._running(decoder):
+            x = decoder.sample(image_embed, text, seeds=stage_seeds(seeds, STAGE_DECODER),
                                     steps=self._opt("decoder_steps", decoder_steps),
                                     guidance=self._opt("decoder_guidance", decoder_guidance), progress=progress,
                                     **extra).float()
         for i, up in enumerate(self.upsamplers):
             with self._running(up):
                 x = up.sample(x, seeds=stage_seeds(seeds, STAGE_UP + i),
-                              steps=self._opt("upsampler_steps", upsampler_steps), progress=progress).float()
+                              steps=self._opt("upsampler_steps", upsampler_steps), progress=progress,
+                              **up_extra[i]).float()
         return x
 
     @torch.no_grad()
@@ -490,6 +519,40 @@ class UnCLIPPipeline:
                 x_T = self.decoder.invert(self._decoder_input(x), zi, None, steps=steps,
                                           **self._null_kw(self.decoder)).float().expand(n, -1, -1, -1)
         return to_unit_range(self.decode_embeddings(z, to, [seed] * n, x_T=x_T, **kw))
+
+
+    # ---- edits (dalle2_fast/inpainting.py) ---------------------------------------------------------
+    @torch.no_grad()
+    def inpaint(self, image: torch.Tensor, mask: torch.Tensor, prompt: str, n: int = 4, seed: int = 0, *,
+                method: str = "repaint", jumps: tuple[int, int] | None = (5, 3), batch_size: int = 16,
+                progress: bool = False, **opts) -> torch.Tensor:
+        """``n`` images (n, 3, S, S) in [0, 1] that keep ``image`` (3, H, W) in [-1, 1] where ``mask``
+        (H, W) is 0 and fill it from ``prompt`` where it is 1 (image k from seed + k). ``method``
+        'repaint': training-free, the known pixels blended into every fused sampling step of every
+        stage, the decoder resampling with ``jumps`` = (jump_length, jump_n_sample) (None: no
+        resampling); 'conditioned': the mask-conditioned decoder (:attr:`inpaint_decoder`, GLIDE's
+        inpainting model) sees the known pixels and the mask, nothing is blended. ``opts``: prior_steps, decoder_steps, upsampler_steps, prior_guidance,
+        decoder_guidance. Edge cases (mask size, non-binary, all zero / all one) as
+        :mod:`dalle2_fast.inpainting` documents."""
+        from dalle2_fast.inpainting import run_inpaint
+
+        unknown = sorted(set(opts) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"UnCLIPPipeline.inpaint: unknown options {unknown} (known: {sorted(self.defaults)})")
+        return run_inpaint(self, image, mask, prompt, n, seed, method, jumps, batch_size, opts, progress)
+
+    @torch.no_grad()
+    def outpaint(self, image: torch.Tensor, direction: str, pixels: int, prompt: str, n: int = 4, seed: int = 0,
+                 **kw) -> torch.Tensor:
+        """Extend ``image`` (3, H, W) in [-1, 1] past its ``direction`` border ('left', 'right', 'up',
+        'down') by ``pixels`` (at the pipeline's size S): the image moves away from that side and
+        the new strip is filled from ``prompt`` (:meth:`inpaint`'s other arguments)."""
+        from dalle2_fast.inpainting import outpaint_canvas, resize_pair
+
+        x = self._check_image("image", image)
+        x, _ = resize_pair(x, torch.zeros(1, 1, *x.shape[-2:]), self.image_size)
+        canvas, fill = outpaint_canvas(x, direction, pixels)
+        return self.inpaint(canvas[0], fill[0, 0], prompt, n, seed, **kw)
 
 
 def _check_dtype(dtype) -> torch.dtype:

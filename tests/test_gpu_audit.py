@@ -96,7 +96,8 @@ def test_matrix_covers_the_wrapper_choices():
             cfg = L.adagn_candidates(c.params["C"] // c.params["groups"], c.params["S"])[0]
             tiles.add((cfg["BLOCK_C"], cfg["BLOCK_S"]))
     assert tiles == set(L.ADAGN_TILES)
-    assert len(M.sampling_variants()) == 6 + 6 * 16 + 6 * 8 + 6 * 4
+    assert len(M.sampling_variants()) == 6 + 6 * 16 + 6 * 8 + 6 * 4 + 3 * 2  # + the inpainting blend per sampler
+    assert {v["known"] for v in M.sampling_variants()} == {0, 1, 2}
 
 
 def test_parse_ptxas_log():

@@ -31,6 +31,7 @@ FORBIDDEN = {
     "checkpoint": {"nn", "diffusion", "interop", "pipeline", "generate", "recipes", "train", "cli", "jobs", "serve",
                    "data", "eval", "bench"},
     "pipeline": {"generate", "recipes", "train", "cli", "jobs", "serve", "bench"},
+    "inpainting": {"generate", "recipes", "train", "cli", "jobs", "serve", "bench"},  # the pipeline's edits
     "generate": {"recipes", "train", "cli", "jobs", "serve", "bench"},
     "train": {"pipeline", "generate", "recipes", "cli", "jobs", "serve", "bench"},
     "recipes": {"cli", "jobs", "serve", "bench"},

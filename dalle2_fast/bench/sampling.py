@@ -11,6 +11,11 @@
    drowns in timing noise, the ``... sampler only`` variants time the same loops around a free
    denoiser (it returns a precomputed output): overhead fraction = t_sampler_only / t_denoiser
    = 1 / ratio.
+3. Inpainting: the same 25-step DDIM + CFG loop with the known / mask blend fused into every
+   step (``known=``, ``mask=``: a centre hole) against the plain loop (the baseline): the
+   blend's cost per step is ratio^-1 - 1; the ``sampler only`` pair isolates the sampler's own
+   share. RePaint's resampling per jump setting (jump length j, count r): its time and model
+   calls (``num_model_calls``) against the plain loop.
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ import torch
 from torch import nn
 
 from dalle2_fast.bench.core import Case, Variant
-from dalle2_fast.diffusion import ClassifierFreeGuidance, GaussianDiffusion, cosine_betas, ddim_sample, respace
+from dalle2_fast.diffusion import (ClassifierFreeGuidance, GaussianDiffusion, cosine_betas, ddim_sample,
+                                   num_model_calls, repaint_sample, respace)
 from dalle2_fast.ops import ddim_coefs, ddim_step
 from dalle2_fast.ops.sampling import sampling_family
 
@@ -82,18 +88,25 @@ def _loop_spec(B: int, res: int, ch: int) -> dict:
     return dict(name=f"ddim25-cfg-loop-B{B}-3x{res}x{res}-ch{ch}", params=dict(B=B, res=res, ch=ch, steps=25))
 
 
+def _inpaint_spec(B: int, res: int, ch: int) -> dict:
+    return dict(name=f"ddim25-cfg-inpaint-loop-B{B}-3x{res}x{res}-ch{ch}", params=dict(B=B, res=res, ch=ch, steps=25))
+
+
 def _plan(device: str, quick: bool) -> list[tuple]:
-    """(kind, args) of every case: ('step', B) or ('loop', B, res, ch)."""
+    """(kind, args) of every case: ('step', B), ('loop', B, res, ch) or ('inpaint', B, res, ch)."""
     if device == "cuda":
-        return [("step", 16)] + ([] if quick else [("step", 64)]) + [("loop", 16, 64, 64)]
+        return [("step", 16)] + ([] if quick else [("step", 64)]) + [("loop", 16, 64, 64), ("inpaint", 16, 64, 64)]
     if quick:
-        return [("step", 16), ("loop", 4, 32, 16)]
-    return [("step", 64), ("loop", 8, 32, 32)]
+        return [("step", 16), ("loop", 4, 32, 16), ("inpaint", 4, 32, 16)]
+    return [("step", 64), ("loop", 8, 32, 32), ("inpaint", 8, 32, 32)]
+
+
+_SPECS = {"step": _step_spec, "loop": _loop_spec, "inpaint": _inpaint_spec}
 
 
 def specs(device: str = "cpu", quick: bool = False) -> list[dict]:
     """Name and params of every case, without building tensors (for the roofline)."""
-    return [_step_spec(*a) if k == "step" else _loop_spec(*a) for k, *a in _plan(device, quick)]
+    return [_SPECS[k](*a) for k, *a in _plan(device, quick)]
 
 
 class _Free(nn.Module):
@@ -167,8 +180,49 @@ def _loop_case(device: str, B: int, res: int, ch: int) -> Case:
     return Case(FAMILY, s["name"], s["params"], variants, "denoiser x25", device=device)
 
 
+JUMPS = ((5, 2), (5, 3), (10, 10))  # RePaint settings timed (jump length, count); (10, 10) is the paper's
+
+
+def _inpaint_case(device: str, B: int, res: int, ch: int) -> Case:
+    torch.manual_seed(0)
+    model = SmallDenoiser(ch).to(device).eval()
+    proc = respace(GaussianDiffusion(cosine_betas(1000)), "25")
+    y = torch.arange(B, device=device) % 10
+    null = torch.full((B,), 10, device=device)
+    cfg = ClassifierFreeGuidance(model, 3.0, {"y": null[:1]})
+    g = torch.Generator().manual_seed(1)
+    x_T = torch.randn(B, 3, res, res, generator=g).to(device)
+    known = (torch.rand(B, 3, res, res, generator=g) * 2 - 1).to(device)
+    mask = torch.ones(1, 1, res, res, device=device)
+    mask[..., res // 4 : 3 * res // 4, res // 4 : 3 * res // 4] = 0  # 1 = keep: a centre hole
+    best = sampling_family.select(x_T).backend
+    kw = dict(model_kwargs={"y": y}, clip="static", backend=best)
+    hole = dict(known=known, mask=mask)
+    with torch.no_grad():
+        free = _Free(model(torch.cat([x_T, x_T]), torch.full((2 * B,), 500, device=device), torch.cat([y, null])))
+    free_cfg = ClassifierFreeGuidance(free, 3.0, {"y": null[:1]})
+    plain = f"ddim_sample[{best}]"
+    variants = [
+        Variant(plain, lambda: ddim_sample(cfg, proc, x_T, **kw), "baseline"),
+        Variant(f"{plain} + fused blend", lambda: ddim_sample(cfg, proc, x_T, **kw, **hole)),
+        Variant(f"{plain} sampler only", lambda: ddim_sample(free_cfg, proc, x_T, **kw), "peer"),
+        Variant(f"{plain} + fused blend sampler only", lambda: ddim_sample(free_cfg, proc, x_T, **kw, **hole)),
+    ]
+    for j, r in JUMPS:
+        variants.append(Variant(f"repaint[j={j}, r={r}]", lambda j=j, r=r: repaint_sample(
+            cfg, proc, x_T, jump_length=j, jump_n_sample=r, base="ddim", **kw, **hole)))
+
+    def notes():
+        calls = {f"repaint[j={j}, r={r}]": {"model calls": num_model_calls(25, j, r)} for j, r in JUMPS}
+        return {plain: {"model calls": 25}, f"{plain} + fused blend": {"model calls": 25}, **calls}
+
+    s = _inpaint_spec(B, res, ch)
+    return Case(FAMILY, s["name"], s["params"], variants, plain, device=device, notes=notes)
+
+
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
-    return [_step_case(device, *a) if k == "step" else _loop_case(device, *a) for k, *a in _plan(device, quick)]
+    make = {"step": _step_case, "loop": _loop_case, "inpaint": _inpaint_case}
+    return [make[k](device, *a) for k, *a in _plan(device, quick)]
 
 
 __all__ = ["cases", "eager_ddim_cfg_step", "SmallDenoiser"]

@@ -6,6 +6,7 @@ model loads, and calls.
     variations   images that keep the CLIP content of an input image
     interpolate  images between two input images in CLIP space
     text-diff    edit an image toward a caption (the paper's text diffs)
+    inpaint      fill a masked region of an image from a caption, or extend it past a border
     train        train a suite model, CLIP, or the unCLIP recipe
     eval         the caption-match report of a pipeline
     serve        an HTTP service: OpenAI's Images API with dynamic batching, and a web page
@@ -18,9 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dalle2_fast.cli import bench_info, convert, edit, evaluate, sample, serve, train
+from dalle2_fast.cli import bench_info, convert, edit, evaluate, inpaint, sample, serve, train
 
-VERBS = (sample, edit, train, evaluate, serve, bench_info, convert)
+VERBS = (sample, edit, inpaint, train, evaluate, serve, bench_info, convert)
 
 
 class UsageError(ValueError):

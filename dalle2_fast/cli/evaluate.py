@@ -2,6 +2,7 @@
 never used, judged by the shapes detector; CLIP zero-shot accuracy; a picture).
 
     dalle2-fast eval --pipeline runs/unclip/pipeline --out runs/unclip/eval
+    dalle2-fast eval --inpaint --out runs/unclip/inpaint      # the inpainting report instead
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--n-single", type=int, default=4, help="images per single-object prompt (30 prompts)")
     e.add_argument("--n-two", type=int, default=2, help="images per two-object prompt (30 prompts)")
+    e.add_argument("--inpaint", action="store_true",
+                   help="the inpainting report instead (dalle2_fast/eval/inpaint.py): inpaint.json, inpaint.png")
+    e.add_argument("--n-cases", type=int, default=50, help="with --inpaint: two-object images to edit")
     e.set_defaults(func=run)
 
 
@@ -25,7 +29,13 @@ def run(args) -> int:
 
     check_count("--n-single", args.n_single)
     check_count("--n-two", args.n_two)
+    check_count("--n-cases", args.n_cases)
     check_seed_arg(args.seed)
     check_out_dir("--out", args.out)
+    if args.inpaint:
+        from dalle2_fast.eval.inpaint import evaluate_inpainting
+
+        evaluate_inpainting(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, args.n_cases, args.seed)
+        return 0
     evaluate_pipeline(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, args.n_single, args.n_two, args.seed)
     return 0

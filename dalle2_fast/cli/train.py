@@ -61,7 +61,8 @@ def add_parsers(sub) -> None:
     u = t.add_argument_group("unclip (the recipe's stages train with its own settings)")
     u.add_argument("--scale", type=float, default=None, help="multiply every stage's steps (1.0)")
     u.add_argument("--stages", nargs="+", default=None,
-                   help="train only these stages (clip prior decoder upsampler1 upsampler2); finished stages in "
+                   help="train only these stages (clip prior decoder upsampler1 upsampler2; optional: inpaint, the "
+                        "mask-conditioned decoder fine-tuned from the trained or shipped decoder); finished stages in "
                         "--out are reused, so parallel processes can split the recipe")
     u.add_argument("--upsample-res", type=int, nargs="*", default=None, help="the upsamplers' sizes (64 128)")
     t.set_defaults(func=run)
@@ -122,7 +123,7 @@ def run(args) -> int:
 def _unclip(args, out: str) -> int:
     import os
 
-    from dalle2_fast.recipes.unclip import recipe_from_args, stage_names, train_unclip
+    from dalle2_fast.recipes.unclip import OPTIONAL_STAGES, recipe_from_args, stage_names, train_unclip
 
     refuse_unused(args, LOOP_OPTS + SUITE_OPTS, "apply to the suite models; `train unclip` trains each stage with "
                   "the recipe's own settings (use --scale, --max-minutes, --stages)")
@@ -135,9 +136,10 @@ def _unclip(args, out: str) -> int:
     r = recipe_from_args(args.seed, scale, args.max_minutes,
                          tuple(args.upsample_res) if args.upsample_res is not None else None)
     if args.stages is not None:
-        bad = [s for s in args.stages if s not in stage_names(r)]
+        bad = [s for s in args.stages if s not in stage_names(r) + list(OPTIONAL_STAGES)]
         if bad:
-            raise ValueError(f"--stages: unknown stages {bad}; this recipe has {stage_names(r)}")
+            raise ValueError(f"--stages: unknown stages {bad}; this recipe has {stage_names(r)} and the optional "
+                             f"{list(OPTIONAL_STAGES)}")
     ensure_writable("--out", out)
     pipe = train_unclip(r, out, progress=not args.quiet, stages=args.stages)
     print(f"{out}/pipeline" if pipe is not None else

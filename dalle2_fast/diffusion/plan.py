@@ -59,7 +59,7 @@ def _next(idx: torch.Tensor) -> torch.Tensor:
 
 
 def ddpm_table(diffusion: GaussianDiffusion, idx: torch.Tensor) -> torch.Tensor:
-    """(S, B, 10): ancestral steps idx[k] -> idx[k+1] (-> the end after the last); the
+    """(S, B, 12): ancestral steps idx[k] -> idx[k+1] (-> the end after the last); the
     variance is the process's (fixed small / fixed large / learned range) for that transition."""
     nxt = _next(idx)
     ab_t, ab_s = _abar(diffusion, idx), _abar(diffusion, nxt)
@@ -79,7 +79,7 @@ def ddpm_table(diffusion: GaussianDiffusion, idx: torch.Tensor) -> torch.Tensor:
 
 def ddim_table(diffusion: GaussianDiffusion, idx: torch.Tensor, eta: float = 0.0, invert: bool = False,
                abar_shift: int = 0) -> torch.Tensor:
-    """(S, B, 10): DDIM steps idx[k] -> idx[k+1] (-> the end). With ``invert``: the model is
+    """(S, B, 12): DDIM steps idx[k] -> idx[k+1] (-> the end). With ``invert``: the model is
     read at idx[k] and x moves to idx[k+1] (ascending), S-1 steps.
 
     ``abar_shift=-1``: the update (x0 and eps weights, noise) uses abar one step earlier than
@@ -101,21 +101,46 @@ def ddim_table(diffusion: GaussianDiffusion, idx: torch.Tensor, eta: float = 0.0
         upd = ddim_coefs(upd_t, upd_s, eta)[..., 4:]
         end = torch.zeros_like(upd)
         end[..., 0] = 1.0  # the last step returns x0 (from t = 0, abar_{-1} = 1 would give 0 / 0)
+        end[..., 6] = 1.0  # ... and a known region at its own level (sqrt(abar) = 1, column 10)
         table = torch.cat([table[..., :4], torch.where((nxt < 0)[..., None], end, upd)], dim=-1)
     return table
 
 
 def dpmpp_2m_table(diffusion: GaussianDiffusion, idx: torch.Tensor) -> torch.Tensor:
-    """(S, B, 10): DPM-Solver++(2M) steps idx[k] -> idx[k+1] (-> the end, first order there)."""
+    """(S, B, 12): DPM-Solver++(2M) steps idx[k] -> idx[k+1] (-> the end, first order there)."""
     ab_t, ab_s = _abar(diffusion, idx), _abar(diffusion, _next(idx))
     _, h = dpmpp_2m_coefs(ab_t, ab_s)  # h of every step, (S, B)
     h_prev = torch.cat([torch.full_like(h[:1], float("nan")), h[:-1]])  # none before the first step
     return dpmpp_2m_coefs(ab_t, ab_s, h_prev)[0]
 
 
+def inpaint_inputs(known, mask, shape: Sequence[int], device, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Checked inpainting inputs of a sampling loop over x of ``shape`` (B, C, *S): ``known``
+    (B or 1, C, *S) the clean image of the known region, ``mask`` (B or 1, C or 1, *S), 1 = keep
+    the known value, 0 = generate (values in [0, 1]; a soft mask interpolates). Returns (known
+    (B, C, *S) contiguous, mask in ``dtype``) on ``device``, or None when neither is given."""
+    if known is None and mask is None:
+        return None
+    if known is None or mask is None:
+        raise ValueError("inpainting needs both known (the image) and mask (1 = keep), got only "
+                         f"{'known' if known is not None else 'mask'}")
+    B, rest = shape[0], tuple(shape[1:])
+    if not isinstance(known, torch.Tensor) or known.dim() != len(shape) or known.shape[0] not in (1, B) \
+            or tuple(known.shape[1:]) != rest:
+        raise ValueError(f"known must be ({B} or 1, {', '.join(map(str, rest))}) like x, got "
+                         f"{tuple(getattr(known, 'shape', ())) or type(known).__name__}")
+    ok = isinstance(mask, torch.Tensor) and mask.dim() == len(shape) and mask.shape[0] in (1, B) \
+        and mask.shape[1] in (1, shape[1]) and tuple(mask.shape[2:]) == tuple(shape[2:])
+    if not ok:
+        raise ValueError(f"mask must be ({B} or 1, {shape[1]} or 1, {', '.join(map(str, shape[2:]))}), got "
+                         f"{tuple(getattr(mask, 'shape', ())) or type(mask).__name__}")
+    known = known.to(device=device, dtype=dtype).expand(B, *rest).contiguous()
+    return known, mask.to(device=device, dtype=dtype)
+
+
 @dataclass
 class Plan:
-    """A sampling loop, fixed before it starts. ``coefs`` (S, B, 10) and ``model_t`` (S, B)
+    """A sampling loop, fixed before it starts. ``coefs`` (S, B, 12) and ``model_t`` (S, B)
     live on the sampling device; ``idx`` (S, B) are this process's step indices (CPU)."""
 
     kind: str  # 'ddpm' | 'ddim' | 'dpmpp_2m'
@@ -162,4 +187,4 @@ class NoiseSource:
 
 
 __all__ = ["Plan", "NoiseSource", "SamplingNaNError", "step_indices", "ddpm_table", "ddim_table",
-           "dpmpp_2m_table"]
+           "dpmpp_2m_table", "inpaint_inputs"]

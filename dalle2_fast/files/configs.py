@@ -180,7 +180,8 @@ def _member(root: Path, where: str, key: str, rel) -> str:
 
 def read_pipeline_manifest(path: str | os.PathLike) -> dict:
     """The validated ``unclip.json`` of pipeline directory ``path``:
-    ``{'clip', 'prior', 'decoder': relative paths, 'upsamplers': [relative paths], 'defaults': {...}}``.
+    ``{'clip', 'prior', 'decoder': relative paths, 'upsamplers': [relative paths], 'defaults': {...}}``
+    and, when the pipeline has one, ``'inpaint_decoder'`` (the mask-conditioned decoder's path).
     Stage paths must be relative, stay inside the directory and exist; ``defaults`` may hold
     only ``PIPELINE_DEFAULTS`` keys, in range."""
     root = Path(path)
@@ -191,7 +192,7 @@ def read_pipeline_manifest(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{mf}: missing (a pipeline directory holds {PIPELINE_FILE}, clip/, prior, decoder)")
     meta = read_json_object(mf)
     where = str(mf)
-    known = set(PIPELINE_STAGES) | {"upsamplers", "defaults"}
+    known = set(PIPELINE_STAGES) | {"upsamplers", "defaults", "inpaint_decoder"}
     unknown = sorted(set(meta) - known)
     if unknown:
         raise CheckpointError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
@@ -203,6 +204,8 @@ def read_pipeline_manifest(path: str | os.PathLike) -> dict:
     if not isinstance(ups, list):
         raise CheckpointError(f"{where}: upsamplers: expected a list of relative paths, got {_got(ups)}")
     out["upsamplers"] = [_member(root, where, f"upsamplers[{i}]", u) for i, u in enumerate(ups)]
+    if meta.get("inpaint_decoder") is not None:  # optional: the mask-conditioned decoder
+        out["inpaint_decoder"] = _member(root, where, "inpaint_decoder", meta["inpaint_decoder"])
     defaults = meta.get("defaults", {})
     if defaults is None:
         defaults = {}

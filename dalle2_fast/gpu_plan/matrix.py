@@ -138,6 +138,12 @@ def sampling_variants() -> list[dict]:
             out.append(dict(kind=2, pred=pred, cfg=cfg, clip=clip, learned=False, noise=noise, prev=False, want=want))
         for clip, prev in itertools.product((False, True), repeat=2):
             out.append(dict(kind=3, pred=pred, cfg=cfg, clip=clip, learned=False, noise=False, prev=prev, want=True))
+    out = [dict(v, known=0) for v in out]
+    # inpainting blend (known / mask / known_noise): 1 = a per-channel mask with its noise, 2 = a
+    # one-channel mask without noise (the broadcast index); on each sampler's widest variant
+    for kind, known in itertools.product((1, 2, 3), (1, 2)):
+        out.append(dict(kind=kind, pred=2, cfg=True, clip=True, learned=kind == 1, noise=kind != 3, prev=kind == 3,
+                        want=True, known=known))
     return out
 
 
@@ -149,11 +155,14 @@ def _sampling_run(dtype, v):
         x = torch.randn(B, *shape, generator=_g(0)).to(dtype)
         rows, ch = (2 * B if v["cfg"] else B), (2 * shape[0] if v["learned"] else shape[0])
         m = torch.randn(rows, ch, *shape[1:], generator=_g(1)).to(dtype)
-        coefs = torch.rand(B, 10, generator=_g(2)) + 0.5
+        coefs = torch.rand(B, 12, generator=_g(2)) + 0.5
         extra = torch.randn(B, *shape, generator=_g(3)).to(dtype)
+        known = v.get("known", 0)
+        mask = (torch.rand(B, 1 if known == 2 else shape[0], *shape[1:], generator=_g(4)) > 0.5).to(dtype)
         sampling_step_triton(x, m, coefs, torch.full((B,), 3.0) if v["cfg"] else None,
                              torch.ones(B) if v["clip"] else None, extra if v["noise"] else None,
-                             extra if v["prev"] else None, v["kind"], v["pred"], v["learned"], v["want"])
+                             extra if v["prev"] else None, v["kind"], v["pred"], v["learned"], v["want"],
+                             x if known else None, mask if known else None, extra if known == 1 else None)
     return run
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.diffusion import (FROM_CONFIG, ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion,
                                    SamplingConfig, ddim_invert, respace, run_sampler)
+from dalle2_fast.diffusion.repaint import inpaint_sampling
 from dalle2_fast.models.unet import UNet, UNetConfig, convert_v1_unet_state_dict
 from dalle2_fast.seeding import Draws, check_seeds
 
@@ -74,6 +75,9 @@ class DecoderConfig:
     uncond: str = "masked"                # unconditional caption: all tokens masked | 'empty_prompt' (null_text)
     raw_embeddings: bool = False          # z_i / z_t unnormalised CLIP embeddings
     sampling: SamplingConfig = field(default_factory=_default_sampling)
+    # mask-conditioned (GLIDE inpainting): the known image (zeros in the hole) and the keep mask
+    # as 4 extra input channels (unet.low_res_channels = 4, at the decoder's own size)
+    inpaint: bool = False
 
 
 @register_model("unclip_decoder")
@@ -103,6 +107,9 @@ class UnCLIPDecoder(Pretrained, nn.Module):
                                  ("null_image_embed", c.null_image_embed, _NULL_IMAGE), ("uncond", c.uncond, _UNCOND)):
             if val not in known:
                 raise ValueError(f"DecoderConfig.{name} must be one of {known}, got {val!r}")
+        if c.inpaint != (u.low_res_channels == 4):
+            raise ValueError("DecoderConfig: inpaint=True needs unet.low_res_channels=4 (masked image + mask) and "
+                             f"a plain decoder none; got inpaint={c.inpaint}, low_res_channels={u.low_res_channels}")
         if c.uncond == "empty_prompt" and c.text_drop_prob:
             raise ValueError("DecoderConfig: uncond='empty_prompt' trains no masked-caption branch: set text_drop_prob=0")
         self.unet = UNet(u)
@@ -131,28 +138,41 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         """Files with the U-Net's v1 attention-block keys (the shipped weights) load unchanged."""
         return convert_v1_unet_state_dict(state, prefix="unet.")
 
-    def forward(self, x, t, image_embed, text_tokens=None, text_mask=None, text_embed=None, context=None):
+    def forward(self, x, t, image_embed, text_tokens=None, text_mask=None, text_embed=None, context=None,
+                inpaint_image=None):
         """Model output for x (B, 3, S, S) at t (B,): z_i image_embed (B, D), the caption's
         text_tokens (B, L, W) and text_mask (B, L) bool True = real, or instead of those two their
         :meth:`context_cache` (``context``: the U-Net's context keys/values, projected once per
-        sampling call); text_embed (B, D) z_t with ``text_embed_to_time``."""
+        sampling call); text_embed (B, D) z_t with ``text_embed_to_time``; ``inpaint_image``
+        (B, 4, S, S) for a mask-conditioned decoder (:meth:`inpaint_condition`)."""
         extra = None
         if self.text_time is not None:
             if text_embed is None:
                 raise ValueError("UnCLIPDecoder: this decoder adds the caption's z_t to the time embedding "
                                  "(text_embed_to_time): pass text_embed (B, D)")
             extra = self.text_time(text_embed)
+        if self.config.inpaint != (inpaint_image is not None):
+            raise ValueError("UnCLIPDecoder: inpaint_image (B, 4, S, S) is given iff the decoder is mask-conditioned "
+                             f"(config.inpaint={self.config.inpaint})")
         if context is not None:
             if text_tokens is not None or text_mask is not None:
                 raise ValueError("UnCLIPDecoder: pass the caption (text_tokens, text_mask) or its context cache "
                                  "(context), not both")
-            return self.unet(x, t, cond=image_embed, context_kv=context, emb=extra)
+            return self.unet(x, t, cond=image_embed, context_kv=context, emb=extra, low_res=inpaint_image)
         if text_tokens is None or text_mask is None:
             raise ValueError("UnCLIPDecoder: pass text_tokens and text_mask (or their context cache)")
         # text context (B, L, context_dim), padding mask True = padded; the U-Net prepends the
         # cond_tokens CLIP tokens (never padded) and adds cond (+ the projected z_t) to the time embedding
         ctx = self.text_proj(text_tokens)
-        return self.unet(x, t, cond=image_embed, context=ctx, context_mask=~text_mask.to(torch.bool), emb=extra)
+        return self.unet(x, t, cond=image_embed, context=ctx, context_mask=~text_mask.to(torch.bool), emb=extra,
+                         low_res=inpaint_image)
+
+    @staticmethod
+    def inpaint_condition(known: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The conditioning of a mask-conditioned decoder: (known * keep, keep), (B, 4, S, S);
+        ``keep`` (B or 1, 1, S, S) is 1 on known pixels."""
+        keep = keep.to(known.dtype).expand(known.shape[0], 1, *known.shape[-2:])
+        return torch.cat([known * keep, keep], dim=1)
 
     def context_cache(self, image_embed, text_tokens, text_mask):
         """The U-Net's context keys/values of (z_i's tokens, the projected caption) at every
@@ -225,10 +245,15 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         batch: ``image`` (B, 3, S, S) in [-1, 1], ``image_embed`` (B, D) unit-norm z_i, optional
         ``text_tokens`` (B, L, W) and ``text_mask`` (B, L) (absent: no caption), optional ``seeds`` /
         ``generator``. Per item: z_i dropped with ``clip_drop_prob``, the caption with
-        ``text_drop_prob``, the timestep and the noise — all from the batch's draws."""
+        ``text_drop_prob``, the timestep and the noise — all from the batch's draws. A
+        mask-conditioned decoder also needs ``fill`` (B, 1, S, S), 1 = the hole."""
         x0, zi = batch["image"], batch["image_embed"]
         b, dev = x0.shape[0], x0.device
         kw = self._kwargs(zi, batch.get("text_tokens"), batch.get("text_mask"), batch.get("text_embed"))
+        if self.config.inpaint:
+            if "fill" not in batch:
+                raise ValueError("UnCLIPDecoder.loss: a mask-conditioned decoder needs batch['fill'] (B, 1, S, S)")
+            kw["inpaint_image"] = self.inpaint_condition(x0, 1.0 - batch["fill"].to(x0.dtype))
         draws = Draws.of(batch, b, dev)
         drop_clip = draws.bernoulli("clip_drop", self.config.clip_drop_prob)
         drop_text = draws.bernoulli("text_drop", self.config.text_drop_prob)
@@ -273,8 +298,8 @@ class UnCLIPDecoder(Pretrained, nn.Module):
     @torch.no_grad()
     def sample(self, image_embed: torch.Tensor, text=None, *, seeds: Sequence[int], steps: int | str | None = 50,
                guidance: float = 3.0, sampler: str | None = None, eta: float | None = None, clip=FROM_CONFIG,
-               x_T: torch.Tensor | None = None, progress: bool = False, null_text=None,
-               context_cache: bool = True) -> torch.Tensor:
+               x_T: torch.Tensor | None = None, progress: bool = False, null_text=None, known=None, mask=None,
+               jumps=None, inpaint_image=None, context_cache: bool = True) -> torch.Tensor:
         """Images (B, 3, S, S) in [-1, 1] for z_i (B, D) and an optional caption encoding (``.tokens``
         (B, L, W), ``.mask`` (B, L)); image i depends only on seeds[i]. ``steps`` in the respacing
         vocabulary; classifier-free guidance ``guidance`` (1 = off). ``x_T``: start from this latent
@@ -286,17 +311,24 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         benchmarks/results/cpu-xeon-2core/unclip-shipped/). ``null_text``: the encoding of
         :attr:`null_prompt` (batch 1 or B), for ``uncond='empty_prompt'``. ``context_cache``: the
         U-Net's context keys/values projected once per call (:meth:`context_cache`; the same images
-        to float tolerance) instead of at every step in every attention block."""
+        to float tolerance) instead of at every step in every attention block. Inpainting: ``known``
+        (B or 1, 3, S, S) in [-1, 1] and ``mask`` (B or 1, 1 or 3, S, S), 1 = keep the known pixel,
+        blended in every fused step; ``jumps`` = (jump_length, jump_n_sample) adds RePaint's
+        resampling (``diffusion.repaint.inpaint_sampling``). A mask-conditioned decoder takes
+        ``inpaint_image`` (B, 4, S, S) = :meth:`inpaint_condition` (known, keep)."""
         b = image_embed.shape[0]
         seeds = check_seeds(seeds, b)
         sampler, eta, clip = self.config.sampling.resolve(sampler, eta, clip)
+        sampler, eta, inpaint = inpaint_sampling(sampler, eta, known, mask, jumps)
         kw = self._kwargs(image_embed, *self._text(text), null_text=null_text)
+        if inpaint_image is not None:
+            kw["inpaint_image"] = inpaint_image
         s = self.image_size
         start = (b, 3, s, s) if x_T is None else x_T
         denoiser, kw = self._denoiser(guidance, kw, null_text, context_cache)
         return run_sampler(sampler, denoiser, self.diffusion, start,
                            steps=self.config.sampling.steps(steps), eta=eta, model_kwargs=kw, seeds=seeds, clip=clip,
-                           progress=progress, device=image_embed.device)
+                           progress=progress, device=image_embed.device, **inpaint)
 
     @torch.no_grad()
     def invert(self, images: torch.Tensor, image_embed: torch.Tensor, text=None, *, steps: int | str = 50,
@@ -311,3 +343,25 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         denoiser, kw = self._denoiser(guidance, kw, null_text, context_cache=True)
         return ddim_invert(denoiser, respace(self.diffusion, self.config.sampling.steps(steps)),
                            images, model_kwargs=kw, progress=progress)
+
+
+def widen_for_inpainting(decoder: UnCLIPDecoder) -> UnCLIPDecoder:
+    """A mask-conditioned copy of a trained decoder (GLIDE's recipe): the same weights, the input
+    convolution widened by the 4 conditioning channels with zero weights, so that it starts as
+    the original model and fine-tuning learns to use the known pixels."""
+    from dataclasses import replace
+
+    c = decoder.config
+    if c.inpaint:
+        raise ValueError("widen_for_inpainting: the decoder is already mask-conditioned")
+    wide = UnCLIPDecoder(replace(c, inpaint=True, unet=replace(c.unet, low_res_channels=4)))
+    new = wide.state_dict()
+    for k, v in decoder.state_dict().items():
+        if new[k].shape == v.shape:
+            new[k] = v
+        else:  # the first convolution: (C, 3, k, k) -> (C, 7, k, k), the new input channels zero
+            w = torch.zeros_like(new[k])
+            w[:, : v.shape[1]] = v
+            new[k] = w
+    wide.load_state_dict(new)
+    return wide.to(next(decoder.parameters()).device)

@@ -20,6 +20,7 @@ from torch import nn
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.diffusion import (SAMPLERS, ClassifierFreeGuidance, ClassifierGuidance, DiffusionConfig,
                                    GaussianDiffusion, respace, run_sampler)
+from dalle2_fast.diffusion.repaint import inpaint_sampling
 from dalle2_fast.models.unet import UNet, UNetConfig, convert_v1_unet_state_dict
 from dalle2_fast.seeding import Draws, check_seeds
 
@@ -136,7 +137,8 @@ class DiffusionModel(nn.Module, Pretrained):
     @torch.no_grad()
     def sample(self, labels=None, *, seeds: Sequence[int], sampler: str = "ddim", steps: int | str | None = 50,
                eta: float = 0.0, guidance_scale: float = 1.0, classifier: nn.Module | None = None,
-               classifier_scale: float = 0.0, clip: str | None = "static", progress: bool = False) -> torch.Tensor:
+               classifier_scale: float = 0.0, clip: str | None = "static", progress: bool = False, known=None,
+               mask=None, jumps=None) -> torch.Tensor:
         """Images (n, C, S, S) in [-1, 1], n = len(seeds); image i depends only on seeds[i] (and its label).
 
         labels: (n,) class ids (conditional models; default: cycling through the classes).
@@ -144,7 +146,9 @@ class DiffusionModel(nn.Module, Pretrained):
         vocabulary). guidance_scale: classifier-free guidance s (1 = the conditional model; needs a
         model trained with p_uncond > 0). classifier / classifier_scale: ADM classifier guidance
         (Dhariwal & Nichol Alg. 1) with a noisy classifier over the same label ids (for an
-        unconditional model the labels are the classifier's)."""
+        unconditional model the labels are the classifier's). Inpainting: ``known`` (n or 1, C, S, S)
+        in [-1, 1], ``mask`` (n or 1, 1 or C, S, S), 1 = keep the known pixel; ``jumps`` =
+        (jump_length, jump_n_sample) adds RePaint's resampling (``diffusion.repaint``)."""
         n = len(check_seeds(seeds, len(seeds)))
         if n == 0:
             raise ValueError("sample: seeds is empty (one seed per image)")
@@ -180,8 +184,9 @@ class DiffusionModel(nn.Module, Pretrained):
                 kw["cls_y"] = labels.to(dev)
             den = ClassifierGuidance(den, classifier.eval(), process, classifier_scale, label_key=key)
         S, C = cfg.unet.image_size, cfg.unet.in_channels
+        sampler, eta, inpaint = inpaint_sampling(sampler, eta, known, mask, jumps)
         x = run_sampler(sampler, den, process, (n, C, S, S), eta=eta, model_kwargs=kw, clip=clip,
-                        seeds=list(seeds), progress=progress, device=dev)
+                        seeds=list(seeds), progress=progress, device=dev, **inpaint)
         return x.clamp(-1, 1)
 
 

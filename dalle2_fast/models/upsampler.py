@@ -27,6 +27,7 @@ from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.diffusion import DiffusionConfig, GaussianDiffusion, SamplingConfig, respace, run_sampler
+from dalle2_fast.diffusion.repaint import inpaint_sampling
 from dalle2_fast.diffusion.conventions import FROM_CONFIG
 from dalle2_fast.models.unet import UNet, UNetConfig, convert_v1_unet_state_dict
 from dalle2_fast.nn.unet_blocks import AttentionBlock
@@ -138,14 +139,20 @@ class UnCLIPUpsampler(Pretrained, nn.Module):
     @torch.no_grad()
     def sample(self, low_res: torch.Tensor, *, seeds: Sequence[int], steps: int | str | None = 10,
                sampler: str | None = None, eta: float | None = None, clip=FROM_CONFIG,
-               progress: bool = False) -> torch.Tensor:
+               progress: bool = False, known=None, mask=None, jumps=None) -> torch.Tensor:
         """(B, 3, h, w) in [-1, 1] -> (B, 3, h*f, w*f); image i depends only on seeds[i]; ``steps``
         in the respacing vocabulary; ``sampler`` / ``eta`` / ``clip`` default to ``config.sampling``
-        (ours: DDIM, eta 0, x0 clipped to [-1, 1])."""
+        (ours: DDIM, eta 0, x0 clipped to [-1, 1]). Inpainting at high resolution: ``known``
+        (B or 1, 3, h*f, w*f) and ``mask`` (B or 1, 1 or 3, h*f, w*f), 1 = keep; ``jumps`` as
+        ``UnCLIPDecoder.sample`` (a residual upsampler blends the known residual)."""
         b, _, h, w = low_res.shape
         seeds = check_seeds(seeds, b)
         shape = (b, 3, h * self.factor, w * self.factor)
         sampler, eta, clip = self.config.sampling.resolve(sampler, eta, clip)
+        known_image = known
+        if known is not None and self.config.residual and isinstance(known, torch.Tensor):
+            known = known - self.base(low_res, shape[-2:])  # the model samples the residual
+        sampler, eta, inpaint = inpaint_sampling(sampler, eta, known, mask, jumps)
         spec = self.config.sampling.steps(steps)
         denoiser = self
         if self.unet_last is not None:  # the final step's model timestep: the smallest kept one
@@ -153,9 +160,12 @@ class UnCLIPUpsampler(Pretrained, nn.Module):
             denoiser = _LastStepSwitch(self, int(proc.timestep_map[0]))
         x = run_sampler(sampler, denoiser, self.diffusion, shape, steps=spec, eta=eta,
                         model_kwargs={"low_res": self.condition(low_res, shape[-2:])}, seeds=seeds, clip=clip,
-                        progress=progress, device=low_res.device)
+                        progress=progress, device=low_res.device, **inpaint)
         if self.config.residual:  # the model drew the detail on top of the interpolated image
             x = (x + self.base(low_res, shape[-2:])).clamp(-1, 1)
+            if inpaint:  # (known - base) + base is known only up to rounding: the kept pixels exactly
+                w = inpaint["mask"].to(x.dtype)
+                x = w * known_image.to(x) + (1 - w) * x
         return x
 
 

@@ -9,9 +9,18 @@ sample of a batch may sit at its own timestep. The math is written once in
 ``csrc/include/dalle2_fast/sampling.h`` (CPU and CUDA), mirrored by ``sampling_step_ref``
 below (the oracle, torch backend and benchmark baseline) and by the Triton kernel.
 
-Coefficients: a (B, 10) table built in float64 by ``ddpm_coefs`` / ``ddim_coefs`` /
+Coefficients: a (B, 12) table built in float64 by ``ddpm_coefs`` / ``ddim_coefs`` /
 ``dpmpp_2m_coefs`` (see sampling.h for the layout). Dynamic thresholding needs a per-sample
 percentile of |x0| first, so it costs one extra pass (``predict_x0``, then a ``kthvalue``).
+
+Inpainting (RePaint, Lugmayr et al. 2022) is part of the same pass: with ``known`` (the x0 of
+the known region, x's shape), ``mask`` ((B or 1, C or 1, *S); **1 = keep the known value, 0 =
+generate**) and ``known_noise`` (x's shape, or None for no noise), the step's result becomes
+``mask * (sqrt(abar_s) known + sqrt(1 - abar_s) known_noise) + (1 - mask) * x_s`` — the known
+region forward-noised to the level the step lands on (columns 10, 11 of the table). At the end
+of sampling (abar_s = 1) a binary mask returns ``known`` exactly where it is 1. A soft mask
+(values in (0, 1)) interpolates. NaN in either term makes the element NaN (IEEE), on every
+backend. The returned x0 is the model's prediction, not blended.
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ from dalle2_fast.ops._backends import family
 KINDS = {"x0": 0, "ddpm": 1, "ddim": 2, "dpmpp_2m": 3}
 PREDS = {"eps": 0, "x0": 1, "v": 2}
 CLIPS = (None, "static", "dynamic")
-NUM_COEFS = 10
+NUM_COEFS = 12
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 sampling_family = family("sampling_step")
@@ -37,9 +46,12 @@ def _base(abar_t: torch.Tensor) -> list[torch.Tensor]:
     return [a, s, 1.0 / a, 1.0 / s]
 
 
-def _table(cols: list[torch.Tensor]) -> torch.Tensor:
-    cols = cols + [torch.zeros_like(cols[0])] * (NUM_COEFS - len(cols))
-    return torch.stack(cols, dim=-1)  # (..., B, 10)
+def _table(cols: list[torch.Tensor], abar_s: torch.Tensor) -> torch.Tensor:
+    """The ten columns of a sampler (zero-padded), then the known region's scale to the target
+    level: sqrt(abar_s), sqrt(1 - abar_s) (columns 10, 11)."""
+    cols = cols + [torch.zeros_like(cols[0])] * (NUM_COEFS - 2 - len(cols))
+    cols = cols + [abar_s.sqrt(), (1.0 - abar_s).clamp_min(0).sqrt()]
+    return torch.stack(cols, dim=-1)  # (..., B, 12)
 
 
 def _f64(name: str, v, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,7 +72,7 @@ def ddpm_coefs(abar_t, abar_s, logvar, logvar_max=None, add_noise=True) -> torch
     """Ancestral step t -> s (s < t) on the posterior q(x_s | x_t, x0) (Ho et al. Eq. 7,
     for any s < t): mean = c0 x0 + c1 x_t. ``logvar``: the fixed log-variance, or the lower end
     of the learned range (Nichol & Dhariwal Eq. 15) whose upper end is ``logvar_max``.
-    All arguments (B,) (or (S, B)) or scalars; returns the (B, 10) (or (S, B, 10)) float64 table."""
+    All arguments (B,) (or (S, B)) or scalars; returns the (B, 12) (or (S, B, 12)) float64 table."""
     abar_t = _f64("abar_t", abar_t)
     abar_s, lv = _f64("abar_s", abar_s, abar_t), _f64("logvar", logvar, abar_t)
     lvmax = lv if logvar_max is None else _f64("logvar_max", logvar_max, abar_t)
@@ -68,7 +80,7 @@ def ddpm_coefs(abar_t, abar_s, logvar, logvar_max=None, add_noise=True) -> torch
     beta_ts = 1.0 - abar_t / abar_s
     c0 = abar_s.sqrt() * beta_ts / (1.0 - abar_t)
     c1 = (abar_t / abar_s).sqrt() * (1.0 - abar_s) / (1.0 - abar_t)
-    return _table(_base(abar_t) + [c0, c1, lv, lvmax, nz, nz * (0.5 * lv).exp()])
+    return _table(_base(abar_t) + [c0, c1, lv, lvmax, nz, nz * (0.5 * lv).exp()], abar_s)
 
 
 def ddim_coefs(abar_t, abar_s, eta=0.0) -> torch.Tensor:
@@ -78,7 +90,7 @@ def ddim_coefs(abar_t, abar_s, eta=0.0) -> torch.Tensor:
     abar_s, eta = _f64("abar_s", abar_s, abar_t), _f64("eta", eta, abar_t)
     sigma = eta * ((1.0 - abar_s) / (1.0 - abar_t) * (1.0 - abar_t / abar_s)).clamp_min(0).sqrt()
     c1 = (1.0 - abar_s - sigma**2).clamp_min(0).sqrt()
-    return _table(_base(abar_t) + [abar_s.sqrt(), c1, sigma])
+    return _table(_base(abar_t) + [abar_s.sqrt(), c1, sigma], abar_s)
 
 
 def dpmpp_2m_coefs(abar_t, abar_s, h_prev=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +98,7 @@ def dpmpp_2m_coefs(abar_t, abar_s, h_prev=None) -> tuple[torch.Tensor, torch.Ten
     lambda = log(alpha/sigma) and h = lambda_s - lambda_t:
     x_s = (sigma_s/sigma_t) x_t - alpha_s expm1(-h) D, D = (1 + 1/2r) x0 - (1/2r) x0_prev,
     r = h_prev / h. First-order (D = x0) where ``h_prev`` is None / NaN or s is the end
-    (abar_s = 1). Returns (table (B, 10), h (B,) to pass as the next step's h_prev)."""
+    (abar_s = 1). Returns (table (B, 12), h (B,) to pass as the next step's h_prev)."""
     abar_t = _f64("abar_t", abar_t)
     abar_s = _f64("abar_s", abar_s, abar_t)
     lam = lambda ab: 0.5 * (ab.log() - (-ab).log1p())  # noqa: E731
@@ -100,12 +112,13 @@ def dpmpp_2m_coefs(abar_t, abar_s, h_prev=None) -> tuple[torch.Tensor, torch.Ten
         r = hp / h
         w_cur = torch.where(second, 1.0 + 0.5 / r, w_cur)
         w_prev = torch.where(second, -0.5 / r, w_prev)
-    return _table(_base(abar_t) + [ratio, c1, w_cur, w_prev]), h
+    return _table(_base(abar_t) + [ratio, c1, w_cur, w_prev], abar_s), h
 
 
 # ----------------------------------------------------------------------------- reference
 def sampling_step_ref(x, model_out, coefs, guidance=None, thresh=None, noise=None, prev_x0=None,
-                      kind=2, pred=0, learned_var=False, want_x0=False, upcast=True):
+                      kind=2, pred=0, learned_var=False, want_x0=False, known=None, mask=None, known_noise=None,
+                      upcast=True):
     """Plain-PyTorch mirror of sampling.h (same argument meaning as the custom op; ``kind`` and
     ``pred`` as ints). Computes in float64 with ``upcast``, else in float32 (float64 inputs:
     float64). Returns (x_next like x, x0 like x or an empty (0,) tensor)."""
@@ -114,8 +127,8 @@ def sampling_step_ref(x, model_out, coefs, guidance=None, thresh=None, noise=Non
     xf = x.reshape(B, -1).to(dt)  # (B, N)
     N = xf.shape[1]
     m_all = model_out.reshape(model_out.shape[0], -1).to(dt)  # (B or 2B, n_out)
-    k = coefs.to(dt).reshape(B, NUM_COEFS, 1).unbind(1)  # ten (B, 1) columns
-    a, s, ia, is_, c0, c1, c2, c3, c4, c5 = k
+    k = coefs.to(dt).reshape(B, NUM_COEFS, 1).unbind(1)  # twelve (B, 1) columns
+    a, s, ia, is_, c0, c1, c2, c3, c4, c5, ka, ks = k
     mc = m_all[:B]
     m = mc[:, :N]
     if guidance is not None:
@@ -146,20 +159,29 @@ def sampling_step_ref(x, model_out, coefs, guidance=None, thresh=None, noise=Non
         out = c0 * xf + c1 * (c2 * x0 + c3 * prev)
     else:
         out = x0
+    if known is not None and kind != 0:
+        kn = known.reshape(B, -1).to(dt)
+        kz = 0.0 if known_noise is None else known_noise.reshape(B, -1).to(dt)
+        w = mask.to(dt).expand(B, *mask.shape[1:])
+        w = w.expand(B, *x.shape[1:]) if x.dim() > 1 else w
+        w = w.reshape(B, -1)
+        out = w * (ka * kn + ks * kz) + (1.0 - w) * out
     x0_out = x0.to(x.dtype).reshape(x.shape) if (want_x0 and kind != 0) else x.new_empty((0,))
     return out.to(x.dtype).reshape(x.shape), x0_out
 
 
 # ----------------------------------------------------------------------------- backends
 @sampling_family.register("torch", dtypes=_FLOATS + (torch.float64,), devices=("cpu", "cuda"))
-def _step_torch(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred, learned, want_x0):
+def _step_torch(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred, learned, want_x0,
+                known=None, mask=None, known_noise=None):
     return sampling_step_ref(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred, learned,
-                             want_x0, upcast=False)
+                             want_x0, known, mask, known_noise, upcast=False)
 
 
-def _step_ext(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred, learned, want_x0):
+def _step_ext(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred, learned, want_x0,
+              known=None, mask=None, known_noise=None):
     return torch.ops.dalle2_fast.sampling_step(x, model_out, coefs, guidance, thresh, noise, prev_x0,
-                                               kind, pred, learned, want_x0)
+                                               kind, pred, learned, want_x0, known, mask, known_noise)
 
 
 sampling_family.register("cpu", dtypes=_FLOATS + (torch.float64,), devices=("cpu",))(_step_ext)
@@ -179,23 +201,45 @@ def _triton_limits(x, *args):
 
 
 @sampling_family.register("triton", dtypes=_FLOATS, devices=("cpu", "cuda"), limits=_triton_limits)
-def _step_triton(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred, learned, want_x0):
+def _step_triton(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred, learned, want_x0,
+                 known=None, mask=None, known_noise=None):
     from dalle2_fast.triton.sampling import sampling_step_triton
 
     return sampling_step_triton(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred, learned,
-                                want_x0)
+                                want_x0, known, mask, known_noise)
 
 
 if _ext.loaded():
 
     @torch.library.register_fake("dalle2_fast::sampling_step")
     def _sampling_step_fake(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred, learned,
-                            want_x0):
+                            want_x0, known=None, mask=None, known_noise=None):
         x0 = torch.empty_like(x) if (want_x0 and kind != 0) else x.new_empty((0,))
         return torch.empty_like(x), x0
 
 
 # ----------------------------------------------------------------------------- public ops
+def _validate_known(x, known, mask, known_noise):
+    if known is None and mask is None:
+        if known_noise is not None:
+            raise ValueError("sampling step: known_noise needs known and mask")
+        return
+    if known is None or mask is None:
+        raise ValueError("sampling step: known and mask go together (inpainting), got only "
+                         f"{'known' if known is not None else 'mask'}")
+    for name, t in (("known", known), ("known_noise", known_noise)):
+        if t is not None and (not isinstance(t, torch.Tensor) or t.shape != x.shape or t.device != x.device):
+            raise ValueError(f"sampling step: {name} must have x's shape {tuple(x.shape)} and device, got "
+                             f"{tuple(getattr(t, 'shape', ()))} on {getattr(t, 'device', type(t).__name__)}")
+    ok = isinstance(mask, torch.Tensor) and mask.device == x.device and mask.dim() == x.dim()
+    if ok:
+        ok = mask.shape[0] in (1, x.shape[0]) and tuple(mask.shape[2:]) == tuple(x.shape[2:])
+        ok = ok and (x.dim() < 2 or mask.shape[1] in (1, x.shape[1]))
+    if not ok:
+        raise ValueError(f"sampling step: mask must be (B or 1, C or 1, *S) for x {tuple(x.shape)} on {x.device}, "
+                         f"got {tuple(getattr(mask, 'shape', ()))} on {getattr(mask, 'device', type(mask).__name__)}")
+
+
 def _validate(x, model_out, coefs, guidance, noise, prev_x0, pred, clip, learned_var):
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1 or x.shape[0] == 0:
         got = type(x).__name__ if not isinstance(x, torch.Tensor) else f"{x.dtype} {tuple(x.shape)}"
@@ -250,8 +294,11 @@ def dynamic_threshold_values(x0: torch.Tensor, p: float = 0.995) -> torch.Tensor
 
 
 def _run(kind, x, model_out, coefs, *, pred, guidance, clip, dynamic_p, noise, prev_x0, learned_var,
-         want_x0, backend):
+         want_x0, backend, known=None, mask=None, known_noise=None):
     _validate(x, model_out, coefs, guidance, noise, prev_x0, pred, clip, learned_var)
+    _validate_known(x, known, mask, known_noise)
+    if mask is not None and mask.dtype != x.dtype:
+        mask = mask.to(x.dtype)
     impl = sampling_family.select(x, model_out, backend=backend)
     g, c = _acc(guidance, x), _acc(coefs, x)
     thresh = None
@@ -260,42 +307,51 @@ def _run(kind, x, model_out, coefs, *, pred, guidance, clip, dynamic_p, noise, p
     elif clip == "dynamic":
         raw, _ = impl.fn(x, model_out, c, g, None, None, None, 0, PREDS[pred], learned_var, False)
         thresh = dynamic_threshold_values(raw, dynamic_p).to(c.dtype)
-    return impl.fn(x, model_out, c, g, thresh, noise, prev_x0, KINDS[kind], PREDS[pred], learned_var, want_x0)
+    if known is None:
+        return impl.fn(x, model_out, c, g, thresh, noise, prev_x0, KINDS[kind], PREDS[pred], learned_var, want_x0)
+    return impl.fn(x, model_out, c, g, thresh, noise, prev_x0, KINDS[kind], PREDS[pred], learned_var, want_x0,
+                   known, mask, known_noise)
 
 
 def ddpm_step(x, model_out, coefs, noise=None, *, pred="eps", guidance=None, clip=None, dynamic_p=0.995,
-              learned_var=False, want_x0=False, backend=None):
+              learned_var=False, want_x0=False, known=None, mask=None, known_noise=None, backend=None):
     """One ancestral (DDPM) step.
 
     Args:
         x: (B, C, *S) x_t. model_out: (B, C or 2C, *S), or (2B, ...) — cond rows then uncond
             rows — when ``guidance`` (B,) is given (classifier-free guidance scale per sample).
             With ``learned_var`` the last C channels are the variance interpolation v in [-1, 1].
-        coefs: (B, 10) from ``ddpm_coefs``. noise: (B, C, *S) or None (no noise).
+        coefs: (B, 12) from ``ddpm_coefs``. noise: (B, C, *S) or None (no noise).
         pred: 'eps' | 'x0' | 'v'. clip: None | 'static' (x0 in [-1, 1]) | 'dynamic' (Imagen,
             percentile ``dynamic_p``). backend: None | 'torch' | 'cpu' | 'cuda' | 'triton'.
+        known, mask, known_noise: inpainting (module docstring): known (B, C, *S) x0 of the
+            known region, mask (B or 1, C or 1, *S) 1 = keep known, known_noise (B, C, *S) or
+            None. With a binary mask the same tensor may serve as ``noise`` and ``known_noise``
+            (each element reads one of them).
     Returns:
         (x_s (B, C, *S), x0 (B, C, *S) clipped, or an empty tensor unless ``want_x0``).
     """
     return _run("ddpm", x, model_out, coefs, pred=pred, guidance=guidance, clip=clip, dynamic_p=dynamic_p,
-                noise=noise, prev_x0=None, learned_var=learned_var, want_x0=want_x0, backend=backend)
+                noise=noise, prev_x0=None, learned_var=learned_var, want_x0=want_x0, backend=backend,
+                known=known, mask=mask, known_noise=known_noise)
 
 
 def ddim_step(x, model_out, coefs, noise=None, *, pred="eps", guidance=None, clip=None, dynamic_p=0.995,
-              want_x0=False, backend=None):
+              want_x0=False, known=None, mask=None, known_noise=None, backend=None):
     """One DDIM step (``ddim_coefs``; eta > 0 needs ``noise``). Shapes and arguments as
     ``ddpm_step``; a learned-variance output (2C channels) is accepted and its variance ignored."""
     return _run("ddim", x, model_out, coefs, pred=pred, guidance=guidance, clip=clip, dynamic_p=dynamic_p,
-                noise=noise, prev_x0=None, learned_var=False, want_x0=want_x0, backend=backend)
+                noise=noise, prev_x0=None, learned_var=False, want_x0=want_x0, backend=backend,
+                known=known, mask=mask, known_noise=known_noise)
 
 
 def dpmpp_2m_step(x, model_out, coefs, prev_x0=None, *, pred="eps", guidance=None, clip=None,
-                  dynamic_p=0.995, backend=None):
+                  dynamic_p=0.995, known=None, mask=None, known_noise=None, backend=None):
     """One DPM-Solver++(2M) step (``dpmpp_2m_coefs``). ``prev_x0``: (B, C, *S) the previous step's
     x0 (None on the first step). Returns (x_s, x0) — pass x0 as the next step's ``prev_x0``."""
     return _run("dpmpp_2m", x, model_out, coefs, pred=pred, guidance=guidance, clip=clip,
                 dynamic_p=dynamic_p, noise=None, prev_x0=prev_x0, learned_var=False, want_x0=True,
-                backend=backend)
+                backend=backend, known=known, mask=mask, known_noise=known_noise)
 
 
 def predict_x0(x, model_out, coefs, *, pred="eps", guidance=None, clip=None, dynamic_p=0.995, backend=None):
@@ -307,7 +363,7 @@ def predict_x0(x, model_out, coefs, *, pred="eps", guidance=None, clip=None, dyn
 
 
 def _x0_only(coefs: torch.Tensor) -> torch.Tensor:
-    """A DDIM table that returns x0 (c0 = 1, c1 = c2 = 0) with the same a, s columns."""
+    """A DDIM table that returns x0 (c0 = 1, other update columns 0) with the same a, s columns."""
     if not isinstance(coefs, torch.Tensor) or coefs.dim() != 2 or coefs.shape[1] != NUM_COEFS:
         return coefs  # _validate explains
     return torch.cat([coefs[:, :4], torch.ones_like(coefs[:, :1]), torch.zeros_like(coefs[:, 5:])], dim=1)

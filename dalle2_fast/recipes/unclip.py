@@ -62,6 +62,7 @@ class UnCLIPRecipe:
     prior: Stage = field(default_factory=lambda: Stage(3000, 128, 3e-4, ema=0.999))
     decoder: Stage = field(default_factory=lambda: Stage(5000, 32, 8e-4, ema=0.999))
     upsampler: Stage = field(default_factory=lambda: Stage(1200, 16, 5e-4, ema=0.995))
+    inpaint: Stage = field(default_factory=lambda: Stage(600, 32, 2e-4, ema=0.99))  # optional stage
     prior_kind: str = "diffusion"               # 'diffusion' | 'ar' (autoregressive prior)
     prior_width: int = 128
     prior_layers: int = 4
@@ -83,6 +84,9 @@ PIPELINE_DEFAULTS = dict(prior_steps=32, decoder_steps=25, upsampler_steps=8, pr
                          decoder_guidance=3.0)  # guidance chosen on a seed-1 prompt set; reported on seed 0
 
 
+OPTIONAL_STAGES = ("inpaint",)  # trained only when asked for (--stages inpaint)
+
+
 def stage_names(r: UnCLIPRecipe) -> list[str]:
     return ["clip", "prior", "decoder"] + [f"upsampler{k + 1}" for k in range(len(r.upsample_res))]
 
@@ -98,7 +102,8 @@ def stage_key(r: UnCLIPRecipe, name: str) -> dict:
                 "upsampler_pred": r.upsampler_pred, "upsampler_blur_sigma": d["upsampler_blur_sigma"]}
     key = {f: d[f] for f in ("seed", "n_train", "base_res", "max_objects", "clip")}
     own = {"prior": ("prior", "prior_kind", "prior_width", "prior_layers"),
-           "decoder": ("decoder", "decoder_channels", "decoder_res_blocks"), "clip": ()}[name]
+           "decoder": ("decoder", "decoder_channels", "decoder_res_blocks"), "clip": (),
+           "inpaint": ("inpaint", "decoder", "decoder_channels", "decoder_res_blocks")}[name]
     key.update({f: d[f] for f in own})
     return key
 
@@ -308,6 +313,55 @@ class UpsamplerStage(LossTask):
         return {"psnr_db": psnr(out, hr), "bicubic_psnr_db": psnr(model.base(lr, hr.shape[-2:]), hr)}
 
 
+class InpaintStage(_EmbeddingStage):
+    """The mask-conditioned decoder (GLIDE's inpainting model): the trained decoder (this run's
+    ``decoder`` stage, else the shipped one) widened by the masked image and the mask
+    (``widen_for_inpainting``) and fine-tuned on random fill masks (``data.masks``: boxes, brush
+    strokes, squares around an object), each item's mask from its own seed."""
+
+    def __init__(self, r, clip_dir, decoder_path):
+        super().__init__(r, clip_dir, "inpaint")
+        self.decoder_path = Path(decoder_path)
+
+    def describe(self) -> dict:
+        return {"recipe": stage_key(self.r, self.name), "from": str(self.decoder_path)}
+
+    def datasets(self, cfg):
+        from dalle2_fast.data.masks import object_boxes
+
+        items = render(self.r.seed, self.r.n_train, self.r.base_res, self.r.max_objects)
+        self.data = encode_with_clip(self.clip(), items["image"], items["caption"])
+        self.data["image"] = items["image"]
+        self.data["boxes"] = object_boxes(items["objects"], self.r.max_objects)
+        return InMemoryData(self.data, seed=cfg.seed), None
+
+    def build(self):
+        from dalle2_fast.models.decoder import widen_for_inpainting
+
+        return widen_for_inpainting(load_pretrained(self.decoder_path).eval())
+
+    def prepare(self, batch):
+        from dalle2_fast.data.masks import random_fill_mask
+
+        size = batch["image"].shape[-1]
+        fill = [random_fill_mask(size, s, b.numpy()) for s, b in zip(batch["seeds"]("mask"), batch["boxes"])]
+        return dict(batch, fill=torch.stack(fill)[:, None].to(batch["image"].device))
+
+    @torch.no_grad()
+    def picture(self, model, held, n, gen):
+        """Training images with a box hole: (hole washed out, conditioned sample) pairs, 8 steps."""
+        from dalle2_fast.data.masks import random_fill_mask
+        from dalle2_fast.models.clip import TextEncoding
+
+        d = {k: v[:min(n, 8)] for k, v in self.data.items()}
+        m, size = len(d["image"]), d["image"].shape[-1]
+        fill = torch.stack([random_fill_mask(size, 10_000 + i, b.numpy()) for i, b in enumerate(d["boxes"])])[:, None]
+        cond = model.inpaint_condition(d["image"], 1 - fill)
+        out = model.sample(d["image_embed"], TextEncoding(d["text_tokens"], d["text_mask"], d["text_embed"]),
+                           seeds=list(range(m)), steps=8, inpaint_image=cond)
+        return torch.stack([torch.where(fill.bool(), 0.5 + 0.5 * d["image"], d["image"]), out], 1).flatten(0, 1)
+
+
 # ---- the recipe ----------------------------------------------------------------------------------
 class StageStore:
     """``<out>/stages/``: each stage's run directory and, once its ``final/`` is complete, its
@@ -360,10 +414,26 @@ def stage_task(r: UnCLIPRecipe, name: str, store: StageStore):
         return PriorStage(r, store.final("clip"))
     if name == "decoder":
         return DecoderStage(r, store.final("clip"))
+    if name == "inpaint":  # from this run's CLIP and decoder, else the shipped ones
+        clip_dir, dec = _inpaint_sources(store)
+        return InpaintStage(r, clip_dir, dec)
     return UpsamplerStage(r, int(name[len("upsampler"):]) - 1)
 
 
-_STAGE_SEED = {"clip": 1, "prior": 2, "decoder": 3}
+def _inpaint_sources(store: StageStore) -> tuple[Path, Path]:
+    if store.done("clip") and store.done("decoder"):
+        return store.final("clip"), store.final("decoder")
+    from dalle2_fast.pipeline import read_manifest, shipped_weights_dir
+
+    shipped = shipped_weights_dir()
+    if shipped is None:
+        raise RuntimeError("train_unclip: the inpaint stage fine-tunes a trained decoder: train 'clip' and 'decoder' "
+                           "first (this install ships no weights)")
+    meta = read_manifest(shipped)
+    return meta["clip"], meta["decoder"]
+
+
+_STAGE_SEED = {"clip": 1, "prior": 2, "decoder": 3, "inpaint": 9}
 
 
 def stage_config(r: UnCLIPRecipe, name: str, out: Path, progress: bool) -> TrainConfig:
@@ -382,11 +452,12 @@ def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = Tru
     from dalle2_fast.pipeline import UnCLIPPipeline
 
     r = recipe
-    names = stage_names(r)
-    want = names if stages is None else list(stages)
+    want = stage_names(r) if stages is None else list(stages)
+    names = stage_names(r) + [s for s in OPTIONAL_STAGES if s in want]
     bad = [s for s in want if s not in names]
     if bad:
-        raise ValueError(f"train_unclip: unknown stages {bad}; this recipe has {names}")
+        raise ValueError(f"train_unclip: unknown stages {bad}; this recipe has {names} and the optional "
+                         f"{list(OPTIONAL_STAGES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = StageStore(out, r)
@@ -403,11 +474,18 @@ def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = Tru
         train(stage_task(r, name, store), stage_config(r, name, store.run_dir(name), progress))
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 writes
             store.finish(name)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not all(store.done(s) for s in names):
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return None
-    pipe = UnCLIPPipeline(store.load("clip"), store.load("prior"), store.load("decoder"),
-                          [store.load(f"upsampler{k + 1}") for k in range(len(r.upsample_res))],
-                          defaults=PIPELINE_DEFAULTS)
+    inpaint = store.load("inpaint") if store.done("inpaint") else None
+    if not all(store.done(s) for s in stage_names(r)):
+        if inpaint is None or any(store.done(s) for s in stage_names(r)):
+            return None
+        pipe = UnCLIPPipeline.from_pretrained(None)  # the inpaint stage alone: the shipped pipeline + it
+    else:
+        pipe = UnCLIPPipeline(store.load("clip"), store.load("prior"), store.load("decoder"),
+                              [store.load(f"upsampler{k + 1}") for k in range(len(r.upsample_res))],
+                              defaults=PIPELINE_DEFAULTS)
+    pipe.inpaint_decoder = inpaint
     pipe.save_pretrained(out / "pipeline")
     return pipe
 
@@ -416,7 +494,7 @@ def recipe_from_args(seed: int = 0, scale: float = 1.0, max_minutes: float | Non
                      upsample_res: tuple[int, ...] | None = None) -> UnCLIPRecipe:
     """The default recipe with every stage's steps multiplied by ``scale`` and, given
     ``max_minutes``, that total wall-clock budget split over the stages (CLIP 10%, prior 10%,
-    decoder 60%, upsamplers 20%)."""
+    decoder 60%, upsamplers 20%; the optional inpaint stage, trained on its own, the whole budget)."""
     r = UnCLIPRecipe(seed=seed)
     if upsample_res is not None:
         r = replace(r, upsample_res=tuple(upsample_res))
@@ -426,8 +504,9 @@ def recipe_from_args(seed: int = 0, scale: float = 1.0, max_minutes: float | Non
         st = getattr(r, name)
         changes[name] = replace(st, steps=max(1, int(round(st.steps * scale))),
                                 max_minutes=None if max_minutes is None else max_minutes * share)
+    changes["inpaint"] = replace(r.inpaint, steps=max(1, int(round(r.inpaint.steps * scale))), max_minutes=max_minutes)
     return replace(r, **changes)
 
 
-__all__ = ["UnCLIPRecipe", "Stage", "PIPELINE_DEFAULTS", "train_unclip", "recipe_from_args", "stage_names",
+__all__ = ["UnCLIPRecipe", "Stage", "PIPELINE_DEFAULTS", "OPTIONAL_STAGES", "train_unclip", "recipe_from_args", "stage_names",
            "stage_key", "build_prior", "build_decoder", "build_upsampler", "build_pipeline", "encode_with_clip"]

@@ -1,6 +1,7 @@
 """Triton fused sampling step: the math of csrc/include/dalle2_fast/sampling.h, one program per
 (sample, BLOCK elements); every switch (sampler kind, parameterisation, guidance, clipping,
-learned variance, noise, previous x0) is a constexpr so each variant compiles branch-free.
+learned variance, noise, previous x0, the inpainting blend) is a constexpr so each variant
+compiles branch-free.
 Computes in float32 (inputs float32 / float16 / bfloat16)."""
 from __future__ import annotations
 
@@ -14,17 +15,17 @@ from dalle2_fast.triton.launch import SAMPLING_CANDIDATES, launch, refusal, samp
 
 @triton.jit
 def _sampling_step_kernel(
-    x_ptr, m_ptr, coef_ptr, g_ptr, thr_ptr, z_ptr, prev_ptr, out_ptr, x0_ptr,
-    B, N, N_OUT,
+    x_ptr, m_ptr, coef_ptr, g_ptr, thr_ptr, z_ptr, prev_ptr, k_ptr, w_ptr, kz_ptr, out_ptr, x0_ptr,
+    B, N, N_OUT, W_N, W_BSTRIDE,
     KIND: tl.constexpr, PRED: tl.constexpr, CFG: tl.constexpr, CLIP: tl.constexpr,
     LEARNED: tl.constexpr, NOISE: tl.constexpr, PREV: tl.constexpr, WANT_X0: tl.constexpr,
-    BLOCK: tl.constexpr,
+    KNOWN: tl.constexpr, KNOISE: tl.constexpr, W_FULL: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     b64 = b.to(tl.int64)
-    crow = coef_ptr + b64 * 10
+    crow = coef_ptr + b64 * 12
     a = tl.load(crow + 0)
     s = tl.load(crow + 1)
     inv_a = tl.load(crow + 2)
@@ -78,6 +79,19 @@ def _sampling_step_kernel(
         out = c0 * x + c1 * (c2 * x0 + c3 * p)
     else:
         out = x0
+    if KNOWN:  # inpainting: the known region forward-noised to the target level (sampling.h)
+        ka = tl.load(crow + 10)
+        ks = tl.load(crow + 11)
+        kn = tl.load(k_ptr + b64 * N + offs, mask=mask, other=0.0).to(tl.float32)
+        if W_FULL:
+            widx = offs
+        else:
+            widx = offs % W_N
+        w = tl.load(w_ptr + b64 * W_BSTRIDE + widx, mask=mask, other=0.0).to(tl.float32)
+        kz = 0.0
+        if KNOISE:
+            kz = tl.load(kz_ptr + b64 * N + offs, mask=mask, other=0.0).to(tl.float32)
+        out = w * (ka * kn + ks * kz) + (1.0 - w) * out
     tl.store(out_ptr + b64 * N + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
     if WANT_X0:
         tl.store(x0_ptr + b64 * N + offs, x0.to(x0_ptr.dtype.element_ty), mask=mask)
@@ -87,7 +101,8 @@ def _sampling_step_kernel(
 def sampling_step_triton_op(
     x: torch.Tensor, model_out: torch.Tensor, coefs: torch.Tensor, guidance: torch.Tensor | None,
     thresh: torch.Tensor | None, noise: torch.Tensor | None, prev_x0: torch.Tensor | None, kind: int,
-    pred: int, learned_var: bool, want_x0: bool,
+    pred: int, learned_var: bool, want_x0: bool, known: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None, known_noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.contiguous()
     m = model_out.contiguous()
@@ -99,6 +114,12 @@ def sampling_step_triton_op(
     th = thresh.float().contiguous() if thresh is not None else c
     z = noise.to(x.dtype).contiguous() if noise is not None else x
     p = prev_x0.to(x.dtype).contiguous() if prev_x0 is not None else x
+    blend = known is not None and mask is not None and kind != 0
+    kn = known.to(x.dtype).contiguous() if blend else x
+    w = mask.to(x.dtype).contiguous() if blend else x
+    kz = known_noise.to(x.dtype).contiguous() if blend and known_noise is not None else x
+    w_n = w.numel() // w.shape[0] if blend else N
+    w_bstride = 0 if (blend and w.shape[0] == 1 and B > 1) else w_n
     out = torch.empty_like(x)
     want = want_x0 and kind != 0
     x0 = torch.empty_like(x) if want else x.new_empty((0,))
@@ -109,17 +130,18 @@ def sampling_step_triton_op(
     grid = (B, triton.cdiv(N, cfg["BLOCK"]))
     launch(
         _sampling_step_kernel, grid,
-        x, m, c, g, th, z, p, out, x0 if want else out, B, N, n_out,
+        x, m, c, g, th, z, p, kn, w, kz, out, x0 if want else out, B, N, n_out, w_n, w_bstride,
         KIND=kind, PRED=pred, CFG=guidance is not None, CLIP=thresh is not None,
         LEARNED=bool(learned_var and kind == 1), NOISE=noise is not None, PREV=prev_x0 is not None,
-        WANT_X0=want, **cfg,
+        WANT_X0=want, KNOWN=blend, KNOISE=blend and known_noise is not None, W_FULL=w_n == N, **cfg,
     )
     return out, x0
 
 
-def sampling_step_triton(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred, learned_var, want_x0):
+def sampling_step_triton(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred, learned_var, want_x0,
+                         known=None, mask=None, known_noise=None):
     return sampling_step_triton_op(x, model_out, coefs, guidance, thresh, noise, prev_x0, kind, pred,
-                                   learned_var, want_x0)
+                                   learned_var, want_x0, known, mask, known_noise)
 
 
 __all__ = ["sampling_step_triton"]

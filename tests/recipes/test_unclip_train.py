@@ -200,3 +200,31 @@ def test_evaluate_pipeline_writes_report(trained, tmp_path):
     back = json.loads((tmp_path / "eval" / "caption_match.json").read_text())
     assert back["single"]["n"] == 30 and back["two"]["n"] == 30 and res["single"] == back["single"]
     assert (tmp_path / "eval" / "prompts.png").is_file() and set(back["clip_zero_shot"]) >= {"colour", "shape"}
+
+
+def test_inpaint_stage_fine_tunes_the_decoder_and_ships_with_the_pipeline(trained, tmp_path):
+    """--stages inpaint: the mask-conditioned decoder from this run's decoder, random masks per
+    item seed, one loop; the assembled pipeline carries it (unclip.json's inpaint_decoder) and
+    inpaint(method='conditioned') uses it."""
+    import shutil
+
+    from dalle2_fast.data.masks import random_fill_mask
+
+    out, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    r = replace(micro(), inpaint=Stage(2, 4))
+    pipe = train_unclip(r, run, progress=False, stages=["inpaint"])
+    assert pipe is not None and pipe.inpaint_decoder.config.inpaint
+    assert (run / "stages" / "inpaint" / "loss.csv").read_text().count("\n") == 3
+    back = UnCLIPPipeline.from_pretrained(run / "pipeline")
+    assert back.inpaint_decoder is not None
+    img = torch.rand(3, 32, 32) * 2 - 1
+    fill = torch.zeros(32, 32)
+    fill[8:20, 8:20] = 1
+    x = back.inpaint(img, fill, "a red circle", n=1, method="conditioned", prior_steps=2, decoder_steps=2,
+                     upsampler_steps=1)
+    assert x.shape == (1, 3, 32, 32)
+    m = random_fill_mask(16, 3)
+    assert m.shape == (16, 16) and set(m.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(m, random_fill_mask(16, 3)) and not torch.equal(m, random_fill_mask(16, 4))

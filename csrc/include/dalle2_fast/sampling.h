@@ -16,6 +16,11 @@
 //        DDIM     x' = c0 x0 + c1 eps + c2 z                       (Song et al. Eq. 12)
 //        DPM++2M  x' = c0 x + c1 (c2 x0 + c3 x0_prev)              (Lu et al. 2022, Alg. 2)
 //        X0       x' = x0 (unclipped; the pre-pass of dynamic thresholding)
+//   5. inpainting (RePaint, Lugmayr et al. 2022), when a known region is given: the known image
+//      k (x0 of the known region) forward-noised to the step's target level s replaces x' where
+//      the mask w is 1:  x' <- w (ka k + ks zk) + (1 - w) x',  ka = sqrt(abar_s),
+//      ks = sqrt(1 - abar_s) (columns 10, 11). At the end of sampling (abar_s = 1) a binary mask
+//      keeps k exactly. NaN in either term propagates (IEEE: 0 * NaN = NaN).
 //
 // Per-sample coefficients are a row of kNumCoefs values (see Coefs); the Python side builds
 // them from the schedule, in float64, once per step.
@@ -28,17 +33,18 @@ namespace dalle2_fast::sampling {
 
 enum Kind : int { kX0 = 0, kDDPM = 1, kDDIM = 2, kDPMPP2M = 3 };
 enum Pred : int { kEps = 0, kXStart = 1, kV = 2 };
-constexpr int kNumCoefs = 10;
+constexpr int kNumCoefs = 12;
 
 // Row layout of the (B, kNumCoefs) coefficient table.
 template <typename T>
 struct Coefs {
-  T a, s, inv_a, inv_s, c0, c1, c2, c3, c4, c5;
+  T a, s, inv_a, inv_s, c0, c1, c2, c3, c4, c5, ka, ks;
 };
 
 template <typename T>
 DF_HD Coefs<T> load_coefs(const T* row) {
-  return Coefs<T>{row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9]};
+  return Coefs<T>{row[0], row[1], row[2], row[3], row[4],  row[5],
+                  row[6], row[7], row[8], row[9], row[10], row[11]};
 }
 
 DF_HD float exp_(float v) { return expf(v); }
@@ -94,6 +100,12 @@ DF_HD T step_update(int kind, bool learned, T x, T x0, T eps, T v, T z, T prev, 
     default:
       return x0;
   }
+}
+
+// Step 5: x' blended with the known region (w: mask, 1 = keep the known value; kz: its noise).
+template <typename T>
+DF_HD T known_blend(T out, T known, T w, T kz, const Coefs<T>& k) {
+  return w * (k.ka * known + k.ks * kz) + (T(1) - w) * out;
 }
 
 }  // namespace dalle2_fast::sampling

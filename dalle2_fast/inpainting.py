@@ -1,0 +1,169 @@
+"""Edits for :class:`~dalle2_fast.pipeline.UnCLIPPipeline`: inpainting (fill a masked region from
+a caption) and outpainting (extend an image past a border). Method 'repaint' (training-free):
+every diffusion stage keeps the known pixels, forward-noised to each step's level, inside the
+fused sampling step, and the decoder resamples with jumps back in time so the fill harmonises
+with its border (``dalle2_fast.diffusion.repaint``). Method 'conditioned': the pipeline's
+mask-conditioned decoder (GLIDE's inpainting model, ``recipes.unclip`` stage ``inpaint``) is
+given the known pixels and the mask; nothing is blended, so the kept pixels are the model's.
+
+Masks at this level (API and command line) say what to **fill**: 1 / white = generate, 0 /
+black = keep (the sampling ops take the complement: 1 = keep). Behaviour at the edges:
+
+- a mask of another size than the image: ``ValueError`` naming both sizes;
+- a mask that is not binary (values other than 0 and 1): ``ValueError`` (threshold it first;
+  the command line thresholds PNG masks at 50%);
+- an all-zero mask (nothing to fill): the input image, ``n`` times, without sampling;
+- an all-one mask (everything to fill): plain generation (``pipeline(prompt)``, same seeds);
+- an image outside [-1, 1], not finite, or not 3 channels: ``ValueError`` (``_check_image``).
+
+Images of another size than the pipeline's output are resized (bicubic) and their masks with
+them (nearest, then kept binary); the result is at the pipeline's size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DIRECTIONS = ("left", "right", "up", "down")
+METHODS = ("repaint", "conditioned")
+
+
+def check_mask(mask, image_hw: tuple[int, int]) -> torch.Tensor:
+    """A fill mask (H, W), (1, H, W) or (1, 1, H, W) of 0 / 1 (bool, int or float) at the image's
+    size -> (1, 1, H, W) float32 of {0, 1}, 1 = fill."""
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"mask must be a tensor (H, W) of 0 (keep) and 1 (fill), got {type(mask).__name__}")
+    m = mask
+    while m.dim() > 2 and m.shape[0] == 1:
+        m = m[0]
+    if m.dim() != 2:
+        raise ValueError(f"mask must be (H, W), (1, H, W) or (1, 1, H, W), got {tuple(mask.shape)}")
+    if tuple(m.shape) != tuple(image_hw):
+        raise ValueError(f"mask must have the image's size {tuple(image_hw)} (H, W), got {tuple(m.shape)}")
+    m = m.float()
+    if not bool(((m == 0) | (m == 1)).all()):
+        bad = m[(m != 0) & (m != 1)]
+        raise ValueError(f"mask must be binary: 0 = keep, 1 = fill (got other values, e.g. {float(bad[0]):.3g}; "
+                         "threshold it, e.g. mask > 0.5)")
+    return m[None, None]
+
+
+def box_mask(box, size: tuple[int, int]) -> torch.Tensor:
+    """(H, W) fill mask of the box (x0, y0, x1, y1) in pixels, x1 / y1 exclusive."""
+    try:
+        x0, y0, x1, y1 = (int(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"box must be four ints x0,y0,x1,y1, got {box!r}") from None
+    h, w = size
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise ValueError(f"box must satisfy 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h} (the image's width and "
+                         f"height), got {(x0, y0, x1, y1)}")
+    m = torch.zeros(h, w)
+    m[y0:y1, x0:x1] = 1
+    return m
+
+
+def resize_pair(image: torch.Tensor, fill: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, 3, H, W) image and (1, 1, H, W) fill mask at the pipeline's size (no-op when equal)."""
+    if tuple(image.shape[-2:]) == (size, size):
+        return image.float(), fill
+    x = F.interpolate(image.float(), size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
+    m = (F.interpolate(fill, size=(size, size), mode="nearest") > 0.5).float()
+    return x, m
+
+
+def stage_mask(fill: torch.Tensor, size: int) -> torch.Tensor:
+    """The fill mask at a stage's resolution: a low-res pixel is filled when any pixel it covers
+    is (max pooling; nearest when upsampling), so the hole never shrinks."""
+    h = fill.shape[-1]
+    if h == size:
+        return fill
+    if h % size == 0:
+        return F.max_pool2d(fill, h // size)
+    return (F.interpolate(fill, size=(size, size), mode="nearest") > 0.5).float()
+
+
+def outpaint_canvas(image: torch.Tensor, direction: str, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift (1, 3, S, S) ``image`` away from ``direction`` by ``pixels`` and return (canvas, fill
+    mask): the new strip on that side is to be filled, the rest is the image (the canvas keeps
+    the pipeline's size; chain calls to extend further)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    s = image.shape[-1]
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or not 1 <= pixels < s:
+        raise ValueError(f"pixels must be an int in [1, {s - 1}] (the image is {s} wide), got {pixels!r}")
+    canvas, fill = torch.zeros_like(image), torch.zeros(1, 1, s, s, device=image.device)
+    p = pixels
+    if direction == "right":
+        canvas[..., :, : s - p], fill[..., :, s - p :] = image[..., :, p:], 1
+    elif direction == "left":
+        canvas[..., :, p:], fill[..., :, :p] = image[..., :, : s - p], 1
+    elif direction == "down":
+        canvas[..., : s - p, :], fill[..., s - p :, :] = image[..., p:, :], 1
+    else:
+        canvas[..., p:, :], fill[..., :p, :] = image[..., : s - p, :], 1
+    return canvas, fill
+
+
+def check_jumps(jumps) -> tuple[int, int] | None:
+    """None (the plain fused blend) or (jump_length, jump_n_sample), both ints >= 1."""
+    if jumps is None:
+        return None
+    try:
+        jl, jn = jumps
+    except (TypeError, ValueError):
+        raise ValueError(f"jumps must be (jump_length, jump_n_sample) or None, got {jumps!r}") from None
+    for name, v in (("jump_length", jl), ("jump_n_sample", jn)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"jumps: {name} must be an int >= 1, got {v!r}")
+    return jl, jn
+
+
+def stage_known(image: torch.Tensor, fill: torch.Tensor, size: int) -> dict:
+    """{'known': image at ``size``, 'mask': keep-mask (1 = keep) at ``size``} for one stage."""
+    known = image if image.shape[-1] == size else \
+        F.interpolate(image, size=(size, size), mode="bicubic", antialias=True).clamp(-1, 1)
+    return {"known": known, "mask": 1.0 - stage_mask(fill, size)}
+
+
+def run_inpaint(pipe, image, fill, prompt: str, n: int, seed: int, method: str, jumps, batch_size: int,
+                opts: dict, progress: bool) -> torch.Tensor:
+    """The body of ``UnCLIPPipeline.inpaint`` (arguments checked here, before any work):
+    (n, 3, S, S) in [0, 1]."""
+    from dalle2_fast.pipeline import to_unit_range
+    from dalle2_fast.seeding import check_seed, sample_seeds
+
+    x = pipe._check_image("image", image)
+    fill = check_mask(fill, tuple(x.shape[-2:]))
+    pipe._check_text("prompt", prompt)
+    pipe._check_count("n", n)
+    pipe._check_count("batch_size", batch_size)
+    check_seed(seed)
+    seeds = sample_seeds(seed, n)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "conditioned" and getattr(pipe, "inpaint_decoder", None) is None:
+        raise ValueError("method 'conditioned' needs a mask-conditioned decoder (`dalle2-fast train unclip --stages "
+                         "inpaint`); this pipeline has none: use method='repaint'")
+    jumps = check_jumps(jumps)
+    for k, v in opts.items():
+        pipe._opt(k, v)
+    size = pipe.image_size
+    x, fill = resize_pair(x, fill, size)
+    x, fill = x.to(pipe.device), fill.to(pipe.device)
+    if not bool(fill.any()):  # nothing to fill: the input
+        return to_unit_range(x.expand(n, -1, -1, -1))
+    if bool(fill.all()):  # everything to fill: plain generation
+        return pipe([prompt], n, seed=seed, batch_size=batch_size, progress=progress, **opts)
+    out = []
+    for i in range(0, n, batch_size):
+        chunk = seeds[i : i + batch_size]
+        text, z = pipe.text_to_embeddings([prompt] * len(chunk), chunk, opts.get("prior_steps"),
+                                          opts.get("prior_guidance"))
+        out.append(pipe.decode_embeddings(z, text, chunk, opts.get("decoder_steps"), opts.get("upsampler_steps"),
+                                          opts.get("decoder_guidance"), progress, inpaint=(x, fill, jumps, method)))
+    return to_unit_range(torch.cat(out))
+
+
+__all__ = ["run_inpaint", "stage_known", "check_mask", "box_mask", "resize_pair", "stage_mask", "outpaint_canvas", "check_jumps", "DIRECTIONS",
+           "METHODS"]
