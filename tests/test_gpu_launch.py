@@ -84,7 +84,7 @@ def test_every_launch_of_the_matrix_has_an_audited_config_that_fits(arch):
             assert res is not None, f"{case.name}: {name} {cfg} not audited"
             assert not L.over_limits(res, cfg.get("num_warps", 4), target), f"{case.name}: {name} {cfg} {res}"
             checked += 1
-    assert checked == 108 * 3 + 15 + 630 * 2 + 522  # attention fwd/dkdv/dq, codebook, adagn fwd/bwd, sampling
+    assert checked == 108 * 3 + 15 + 630 * 2 + 540  # attention fwd/dkdv/dq, codebook, adagn fwd/bwd, sampling
 
 
 _TUNABLE = ("BLOCK", "BLOCK_C", "BLOCK_D", "BLOCK_K", "BLOCK_M", "BLOCK_N", "BLOCK_S", "num_stages", "num_warps")
@@ -107,7 +107,11 @@ def test_float32_attention_gets_smaller_tiles_than_bfloat16_where_the_old_config
     new = L.attention_config("attention_bwd_dkdv", F32, 64, H100)
     assert new is not None and new != old
     assert not L.over_limits(L.audited("attention_bwd_dkdv", 90, F32, new), new["num_warps"], H100)
-    assert L.attention_config("attention_fwd", torch.bfloat16, 64, H100) == L.attention_candidates("attention_fwd", 64)[0]
+    # bfloat16 forward: whatever the audit chose fits and does not spill (the first candidate spills
+    # 696 bytes at 255 registers since the NaN-propagating kernel, so the choice moved past it)
+    bf = L.attention_config("attention_fwd", torch.bfloat16, 64, H100)
+    res = L.audited("attention_fwd", 90, torch.bfloat16, bf)
+    assert res is not None and not L.over_limits(res, bf["num_warps"], H100) and res["spill"] == 0
 
 
 def test_dispatch_refuses_triton_when_no_audited_config_fits():

@@ -25,13 +25,16 @@ def test_plan_lists_every_step_in_order_within_ten_minutes():
     names = [s[1] for s in steps]
     assert names[:3] == ["env", "build", "gpu-tests"]
     assert names[3:] == [f"bench-{f}" for f in ("codebook", "attention", "adagn", "sampling", "unet", "vqvae2", "unclip")]
-    assert {n.removeprefix("bench-") for n in names[3:]} == set(FAMILIES)  # every family, in the harness
+    later = dict(re.findall(r"^LATER bench-(\S+): (.+)$", res.stdout, re.M))  # left out, each with its reason
+    assert {n.removeprefix("bench-") for n in names[3:]} | set(later) == set(FAMILIES)  # every family, in the harness
+    assert not set(later) & {n.removeprefix("bench-") for n in names[3:]} and all(len(w) > 20 for w in later.values())
     total = int(re.search(r"^TOTAL limit=(\d+)s", res.stdout, re.M).group(1))
     assert total == sum(int(s[2]) for s in steps) <= 600
     assert all(int(s[3]) <= int(s[2]) for s in steps)  # estimates inside their limits
     cmds = dict((s[1], s[4]) for s in steps)
     assert "pytest -m gpu" in cmds["gpu-tests"] and "--no-deps --no-build-isolation" in cmds["build"]
-    assert all("--device cuda" in cmds[f"bench-{f}"] and f"--ops {f}" in cmds[f"bench-{f}"] for f in FAMILIES)
+    assert all("--device cuda" in cmds[f"bench-{f}"] and f"--ops {f}" in cmds[f"bench-{f}"]
+               for f in FAMILIES if f not in later)
     assert "info --gpu-plan" in cmds["env"]
 
 
@@ -50,7 +53,7 @@ def test_plan_commands_are_valid_for_the_harness():
         main(["--ops", "nonexistent"])
     assert e.value.code == 2
     res = _run("--plan", "--quick")
-    assert res.stdout.count("--quick") == len(FAMILIES)
+    assert res.stdout.count("--quick") == len(FAMILIES) - res.stdout.count("\nLATER ")
 
 
 def test_run_without_a_gpu_refuses_clearly():
