@@ -21,7 +21,6 @@ uncached path and the peers in one run.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import json
 import os
@@ -222,7 +221,7 @@ def decoder_step_case(pipe, quick: bool) -> Case:
 
 
 def pipeline_case(pipe, kind: str, quick: bool) -> Case:
-    from dalle2_fast.bench.unclip import PROMPTS
+    from dalle2_fast.bench.unclip import PROMPTS, stage_clock
 
     n = 2 if quick else 4
     off_p, off_d = _prior_off(pipe), {"context_cache": False}
@@ -236,7 +235,7 @@ def pipeline_case(pipe, kind: str, quick: bool) -> Case:
 
     def run(label):  # per-stage seconds of every timed call, from the stages' own sample calls
         clock: dict[str, float] = {}
-        with stage_options(pipe, *levers[label]), _stage_clock(pipe, clock), torch.no_grad():
+        with stage_options(pipe, *levers[label]), stage_clock(pipe, clock), torch.no_grad():
             pipe(PROMPTS[:n], seed=0, batch_size=n, **steps_of[label])
         for k, v in clock.items():
             stage_times[label].setdefault(k, []).append(v)
@@ -249,33 +248,6 @@ def pipeline_case(pipe, kind: str, quick: bool) -> Case:
     return Case(FAMILY, f"pipeline-{kind}-{n}img" + ("-quick" if quick else ""),
                 dict(images=n, weights=kind, before=before, now=dict(pipe.defaults)),
                 variants, "no-caches", items=n, notes=notes, warmup=0)
-
-
-@contextlib.contextmanager
-def _stage_clock(pipe, clock: dict):
-    """Adds each stage's ``sample`` seconds to ``clock`` (prior, decoder, upsampler1, ...)."""
-    stages = [("prior", pipe.prior), ("decoder", pipe.decoder)] + [(f"upsampler{i + 1}", u)
-                                                                   for i, u in enumerate(pipe.upsamplers)]
-    saved = []
-    for name, mod in stages:
-        saved.append((mod, vars(mod).get("sample")))
-        orig = mod.sample
-
-        def timed(*a, _orig=orig, _name=name, **k):
-            t0 = time.perf_counter()
-            out = _orig(*a, **k)
-            clock[_name] = clock.get(_name, 0.0) + time.perf_counter() - t0
-            return out
-
-        mod.sample = timed
-    try:
-        yield
-    finally:
-        for mod, own in reversed(saved):
-            if own is None:
-                del mod.sample
-            else:
-                mod.sample = own
 
 
 def cases(device: str = "cpu", quick: bool = False) -> list[Case]:

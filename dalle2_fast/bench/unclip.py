@@ -7,6 +7,7 @@ backends ("auto") against ``DALLE2_FAST_BACKEND=torch`` (the baseline) in one ru
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -36,30 +37,41 @@ def random_pipeline(device: str = "cpu"):
     return build_pipeline().to(device)
 
 
-def stage_shares(pipe, prompts=PROMPTS, **kw) -> dict[str, float]:
-    """Seconds per stage for one call of ``pipe(prompts, **kw)`` and each stage's share."""
-    times: dict[str, float] = {}
-    stages = [("prior", pipe.prior), ("decoder", pipe.decoder)] + [
-        (f"upsampler{i + 1}", u) for i, u in enumerate(pipe.upsamplers)]
-    originals = []
+@contextlib.contextmanager
+def stage_clock(pipe, clock: dict):
+    """Adds each stage's ``sample`` seconds to ``clock`` (prior, decoder, upsampler1, ...) while
+    the block runs; the stages' own ``sample`` is restored after."""
+    stages = [("prior", pipe.prior), ("decoder", pipe.decoder)] + [(f"upsampler{i + 1}", u)
+                                                                   for i, u in enumerate(pipe.upsamplers)]
+    saved = []
     for name, mod in stages:
+        saved.append((mod, vars(mod).get("sample")))
         orig = mod.sample
-        originals.append((mod, orig))
 
         def timed(*a, _orig=orig, _name=name, **k):
             t0 = time.perf_counter()
             out = _orig(*a, **k)
-            times[_name] = times.get(_name, 0.0) + time.perf_counter() - t0
+            clock[_name] = clock.get(_name, 0.0) + time.perf_counter() - t0
             return out
 
         mod.sample = timed
     try:
+        yield
+    finally:
+        for mod, own in reversed(saved):
+            if own is None:
+                del mod.sample
+            else:
+                mod.sample = own
+
+
+def stage_shares(pipe, prompts=PROMPTS, **kw) -> dict[str, float]:
+    """Seconds per stage for one call of ``pipe(prompts, **kw)`` and each stage's share."""
+    times: dict[str, float] = {}
+    with stage_clock(pipe, times):
         t0 = time.perf_counter()
         pipe(prompts, **kw)
         total = time.perf_counter() - t0
-    finally:
-        for mod, orig in originals:
-            mod.sample = orig
     out = {f"{k}_s": v for k, v in times.items()}
     out.update({f"{k}_share": v / total for k, v in times.items()})
     out["total_s"] = total

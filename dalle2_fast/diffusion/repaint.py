@@ -58,7 +58,7 @@ def repaint_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, known=None, m
     Returns:
         x_0 (B, C, *S); where the mask is 1 it equals ``known`` (binary mask).
     """
-    from dalle2_fast.diffusion.samplers import _check_finite, make_plan, make_step
+    from dalle2_fast.diffusion.samplers import _check_finite, make_plan, make_step, start_shape
 
     if base not in ("ddpm", "ddim"):
         raise ValueError(f"base must be 'ddpm' or 'ddim', got {base!r}")
@@ -66,15 +66,7 @@ def repaint_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, known=None, m
         raise ValueError("repaint walks every index of the (respaced) process; respace it instead of timesteps")
     if cuda_graph:
         raise ValueError("cuda_graph=True does not capture RePaint's loop")
-    if isinstance(x_T, torch.Tensor):
-        if x_T.dim() < 2:
-            raise ValueError(f"x_T must be (B, C, ...), got shape {tuple(x_T.shape)}")
-        device, dtype, shape = x_T.device, x_T.dtype, tuple(x_T.shape)
-    else:
-        shape = tuple(int(s) for s in x_T)
-        if len(shape) < 2 or min(shape) < 1:
-            raise ValueError(f"x_T must be a tensor or a shape (B, C, ...) of positive sizes, got {x_T!r}")
-        device = torch.device(device or "cpu")
+    shape, device, dtype = start_shape(x_T, device, dtype)
     inpaint = inpaint_inputs(known, mask, shape, device, dtype)
     if inpaint is None:
         raise ValueError("repaint needs known and mask")

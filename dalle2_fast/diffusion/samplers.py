@@ -130,6 +130,19 @@ def _denoise(denoiser, x, t, model_kwargs):
     return out, g
 
 
+def start_shape(x_T, device, dtype) -> tuple[tuple[int, ...], torch.device, torch.dtype]:
+    """(shape, device, dtype) of a sampling loop's start: a tensor x_T gives its own, a shape
+    (B, C, ...) takes ``device`` (default CPU) and ``dtype``."""
+    if isinstance(x_T, torch.Tensor):
+        if x_T.dim() < 2:
+            raise ValueError(f"x_T must be (B, C, ...), got shape {tuple(x_T.shape)}")
+        return tuple(x_T.shape), x_T.device, x_T.dtype
+    shape = tuple(int(s) for s in x_T)
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"x_T must be a tensor or a shape (B, C, ...) of positive sizes, got {x_T!r}")
+    return shape, torch.device(device or "cpu"), dtype
+
+
 def _check_finite(x, k, model_t):
     if not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
@@ -179,16 +192,7 @@ def make_step(plan: Plan, denoiser, diffusion: GaussianDiffusion, model_kwargs, 
 def _sample(kind, denoiser, diffusion, x_T, timesteps, model_kwargs, clip, dynamic_p, seeds, generator, progress,
             callback, cuda_graph, backend, device, dtype, eta=0.0, abar_shift=0, known=None, mask=None):
     model_kwargs = dict(model_kwargs or {})
-    if isinstance(x_T, torch.Tensor):
-        if x_T.dim() < 2:
-            raise ValueError(f"x_T must be (B, C, ...), got shape {tuple(x_T.shape)}")
-        device, dtype = x_T.device, x_T.dtype
-        shape = tuple(x_T.shape)
-    else:
-        shape = tuple(int(s) for s in x_T)
-        if len(shape) < 2 or min(shape) < 1:
-            raise ValueError(f"x_T must be a tensor or a shape (B, C, ...) of positive sizes, got {x_T!r}")
-        device = torch.device(device or "cpu")
+    shape, device, dtype = start_shape(x_T, device, dtype)
     inpaint = inpaint_inputs(known, mask, shape, device, dtype)
     if inpaint is not None and cuda_graph:
         raise ValueError("cuda_graph=True does not capture inpainting (known / mask); sample without it")
