@@ -137,13 +137,18 @@ def _eager_loop(model, proc, x_T, y, null, scale):
     return x
 
 
-def _loop_case(device: str, B: int, res: int, ch: int) -> Case:
+def _loop_setup(device: str, B: int, ch: int):
+    """(denoiser, 25-step process, labels, null labels, its CFG wrapper at scale 3) of the loop cases."""
     torch.manual_seed(0)
     model = SmallDenoiser(ch).to(device).eval()
     proc = respace(GaussianDiffusion(cosine_betas(1000)), "25")
     y = torch.arange(B, device=device) % 10
     null = torch.full((B,), 10, device=device)
-    cfg = ClassifierFreeGuidance(model, 3.0, {"y": null[:1]})
+    return model, proc, y, null, ClassifierFreeGuidance(model, 3.0, {"y": null[:1]})
+
+
+def _loop_case(device: str, B: int, res: int, ch: int) -> Case:
+    model, proc, y, null, cfg = _loop_setup(device, B, ch)
     x_T = torch.randn(B, 3, res, res, generator=torch.Generator().manual_seed(1)).to(device)
     x2 = torch.cat([x_T, x_T])
     t2 = torch.full((2 * B,), 500, device=device)
@@ -184,12 +189,7 @@ JUMPS = ((5, 2), (5, 3), (10, 10))  # RePaint settings timed (jump length, count
 
 
 def _inpaint_case(device: str, B: int, res: int, ch: int) -> Case:
-    torch.manual_seed(0)
-    model = SmallDenoiser(ch).to(device).eval()
-    proc = respace(GaussianDiffusion(cosine_betas(1000)), "25")
-    y = torch.arange(B, device=device) % 10
-    null = torch.full((B,), 10, device=device)
-    cfg = ClassifierFreeGuidance(model, 3.0, {"y": null[:1]})
+    model, proc, y, null, cfg = _loop_setup(device, B, ch)
     g = torch.Generator().manual_seed(1)
     x_T = torch.randn(B, 3, res, res, generator=g).to(device)
     known = (torch.rand(B, 3, res, res, generator=g) * 2 - 1).to(device)
