@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from dalle2_fast.files import (CheckpointError, build_config, check_value, load_safetensors, parse_json_object,
                                read_json_object, read_safetensors_header, sniff)
 from dalle2_fast.files import config_from_dict  # noqa: F401  (re-exported: the public name since v1)
-from dalle2_fast.files.formats import describe, one_line
+from dalle2_fast.files.formats import check_tensors, describe, one_line
 
 FORMAT_VERSION = 1
 MODEL_REGISTRY: dict[str, type] = {}
@@ -108,28 +108,11 @@ def check_safetensors(path: Path) -> None:
     read_safetensors_header(path)
 
 
-def _mismatch(where: str, model_name: str, own: dict, theirs: dict) -> None:
-    """CheckpointError listing missing, unexpected and mis-shaped tensors (name -> shape maps)."""
-    missing = sorted(set(own) - set(theirs))
-    unexpected = sorted(set(theirs) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(theirs[k])} vs model {tuple(own[k])}"
-              for k in sorted(set(own) & set(theirs)) if tuple(theirs[k]) != tuple(own[k])]
-    if missing or unexpected or shapes:
-        msg = [f"{where}: checkpoint does not match {model_name}"]
-        if missing:
-            msg.append(f"missing tensors ({len(missing)}): {missing[:10]}")
-        if unexpected:
-            msg.append(f"unexpected tensors ({len(unexpected)}): {unexpected[:10]}")
-        if shapes:
-            msg.append(f"mis-shaped tensors ({len(shapes)}): {shapes[:10]}")
-        raise CheckpointError("; ".join(msg))
-
-
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Load ``state`` into ``model``; missing, unexpected or mis-shaped tensors raise one
     CheckpointError that lists them all."""
     own = {k: v.shape for k, v in model.state_dict().items()}
-    _mismatch(where, type(model).__name__, own, {k: v.shape for k, v in state.items()})
+    check_tensors(where, type(model).__name__, own, {k: v.shape for k, v in state.items()})
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, TypeError) as e:  # e.g. a dtype that cannot be copied
@@ -213,7 +196,7 @@ def _check_weights_fit(cls, config, header, wfile: Path) -> None:
             theirs = {k: v.shape for k, v in theirs.items()}
     except Exception:  # noqa: BLE001 - not meta-constructible; the real path below explains errors
         return
-    _mismatch(str(wfile), cls.__name__, own, theirs)
+    check_tensors(str(wfile), cls.__name__, own, theirs)
 
 
 def load_pretrained(path: str | Path, expected_cls: type | None = None, map_location: str | torch.device = "cpu"):

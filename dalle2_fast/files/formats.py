@@ -31,6 +31,26 @@ class CheckpointError(RuntimeError):
     not match the model it is loaded into. The message is one line and names the file."""
 
 
+def check_tensors(where: str, model_name: str, own: dict, theirs: dict, names: dict | None = None) -> None:
+    """Raise one CheckpointError listing every missing, unexpected and mis-shaped tensor between a
+    model's ``own`` and a checkpoint's ``theirs`` (name -> shape maps). ``names`` (our key -> the
+    source file's key) makes the message use the names the user's file has."""
+    names = names or {}
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    shapes = [f"{names.get(k, k)}: {tuple(theirs[k])}, expected {tuple(own[k])}"
+              for k in sorted(set(own) & set(theirs)) if tuple(theirs[k]) != tuple(own[k])]
+    if missing or unexpected or shapes:
+        msg = [f"{where}: the checkpoint does not match {model_name}"]
+        if missing:
+            msg.append(f"missing tensors ({len(missing)}): {[names.get(k, k) for k in missing[:10]]}")
+        if unexpected:
+            msg.append(f"unexpected tensors ({len(unexpected)}): {unexpected[:10]}")
+        if shapes:
+            msg.append(f"mis-shaped tensors ({len(shapes)}): {shapes[:10]}")
+        raise CheckpointError("; ".join(msg))
+
+
 def one_line(e: BaseException | str, limit: int = 300) -> str:
     text = str(e).strip().splitlines()
     text = text[0] if text else type(e).__name__

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dalle2_fast.files import CheckpointError, describe, load_safetensors, read_json_object, sniff
+from dalle2_fast.files.formats import check_tensors
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
                 "pytorch_model.bin")
@@ -201,20 +202,8 @@ def assign(model: nn.Module, state: dict[str, torch.Tensor], where: str, names: 
     ``names`` (our key -> their key(s)) says it. Floating tensors go to ``dtype`` (default: as
     given); the tensors are assigned, not copied."""
     own = model.state_dict(keep_vars=True)
-    names = names or {}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{names.get(k, k)}: {tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        msg = [f"{where}: the checkpoint does not match {type(model).__name__}"]
-        if missing:
-            msg.append(f"missing tensors: {[names.get(k, k) for k in missing[:10]]}")
-        if unexpected:
-            msg.append(f"unexpected tensors: {unexpected[:10]}")
-        if shapes:
-            msg.append(f"mis-shaped tensors: {shapes[:10]}")
-        raise CheckpointError("; ".join(msg))
+    check_tensors(where, type(model).__name__, {k: v.shape for k, v in own.items()},
+                  {k: v.shape for k, v in state.items()}, names)
     fixed = {}
     for k, v in state.items():
         if dtype is not None and v.is_floating_point():
