@@ -18,7 +18,7 @@ from dalle2_fast.cli.checks import (check_count, check_out_dir, check_positive, 
 
 LOOP_OPTS = ("steps", "batch_size", "lr", "resume", "ckpt_every", "keep_last", "eval_size", "sample_n", "ema")
 SUITE_OPTS = ("resolution", "data", "set", "vqvae", "classes", "bpd_n", "sample_steps")
-UNCLIP_OPTS = ("scale", "stages", "upsample_res")
+UNCLIP_OPTS = ("scale", "stages", "upsample_res", "captions", "tokenizer")
 
 
 def models() -> list[str]:
@@ -65,6 +65,11 @@ def add_parsers(sub) -> None:
                         "mask-conditioned decoder fine-tuned from the trained or shipped decoder); finished stages in "
                         "--out are reused, so parallel processes can split the recipe")
     u.add_argument("--upsample-res", type=int, nargs="*", default=None, help="the upsamplers' sizes (64 128)")
+    u.add_argument("--captions", choices=["legacy", "grammar"], default=None,
+                   help="training captions: 'legacy' (default; the shipped weights') or 'grammar' (many wordings, "
+                        "the 'after_noun' family held out; dalle2_fast/data/captions.py)")
+    u.add_argument("--tokenizer", choices=["words", "bpe"], default=None,
+                   help="the CLIP's tokenizer: 'words' (default) or 'bpe' (open_clip's BPE, compact; any text encodes)")
     t.set_defaults(func=run)
 
 
@@ -134,7 +139,8 @@ def _unclip(args, out: str) -> int:
         raise ValueError("train unclip: under torchrun (WORLD_SIZE > 1) train one stage per call, e.g. "
                          "--stages decoder; the pipeline is assembled by a final call without torchrun")
     r = recipe_from_args(args.seed, scale, args.max_minutes,
-                         tuple(args.upsample_res) if args.upsample_res is not None else None)
+                         tuple(args.upsample_res) if args.upsample_res is not None else None,
+                         captions=args.captions or "legacy", tokenizer=args.tokenizer or "words")
     if args.stages is not None:
         bad = [s for s in args.stages if s not in stage_names(r) + list(OPTIONAL_STAGES)]
         if bad:
