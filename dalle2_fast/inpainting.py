@@ -27,7 +27,7 @@ import torch.nn.functional as F
 DIRECTIONS = ("left", "right", "up", "down")
 METHODS = ("repaint", "conditioned")
 # what UnCLIPPipeline.inpaint (and the service's edits) use unless told otherwise
-EDIT_DEFAULTS = {"jumps": (5, 3), "image_mix": 0.0, "mask_reduce": "max"}
+EDIT_DEFAULTS = {"jumps": (5, 3), "image_mix": 0.0, "mask_reduce": "max", "harmonize": False}
 
 
 def check_mask(mask, image_hw: tuple[int, int]) -> torch.Tensor:
@@ -149,6 +149,47 @@ def context_image(image: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     return image * keep + mean * fill
 
 
+def _neighbours(x: torch.Tensor) -> torch.Tensor:
+    """Sum of each pixel's 4 neighbours (zero beyond the image's edge)."""
+    p = F.pad(x, (1, 1, 1, 1))
+    return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+
+
+@torch.no_grad()
+def harmonize(out: torch.Tensor, known: torch.Tensor, fill: torch.Tensor, iters: int = 500,
+              tol: float = 1e-5) -> torch.Tensor:
+    """A harmonisation pass (Perez et al. 2003's seamless cloning with the fill as the source):
+    the hole of ``out`` (B, C, H, W) is shifted by the smoothest field h (a membrane, Laplace's
+    equation inside the hole) for which each hole pixel next to a kept pixel matches it: the
+    fill's own gradients are kept, the colour step across the border is spread over the hole.
+    Only hole pixels change (``fill`` (B or 1, 1, H, W), 1 = hole); the kept ones are returned
+    bit for bit. Solved by conjugate gradients (every image and channel at once)."""
+    hole = fill.to(out).expand_as(out)
+    keep = 1.0 - hole
+    deg = _neighbours(torch.ones_like(out)) * hole
+    b = hole * (_neighbours(known.to(out) * keep) - _neighbours(keep) * out)
+
+    def A(h):
+        return hole * (deg * h - _neighbours(h * hole))
+
+    h = torch.zeros_like(out)
+    r = b.clone()
+    p = r.clone()
+    rr = (r * r).sum()
+    stop = tol * tol * max(float((b * b).sum()), 1e-30)
+    for _ in range(iters):
+        if float(rr) <= stop:
+            break
+        Ap = A(p)
+        alpha = rr / (p * Ap).sum().clamp_min(1e-30)
+        h = h + alpha * p
+        r = r - alpha * Ap
+        rr_new = (r * r).sum()
+        p = r + (rr_new / rr.clamp_min(1e-30)) * p
+        rr = rr_new
+    return torch.where(hole > 0, (out + h).clamp(-1, 1), out)
+
+
 def check_image_mix(v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
         raise ValueError(f"image_mix must be a number in [0, 1] (0 = the caption's z_i alone), got {v!r}")
@@ -165,7 +206,8 @@ def mix_embeddings(z: torch.Tensor, z_ctx: torch.Tensor, t: float) -> torch.Tens
 
 
 def run_inpaint(pipe, image, fill, prompt: str, n: int, seed: int, method: str, jumps, batch_size: int,
-                opts: dict, progress: bool, image_mix: float = 0.0, mask_reduce: str = "max") -> torch.Tensor:
+                opts: dict, progress: bool, image_mix: float = 0.0, mask_reduce: str = "max",
+                harmonize_pass: bool = False) -> torch.Tensor:
     """The body of ``UnCLIPPipeline.inpaint`` (arguments checked here, before any work):
     (n, 3, S, S) in [0, 1]."""
     from dalle2_fast.pipeline import to_unit_range
@@ -186,6 +228,8 @@ def run_inpaint(pipe, image, fill, prompt: str, n: int, seed: int, method: str, 
     jumps = check_jumps(jumps)
     image_mix = check_image_mix(image_mix)
     stage_mask(fill, fill.shape[-1], mask_reduce)  # checks the name
+    if not isinstance(harmonize_pass, bool):
+        raise ValueError(f"harmonize must be True or False, got {harmonize_pass!r}")
     for k, v in opts.items():
         pipe._opt(k, v)
     size = pipe.image_size
@@ -199,24 +243,26 @@ def run_inpaint(pipe, image, fill, prompt: str, n: int, seed: int, method: str, 
     for i in range(0, n, batch_size):
         chunk = seeds[i : i + batch_size]
         out.append(edit_batch(pipe, x, fill, [prompt] * len(chunk), chunk, opts, jumps, method, image_mix,
-                              mask_reduce, progress))
+                              mask_reduce, harmonize_pass, progress))
     return to_unit_range(torch.cat(out))
 
 
 def edit_batch(pipe, images: torch.Tensor, fills: torch.Tensor, prompts, seeds, opts: dict, jumps=(5, 3),
                method: str = "repaint", image_mix: float = 0.0, mask_reduce: str = "max",
-               progress: bool = False) -> torch.Tensor:
+               harmonize_pass: bool = False, progress: bool = False) -> torch.Tensor:
     """One batch of edits, arguments already checked: ``images`` (B or 1, 3, S, S) in [-1, 1] and
     ``fills`` (B or 1, 1, S, S) of {0, 1} at the pipeline's size S, one prompt and seed per image
     -> (B, 3, S, S) in [-1, 1]. ``image_mix`` > 0: the prior's z_i is slerped that far toward the
-    CLIP embedding of the image's context (:func:`context_image`)."""
+    CLIP embedding of the image's context (:func:`context_image`); ``harmonize_pass``: the
+    output's hole through :func:`harmonize` (kept pixels unchanged)."""
     text, z = pipe.text_to_embeddings(list(prompts), seeds, opts.get("prior_steps"), opts.get("prior_guidance"))
     if image_mix > 0:
         z = mix_embeddings(z, pipe._image_embed(context_image(images, fills)), image_mix)
-    return pipe.decode_embeddings(z, text, seeds, opts.get("decoder_steps"), opts.get("upsampler_steps"),
-                                  opts.get("decoder_guidance"), progress,
-                                  inpaint=(images, fills, jumps, method, mask_reduce))
+    x = pipe.decode_embeddings(z, text, seeds, opts.get("decoder_steps"), opts.get("upsampler_steps"),
+                               opts.get("decoder_guidance"), progress,
+                               inpaint=(images, fills, jumps, method, mask_reduce))
+    return harmonize(x, images, fills) if harmonize_pass else x
 
 
-__all__ = ["EDIT_DEFAULTS", "run_inpaint", "edit_batch", "stage_known", "context_image", "mix_embeddings", "check_image_mix", "MASK_REDUCE", "check_mask", "box_mask", "resize_pair", "stage_mask", "outpaint_canvas", "check_jumps", "DIRECTIONS",
+__all__ = ["EDIT_DEFAULTS", "harmonize", "run_inpaint", "edit_batch", "stage_known", "context_image", "mix_embeddings", "check_image_mix", "MASK_REDUCE", "check_mask", "box_mask", "resize_pair", "stage_mask", "outpaint_canvas", "check_jumps", "DIRECTIONS",
            "METHODS"]

@@ -20,7 +20,7 @@ from dalle2_fast.seeding import check_seed
 
 GENERATION_SETTINGS = ("prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance", "decoder_guidance")
 VARIATION_SETTINGS = ("decoder_steps", "upsampler_steps", "decoder_guidance")
-EDIT_SETTINGS = (*GENERATION_SETTINGS, "jumps", "image_mix", "mask_reduce")
+EDIT_SETTINGS = (*GENERATION_SETTINGS, "jumps", "image_mix", "mask_reduce", "harmonize")
 
 
 class Engine:
@@ -107,7 +107,7 @@ class Engine:
         with self.lock:
             x = edit_batch(self.pipe, images.to(dev), fills.to(dev), list(prompts), list(seeds), settings,
                            jumps=settings["jumps"], image_mix=settings["image_mix"],
-                           mask_reduce=settings["mask_reduce"])
+                           mask_reduce=settings["mask_reduce"], harmonize_pass=settings["harmonize"])
         return x[:n]
 
 

@@ -8,7 +8,8 @@ import torch
 
 import torch.nn.functional as F
 
-from dalle2_fast.inpainting import EDIT_DEFAULTS, box_mask, context_image, mix_embeddings, outpaint_canvas, stage_mask
+from dalle2_fast.inpainting import (EDIT_DEFAULTS, box_mask, context_image, harmonize, mix_embeddings, outpaint_canvas,
+                                  stage_mask)
 from tests._tiny_pipeline import tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -136,3 +137,48 @@ def test_edit_options_reach_the_sampler_and_keep_pixels(pipe, monkeypatch):
     assert not torch.allclose(seen[1], seen[0])
     sig = inspect.signature(type(pipe).inpaint).parameters
     assert {k: sig[k].default for k in EDIT_DEFAULTS} == EDIT_DEFAULTS  # one set of defaults
+
+
+def _harmonize_dense(out, known, fill):
+    """The same least-squares problem solved densely, pixel by pixel (the oracle of ``harmonize``):
+    every 4-neighbour pair inside the hole keeps the fill's difference, every pair across the
+    border asks the hole pixel to equal its kept neighbour."""
+    H, W = out.shape[-2:]
+    hole = [(i, j) for i in range(H) for j in range(W) if fill[i, j]]
+    idx = {p: k for k, p in enumerate(hole)}
+    res = out.clone()
+    for c in range(out.shape[0]):
+        A, b = torch.zeros(len(hole), len(hole), dtype=torch.float64), torch.zeros(len(hole), dtype=torch.float64)
+        for (i, j), k in idx.items():
+            for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                q = (i + di, j + dj)
+                if not (0 <= q[0] < H and 0 <= q[1] < W):
+                    continue
+                A[k, k] += 1
+                if q in idx:
+                    A[k, idx[q]] -= 1
+                    b[k] += float(out[c, i, j] - out[c, q[0], q[1]])
+                else:
+                    b[k] += float(known[c, q[0], q[1]])
+        f = torch.linalg.solve(A, b)
+        for (i, j), k in idx.items():
+            res[c, i, j] = float(f[k])
+    return res.clamp(-1, 1)
+
+
+def test_harmonize_matches_the_dense_solve_and_keeps_the_kept_pixels():
+    g = torch.Generator().manual_seed(11)
+    B, H, W = 2, 9, 13  # odd, non-square; two holes in one image, one touching the edge
+    known = torch.rand(B, 3, H, W, generator=g) * 1.6 - 0.8
+    fill = torch.zeros(B, 1, H, W)
+    fill[0, 0, 2:5, 3:8] = 1
+    fill[0, 0, 6:, 10:] = 1
+    fill[1, 0, 1:8, 1:4] = 1
+    out = torch.where(fill.bool(), (known + 0.4 * torch.rand(B, 3, H, W, generator=g) - 0.1).clamp(-1, 1), known)
+    got = harmonize(out, known, fill, iters=2000, tol=1e-9)
+    keep = ~fill.bool().expand_as(out)
+    assert torch.equal(got[keep], out[keep])
+    for i in range(B):
+        torch.testing.assert_close(got[i], _harmonize_dense(out[i], known[i], fill[i, 0].bool()), atol=1e-4, rtol=0)
+    step = lambda x: (x[..., :, 1:] - x[..., :, :-1]).abs()[(fill[..., :, 1:] != fill[..., :, :-1]).expand(B, 3, H, W - 1)]  # noqa: E731
+    assert step(got).mean() < 0.75 * step(out).mean()  # the border step is spread over the hole
