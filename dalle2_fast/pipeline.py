@@ -371,8 +371,9 @@ class UnCLIPPipeline:
         up_extra = [{} for _ in self.upsamplers]
         decoder = self.decoder
         if inpaint is not None:
-            image, fill, jumps, method = inpaint
-            k = stage_known(image, fill, self.decoder.image_size)
+            image, fill, jumps, method, *rest = inpaint
+            reduce = rest[0] if rest else "max"
+            k = stage_known(image, fill, self.decoder.image_size, reduce)
             if method == "conditioned":  # the model alone sees the known pixels: nothing blended
                 decoder = self.inpaint_decoder
                 extra["inpaint_image"] = decoder.inpaint_condition(k["known"], k["mask"])
@@ -381,7 +382,7 @@ class UnCLIPPipeline:
                 s = self.decoder.image_size
                 for i, up in enumerate(self.upsamplers):
                     s *= getattr(up, "factor", 1)
-                    up_extra[i] = stage_known(image, fill, s)
+                    up_extra[i] = stage_known(image, fill, s, reduce)
         if x_T is not None and getattr(getattr(self.decoder, "config", None), "sampling", None) is not None:
             extra["sampler"] = "ddim"  # the inverse of Decoder.invert: deterministic DDIM
         extra.update(self._null_kw(decoder))
@@ -525,21 +526,29 @@ class UnCLIPPipeline:
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor, prompt: str, n: int = 4, seed: int = 0, *,
                 method: str = "repaint", jumps: tuple[int, int] | None = (5, 3), batch_size: int = 16,
-                progress: bool = False, **opts) -> torch.Tensor:
+                progress: bool = False, image_mix: float = 0.0, mask_reduce: str = "max",
+                harmonize: bool = False, **opts) -> torch.Tensor:
         """``n`` images (n, 3, S, S) in [0, 1] that keep ``image`` (3, H, W) in [-1, 1] where ``mask``
         (H, W) is 0 and fill it from ``prompt`` where it is 1 (image k from seed + k). ``method``
         'repaint': training-free, the known pixels blended into every fused sampling step of every
         stage, the decoder resampling with ``jumps`` = (jump_length, jump_n_sample) (None: no
         resampling); 'conditioned': the mask-conditioned decoder (:attr:`inpaint_decoder`, GLIDE's
-        inpainting model) sees the known pixels and the mask, nothing is blended. ``opts``: prior_steps, decoder_steps, upsampler_steps, prior_guidance,
-        decoder_guidance. Edge cases (mask size, non-binary, all zero / all one) as
-        :mod:`dalle2_fast.inpainting` documents."""
+        inpainting model) sees the known pixels and the mask, nothing is blended. ``image_mix``
+        in [0, 1]: the prior's z_i slerped that far toward the CLIP embedding of the image with
+        its hole painted the kept pixels' mean colour; ``mask_reduce``: how the hole is reduced
+        for the lower-resolution stages ('max': any covered pixel, 'area': the covered fraction
+        as a soft mask, 'min': all covered pixels); ``harmonize``: a final pass that shifts the
+        hole by the smoothest field matching its border (Poisson blending; kept pixels
+        unchanged). Defaults: ``inpainting.EDIT_DEFAULTS``. ``opts``: prior_steps,
+        decoder_steps, upsampler_steps, prior_guidance, decoder_guidance. Edge cases (mask size,
+        non-binary, all zero / all one) as :mod:`dalle2_fast.inpainting` documents."""
         from dalle2_fast.inpainting import run_inpaint
 
         unknown = sorted(set(opts) - set(self.defaults))
         if unknown:
             raise ValueError(f"UnCLIPPipeline.inpaint: unknown options {unknown} (known: {sorted(self.defaults)})")
-        return run_inpaint(self, image, mask, prompt, n, seed, method, jumps, batch_size, opts, progress)
+        return run_inpaint(self, image, mask, prompt, n, seed, method, jumps, batch_size, opts, progress, image_mix,
+                           mask_reduce, harmonize)
 
     @torch.no_grad()
     def outpaint(self, image: torch.Tensor, direction: str, pixels: int, prompt: str, n: int = 4, seed: int = 0,

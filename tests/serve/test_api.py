@@ -106,7 +106,7 @@ def test_bad_uploads_and_routes(server):
     r = variations(server.url, big, n=1)
     assert r.status == 413 and "larger than" in r.body["error"]["message"]
     r = request(server.url + "/v1/images/edits", "POST", b"{}", {"Content-Type": "application/json"})
-    assert r.status == 404 and "inpainting" in r.body["error"]["message"]
+    assert r.status == 400 and r.body["error"]["param"] == "image" and "missing" in r.body["error"]["message"]
     for path in ("/v1/images/files/..%2F..%2Fetc%2Fpasswd", "/v1/images/files/nothere.png", "/nope"):
         r = request(server.url + path)
         assert r.status == 404 and "error" in r.body, path
