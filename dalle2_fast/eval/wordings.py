@@ -88,15 +88,15 @@ def judge(image: torch.Tensor, p: Prompt, min_score: float = 0.7) -> dict[str, b
     dets = [d for d in detect(image) if d.score >= min_score]
     if p.kind == "count":
         o = p.objects[0]
-        return {"count": sum((d.shape, d.colour) == (o.shape, o.colour) for d in dets) == len(p.objects)}
+        return {"count": bool(sum((d.shape, d.colour) == (o.shape, o.colour) for d in dets) == len(p.objects))}
     found = [_best(dets, o.shape, o.colour) for o in p.objects]
     ok = all(f is not None for f in found)
     if p.kind == "single":
         return {"single": ok}
     out = {"two": ok}
     if p.kind == "relation":
-        out["relation"] = ok and holds(p.relation, *[Obj(o.shape, o.colour, "small", d.cx, d.cy, d.side)
-                                                     for o, d in zip(p.objects, found)])
+        out["relation"] = ok and bool(holds(p.relation, *[Obj(o.shape, o.colour, "small", d.cx, d.cy, d.side)
+                                                          for o, d in zip(p.objects, found)]))
     return out
 
 

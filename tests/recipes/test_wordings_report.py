@@ -51,7 +51,8 @@ def test_judge_on_drawn_scenes():
         for _ in range(4):
             objs, rel = plan_scene(rng, kind, 3 if kind == "count" else 2 if kind != "single" else 1)
             p = Prompt("x", "plain", kind, tuple(objs), rel)
-            assert all(judge(_draw(p), p).values()), (kind, objs)  # the true scene matches every row
+            v = judge(_draw(p), p)
+            assert all(v.values()) and all(type(b) is bool for b in v.values()), (kind, objs, v)  # JSON-ready
     objs, rel = plan_scene(rng, "relation", 2)
     p = Prompt("x", "plain", "relation", tuple(objs), rel)
     swapped = [objs[0].__class__(**{**objs[0].__dict__, "cx": objs[1].cx, "cy": objs[1].cy}),
