@@ -361,18 +361,19 @@ class UnCLIPPipeline:
         """z_i (B, D) (+ optional text) -> images (B, 3, H, W) in [-1, 1] through decoder and upsamplers.
         ``x_T``: the decoder's starting latent (default: noise from the seeds), decoded
         deterministically (eta 0, no thresholding: the inverse of :meth:`Decoder.invert`).
-        ``inpaint``: (image (1, 3, H, W), fill mask (1, 1, H, W), jumps, method) at the final
-        size — 'repaint': every stage keeps the image outside the mask, the decoder resampling
+        ``inpaint``: (image (1 or B, 3, H, W), fill mask (1 or B, 1, H, W), jumps, method[,
+        mask_reduce]) at the final size — 'repaint': every stage keeps the image outside the mask, the decoder resampling
         with ``jumps``; 'conditioned': the mask-conditioned decoder (:attr:`inpaint_decoder`) is
         given the known pixels and mask, nothing is blended (:mod:`dalle2_fast.inpainting`)."""
-        from dalle2_fast.inpainting import stage_known
+        from dalle2_fast.inpainting import EDIT_DEFAULTS, stage_known
 
         extra = {} if x_T is None else {"x_T": x_T, "eta": 0.0, "clip": None}
         up_extra = [{} for _ in self.upsamplers]
         decoder = self.decoder
         if inpaint is not None:
             image, fill, jumps, method, *rest = inpaint
-            reduce = rest[0] if rest else "max"
+            # the conditioned decoder was trained on binary masks: the hole reduced by 'max' for it
+            reduce = "max" if method == "conditioned" else (rest[0] if rest else EDIT_DEFAULTS["mask_reduce"])
             k = stage_known(image, fill, self.decoder.image_size, reduce)
             if method == "conditioned":  # the model alone sees the known pixels: nothing blended
                 decoder = self.inpaint_decoder
@@ -526,7 +527,7 @@ class UnCLIPPipeline:
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor, prompt: str, n: int = 4, seed: int = 0, *,
                 method: str = "repaint", jumps: tuple[int, int] | None = (5, 3), batch_size: int = 16,
-                progress: bool = False, image_mix: float = 0.0, mask_reduce: str = "max",
+                progress: bool = False, image_mix: float = 0.0, mask_reduce: str = "area",
                 harmonize: bool = False, **opts) -> torch.Tensor:
         """``n`` images (n, 3, S, S) in [0, 1] that keep ``image`` (3, H, W) in [-1, 1] where ``mask``
         (H, W) is 0 and fill it from ``prompt`` where it is 1 (image k from seed + k). ``method``
