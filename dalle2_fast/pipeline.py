@@ -526,9 +526,9 @@ class UnCLIPPipeline:
     # ---- edits (dalle2_fast/inpainting.py) ---------------------------------------------------------
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor, prompt: str, n: int = 4, seed: int = 0, *,
-                method: str = "repaint", jumps: tuple[int, int] | None = (5, 3), batch_size: int = 16,
+                method: str = "repaint", jumps: tuple[int, int] | None = (5, 5), batch_size: int = 16,
                 progress: bool = False, image_mix: float = 0.0, mask_reduce: str = "area",
-                harmonize: bool = False, **opts) -> torch.Tensor:
+                harmonize: bool = True, **opts) -> torch.Tensor:
         """``n`` images (n, 3, S, S) in [0, 1] that keep ``image`` (3, H, W) in [-1, 1] where ``mask``
         (H, W) is 0 and fill it from ``prompt`` where it is 1 (image k from seed + k). ``method``
         'repaint': training-free, the known pixels blended into every fused sampling step of every

@@ -9,7 +9,8 @@ thresholded at 50%). ``--box x0,y0,x1,y1`` fills a rectangle (pixels of the inpu
 exclusive). ``--outpaint SIDE:PIXELS`` moves the image away from SIDE (left, right, up, down) and
 fills the new strip. ``--method repaint`` (training-free: the known pixels kept inside every
 fused sampling step, the decoder resampling with ``--jumps LENGTH,COUNT``, or ``--jumps none``);
-``--method conditioned`` needs a mask-conditioned decoder in the pipeline. The output grid
+``--mask-reduce`` (area by default), ``--image-mix`` and ``--no-harmonize`` tune the repaint
+method (``UnCLIPPipeline.inpaint``). ``--method conditioned`` needs a mask-conditioned decoder in the pipeline. The output grid
 records the inputs, prompt, seed and settings in its PNG metadata.
 """
 from __future__ import annotations
@@ -30,12 +31,13 @@ def add_parsers(sub) -> None:
     where.add_argument("--box", default=None, help="x0,y0,x1,y1: fill this rectangle")
     where.add_argument("--outpaint", default=None, help="SIDE:PIXELS, SIDE one of left/right/up/down")
     p.add_argument("--method", default="repaint", help="repaint (default) or conditioned")
-    p.add_argument("--jumps", default="5,3", help="RePaint's jump length and count, 'L,N', or 'none' (default 5,3)")
+    p.add_argument("--jumps", default="5,5", help="RePaint's jump length and count, 'L,N', or 'none' (default 5,5)")
     p.add_argument("--mask-reduce", default=None, help="how the hole is reduced for the lower-resolution stages: "
                    "max, area or min (default: the pipeline's, area)")
     p.add_argument("--image-mix", type=float, default=None,
                    help="slerp the prior's z_i this far (0-1) toward the CLIP embedding of the image's context (default 0)")
-    p.add_argument("--harmonize", action="store_true", help="a final Poisson pass over the hole (kept pixels unchanged)")
+    p.add_argument("--no-harmonize", dest="harmonize", action="store_false",
+                   help="skip the final Poisson pass over the hole (on by default; kept pixels unchanged either way)")
     p.add_argument("-n", type=int, default=4)
     p.add_argument("-o", "--out", default="inpaint.png")
     p.add_argument("--seed", type=int, default=0)
@@ -98,7 +100,7 @@ def inpaint(args) -> int:
     jumps = parse_jumps(args.jumps)
     from dalle2_fast.inpainting import EDIT_DEFAULTS, MASK_REDUCE
 
-    edit = dict(EDIT_DEFAULTS, harmonize=bool(args.harmonize) or EDIT_DEFAULTS["harmonize"])
+    edit = dict(EDIT_DEFAULTS, harmonize=bool(args.harmonize))
     edit.pop("jumps")
     if args.mask_reduce is not None:
         if args.mask_reduce not in MASK_REDUCE:

@@ -43,7 +43,7 @@ def test_mask_box_and_outpaint(files, capsys):
         assert np.array_equal(tile[keep], src[keep]) and not np.array_equal(tile[~keep], src[~keep])
     meta = read_metadata(out)
     assert meta["command"] == "inpaint" and meta["seed"] == 5 and meta["jumps"] == [1, 2] and meta["decoder_steps"] == 3
-    assert meta["mask_reduce"] == "area" and meta["image_mix"] == 0 and meta["harmonize"] is False
+    assert meta["mask_reduce"] == "area" and meta["image_mix"] == 0 and meta["harmonize"] is True
     out2 = d / "box.png"
     assert main(["inpaint", str(d / "img.png"), "a red circle", "--box", "4,8,20,24", "-n", "1", "-o", str(out2),
                  "--pipeline", str(pipe), "--seed", "5", *FAST]) == 0
