@@ -408,11 +408,11 @@ class UnCLIPPipeline:
         of :meth:`Decoder.invert`). :data:`OPTIONS`: ``decoder_image_guidance`` /
         ``decoder_text_guidance`` (default ``decoder_guidance``; when they differ, three-branch
         guidance), ``decoder_sampler`` / ``upsampler_sampler``, ``decoder_eta``.
-        ``inpaint``: (image (1, 3, H, W), fill mask (1, 1, H, W), jumps, method) at the final
-        size — 'repaint': every stage keeps the image outside the mask, the decoder resampling
+        ``inpaint``: (image (1 or B, 3, H, W), fill mask (1 or B, 1, H, W), jumps, method[,
+        mask_reduce]) at the final size — 'repaint': every stage keeps the image outside the mask, the decoder resampling
         with ``jumps``; 'conditioned': the mask-conditioned decoder (:attr:`inpaint_decoder`) is
         given the known pixels and mask, nothing is blended (:mod:`dalle2_fast.inpainting`)."""
-        from dalle2_fast.inpainting import stage_known
+        from dalle2_fast.inpainting import EDIT_DEFAULTS, stage_known
 
         opts = self.check_options(dict(decoder_image_guidance=decoder_image_guidance,
                                        decoder_text_guidance=decoder_text_guidance, decoder_sampler=decoder_sampler,
@@ -437,7 +437,8 @@ class UnCLIPPipeline:
         decoder = self.decoder
         if inpaint is not None:
             image, fill, jumps, method, *rest = inpaint
-            reduce = rest[0] if rest else "max"
+            # the conditioned decoder was trained on binary masks: the hole reduced by 'max' for it
+            reduce = "max" if method == "conditioned" else (rest[0] if rest else EDIT_DEFAULTS["mask_reduce"])
             k = stage_known(image, fill, self.decoder.image_size, reduce)
             if method == "conditioned":  # the model alone sees the known pixels: nothing blended
                 decoder = self.inpaint_decoder
@@ -569,9 +570,9 @@ class UnCLIPPipeline:
     # ---- edits (dalle2_fast/inpainting.py) ---------------------------------------------------------
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor, prompt: str, n: int = 4, seed: int = 0, *,
-                method: str = "repaint", jumps: tuple[int, int] | None = (5, 3), batch_size: int = 16,
-                progress: bool = False, image_mix: float = 0.0, mask_reduce: str = "max",
-                harmonize: bool = False, **opts) -> torch.Tensor:
+                method: str = "repaint", jumps: tuple[int, int] | None = (5, 5), batch_size: int = 16,
+                progress: bool = False, image_mix: float = 0.0, mask_reduce: str = "area",
+                harmonize: bool = True, **opts) -> torch.Tensor:
         """``n`` images (n, 3, S, S) in [0, 1] that keep ``image`` (3, H, W) in [-1, 1] where ``mask``
         (H, W) is 0 and fill it from ``prompt`` where it is 1 (image k from seed + k). ``method``
         'repaint': training-free, the known pixels blended into every fused sampling step of every

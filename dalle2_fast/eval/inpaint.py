@@ -35,9 +35,10 @@ from dalle2_fast.data.shapes import COLOUR_NAMES, SHAPES, ShapesDataset
 from dalle2_fast.eval.detector import detect
 
 DATA_SEED = 7000
-# RePaint at the pipeline's default (5, 3), the fused blend alone, RePaint at the paper's (10, 10)
-DEFAULT_SETTINGS = {"repaint_j5_r3": {"jumps": (5, 3)}, "blend_only": {"jumps": None},
-                    "repaint_j10_r10": {"jumps": (10, 10)}}
+# the pipeline's edit defaults (inpainting.EDIT_DEFAULTS), the same without the harmonize pass,
+# and the earlier default (RePaint (5, 3), the hole max-pooled for the low-resolution stages, no pass)
+DEFAULT_SETTINGS = {"defaults": {}, "no_harmonize": {"harmonize": False},
+                    "j5_r3_max": {"jumps": (5, 3), "mask_reduce": "max", "harmonize": False}}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -127,7 +127,7 @@ def test_edit_options_reach_the_sampler_and_keep_pixels(pipe, monkeypatch):
     decode = pipe.decode_embeddings
     monkeypatch.setattr(pipe, "decode_embeddings", lambda z, *a, **k: seen.append(z) or decode(z, *a, **k))
     base = pipe.inpaint(img, fill, "a red circle", n=1, seed=2, **FAST)[0]
-    for kw in (dict(image_mix=0.5), dict(mask_reduce="area"), dict(mask_reduce="min")):
+    for kw in (dict(image_mix=0.5), dict(mask_reduce="max"), dict(mask_reduce="min")):  # against the default area
         out = pipe.inpaint(img, fill, "a red circle", n=1, seed=2, **kw, **FAST)[0]
         assert torch.equal(out[keep], want[keep]), kw  # the known pixels kept whatever the options
         if "mask_reduce" in kw:

@@ -80,7 +80,7 @@ def test_an_edit_keeps_the_pixels_outside_the_hole_and_fills_it(client):
     pngs = _pngs(_post(client, _png(img), _white(hole), **F))
     assert len(pngs) == 2 and [_meta(p)["seed"] for p in pngs] == [11, 12]
     m = _meta(pngs[0])
-    assert m["edit"] is True and m["prompt"] == "a red circle" and m["jumps"] == [5, 3]
+    assert m["edit"] is True and m["prompt"] == "a red circle" and m["jumps"] == [5, 5] and m["harmonize"] is True
     for p in pngs:
         out = _pixels(p)
         assert out.shape == (S, S, 3)
