@@ -9,7 +9,8 @@ thresholded at 50%). ``--box x0,y0,x1,y1`` fills a rectangle (pixels of the inpu
 exclusive). ``--outpaint SIDE:PIXELS`` moves the image away from SIDE (left, right, up, down) and
 fills the new strip. ``--method repaint`` (training-free: the known pixels kept inside every
 fused sampling step, the decoder resampling with ``--jumps LENGTH,COUNT``, or ``--jumps none``);
-``--method conditioned`` needs a mask-conditioned decoder in the pipeline. The output grid
+``--mask-reduce`` (area by default), ``--image-mix`` and ``--no-harmonize`` tune the repaint
+method (``UnCLIPPipeline.inpaint``). ``--method conditioned`` needs a mask-conditioned decoder in the pipeline. The output grid
 records the inputs, prompt, seed and settings in its PNG metadata.
 """
 from __future__ import annotations
@@ -30,7 +31,13 @@ def add_parsers(sub) -> None:
     where.add_argument("--box", default=None, help="x0,y0,x1,y1: fill this rectangle")
     where.add_argument("--outpaint", default=None, help="SIDE:PIXELS, SIDE one of left/right/up/down")
     p.add_argument("--method", default="repaint", help="repaint (default) or conditioned")
-    p.add_argument("--jumps", default="5,3", help="RePaint's jump length and count, 'L,N', or 'none' (default 5,3)")
+    p.add_argument("--jumps", default="5,5", help="RePaint's jump length and count, 'L,N', or 'none' (default 5,5)")
+    p.add_argument("--mask-reduce", default=None, help="how the hole is reduced for the lower-resolution stages: "
+                   "max, area or min (default: the pipeline's, area)")
+    p.add_argument("--image-mix", type=float, default=None,
+                   help="slerp the prior's z_i this far (0-1) toward the CLIP embedding of the image's context (default 0)")
+    p.add_argument("--no-harmonize", dest="harmonize", action="store_false",
+                   help="skip the final Poisson pass over the hole (on by default; kept pixels unchanged either way)")
     p.add_argument("-n", type=int, default=4)
     p.add_argument("-o", "--out", default="inpaint.png")
     p.add_argument("--seed", type=int, default=0)
@@ -91,6 +98,17 @@ def inpaint(args) -> int:
     if args.method not in METHODS:
         raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {args.method!r}")
     jumps = parse_jumps(args.jumps)
+    from dalle2_fast.inpainting import EDIT_DEFAULTS, MASK_REDUCE
+
+    edit = dict(EDIT_DEFAULTS, harmonize=bool(args.harmonize))
+    edit.pop("jumps")
+    if args.mask_reduce is not None:
+        if args.mask_reduce not in MASK_REDUCE:
+            raise ValueError(f"--mask-reduce: expected one of {', '.join(MASK_REDUCE)}, got {args.mask_reduce!r}")
+        edit["mask_reduce"] = args.mask_reduce
+    if args.image_mix is not None:
+        check_finite("--image-mix", args.image_mix, 0, 1)
+        edit["image_mix"] = args.image_mix
     opts = {k: getattr(args, k) for k in ("prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance",
                                           "decoder_guidance") if getattr(args, k) is not None}
     for k, v in opts.items():
@@ -116,7 +134,7 @@ def inpaint(args) -> int:
     from dalle2_fast.pipeline import UnCLIPPipeline
 
     pipe = UnCLIPPipeline.from_pretrained(args.pipeline)
-    kw = dict(n=args.n, seed=args.seed, method=args.method, jumps=jumps, progress=True, **opts)
+    kw = dict(n=args.n, seed=args.seed, method=args.method, jumps=jumps, progress=True, **edit, **opts)
     if side is not None:
         if not 1 <= pixels < pipe.image_size:
             raise ValueError(f"--outpaint: PIXELS must be in [1, {pipe.image_size - 1}] (the output is "
@@ -126,7 +144,7 @@ def inpaint(args) -> int:
         x = pipe.inpaint(image, fill, args.prompt, **kw)
     meta = {"command": "inpaint", "input": args.image, "mask": args.mask, "box": args.box, "outpaint": args.outpaint,
             "prompt": args.prompt, "n": args.n, "seed": args.seed, "method": args.method,
-            "jumps": list(jumps) if jumps else None, **pipe.settings(**opts)}
+            "jumps": list(jumps) if jumps else None, **edit, **pipe.settings(**opts)}
     path = save_png(make_grid(x * 2 - 1, nrow=args.n, pad=1), args.out, meta)
     print(f"wrote {path} ({len(x)} images)")
     return 0

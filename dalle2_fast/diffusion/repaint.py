@@ -90,6 +90,7 @@ def repaint_sample(denoiser, diffusion: GaussianDiffusion, x_T, *, known=None, m
         else:  # back up from index a to b: q(x_b | x_a)
             ratio = float(abar[b] / abar[a])
             x = ratio**0.5 * x + (1.0 - ratio) ** 0.5 * noise.draw()
+            step.redraw_known()  # a deterministic base's known-region noise: new after each jump
     return x
 
 

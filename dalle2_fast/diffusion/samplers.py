@@ -165,9 +165,22 @@ def make_plan(kind: str, diffusion: GaussianDiffusion, timesteps, batch: int, de
 def make_step(plan: Plan, denoiser, diffusion: GaussianDiffusion, model_kwargs, noise: NoiseSource, clip,
               dynamic_p, backend, inpaint=None):
     """step(k, x, prev_x0) -> (x_next, x0): one model call and one fused op, device work only.
-    ``inpaint``: (known, mask) from ``plan.inpaint_inputs``, blended inside the fused op."""
+    ``inpaint``: (known, mask) from ``plan.inpaint_inputs``, blended inside the fused op. The
+    known region is forward-noised with the step's own noise in a stochastic loop (DDPM, DDIM
+    eta > 0); a deterministic loop (DDIM eta 0, DPM-Solver++) draws that noise once and keeps
+    it, as its own trajectory keeps x_T's (``step.redraw_known()`` draws it anew: RePaint after
+    a jump) — one ``randn`` per loop instead of one per step."""
     pred, learned = diffusion.mean_type, diffusion.learned_var
     known, mask = inpaint if inpaint is not None else (None, None)
+    deterministic = plan.kind == "dpmpp_2m" or (plan.kind == "ddim" and not plan.needs_noise)
+    held = {}
+
+    def known_noise():
+        if not deterministic:
+            return noise.draw()
+        if "z" not in held:
+            held["z"] = noise.draw()
+        return held["z"]
 
     def step(k, x, prev_x0):
         out, g = _denoise(denoiser, x, plan.model_t[k], model_kwargs)
@@ -181,10 +194,11 @@ def make_step(plan: Plan, denoiser, diffusion: GaussianDiffusion, model_kwargs, 
                              known_noise=z if kz_needed else None, **kw)
         if plan.kind == "ddim":
             z = noise.draw() if plan.needs_noise else None
-            kz = (z if z is not None else noise.draw()) if kz_needed else None
+            kz = (z if z is not None else known_noise()) if kz_needed else None
             return ddim_step(x, out, coefs, z, want_x0=True, known_noise=kz, **kw)
-        return dpmpp_2m_step(x, out, coefs, prev_x0, known_noise=noise.draw() if kz_needed else None, **kw)
+        return dpmpp_2m_step(x, out, coefs, prev_x0, known_noise=known_noise() if kz_needed else None, **kw)
 
+    step.redraw_known = held.clear
     return step
 
 

@@ -69,6 +69,8 @@ class UnCLIPRecipe:
     prior_layers: int = 4
     decoder_channels: int = 32
     decoder_res_blocks: int = 1
+    decoder_text_layers: int = 0                # >0: GLIDE's text transformer in the decoder (models.decoder_text)
+    decoder_text_width: int = 64
     upsampler_channels: int = 32
     upsampler_residual: bool = True             # diffuse hr - bicubic(low) (SRDiff-style) ...
     upsampler_pred: str = "x0"                  # ... predicting x0: an under-trained model stays near bicubic
@@ -127,6 +129,8 @@ def stage_key(r: UnCLIPRecipe, name: str) -> dict:
            "decoder": ("decoder", "decoder_channels", "decoder_res_blocks"), "clip": (),
            "inpaint": ("inpaint", "decoder", "decoder_channels", "decoder_res_blocks")}[name]
     key.update({f: d[f] for f in own})
+    if name in ("decoder", "inpaint") and r.decoder_text_layers:  # absent when off: older runs' keys hold
+        key.update(decoder_text_layers=r.decoder_text_layers, decoder_text_width=r.decoder_text_width)
     return key
 
 
@@ -147,16 +151,21 @@ def build_prior(r: UnCLIPRecipe, clip: ClipAdapter):
 
 def build_decoder(r: UnCLIPRecipe, clip: ClipAdapter):
     from dalle2_fast.models.decoder import DecoderConfig, UnCLIPDecoder
+    from dalle2_fast.models.decoder_text import TextTransformerConfig
     from dalle2_fast.models.unet import UNetConfig
 
     mc = r.decoder_channels
+    xf = None
+    if r.decoder_text_layers:
+        xf = TextTransformerConfig(layers=r.decoder_text_layers, width=r.decoder_text_width,
+                                   heads=max(1, r.decoder_text_width // 32))
     unet = UNetConfig(image_size=r.base_res, in_channels=3, model_channels=mc, channel_mult=(1, 2, 2),
                       num_res_blocks=r.decoder_res_blocks, attention_resolutions=(r.base_res // 2, r.base_res // 4),
                       num_head_channels=min(32, mc), learn_sigma=True, use_scale_shift_norm=True,
                       resblock_updown=True, cond_dim=clip.embed_dim, context_dim=mc * 2, cond_tokens=4,
                       num_groups=min(32, mc // 2))
     return UnCLIPDecoder(DecoderConfig(unet=unet, clip_dim=clip.embed_dim, text_width=clip.text_width,
-                                       text_len=clip.context_length))
+                                       text_len=clip.context_length, text_transformer=xf))
 
 
 def build_upsampler(r: UnCLIPRecipe, low: int, high: int):
@@ -517,12 +526,12 @@ def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = Tru
 
 def recipe_from_args(seed: int = 0, scale: float = 1.0, max_minutes: float | None = None,
                      upsample_res: tuple[int, ...] | None = None, captions: str = "legacy",
-                     tokenizer: str = "words") -> UnCLIPRecipe:
+                     tokenizer: str = "words", decoder_text_layers: int = 0) -> UnCLIPRecipe:
     """The default recipe (with ``captions`` and ``tokenizer``) with every stage's steps multiplied
     by ``scale`` and, given ``max_minutes``, that total wall-clock budget split over the stages (CLIP
     10%, prior 10%, decoder 60%, upsamplers 20%; the optional inpaint stage, trained on its own, the
-    whole budget)."""
-    r = UnCLIPRecipe(seed=seed, captions=captions, tokenizer=tokenizer)
+    whole budget). ``decoder_text_layers`` > 0 gives the decoder GLIDE's text transformer of that depth."""
+    r = UnCLIPRecipe(seed=seed, captions=captions, tokenizer=tokenizer, decoder_text_layers=decoder_text_layers)
     if upsample_res is not None:
         r = replace(r, upsample_res=tuple(upsample_res))
     shares = {"clip": 0.1, "prior": 0.1, "decoder": 0.6, "upsampler": 0.2 / max(1, len(r.upsample_res))}

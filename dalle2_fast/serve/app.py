@@ -2,7 +2,9 @@
 
     POST /v1/images/generations   {"prompt", "n", "size", "response_format", ...} -> {"created", "data": [...]}
     POST /v1/images/variations    multipart: image (file), n, size, response_format, seed, ...
-    POST /v1/images/edits         404 in OpenAI's error shape: needs an inpainting model (none yet)
+    POST /v1/images/edits         image (+ mask: transparent or white = fill), prompt, n, ... (multipart, or JSON
+                                  with base64 files) -> the image kept outside the mask, the hole drawn from
+                                  the prompt (UnCLIPPipeline.inpaint's RePaint), batched like the rest
     GET  /v1/images/files/ID.png  an image answered with response_format=url (the last url_cache kept)
     GET  /v1/models               the one model served
     GET  /health                  queue depth, batch sizes, images/s, latency percentiles, request counts
@@ -31,7 +33,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dalle2_fast.serve.api import ApiError, parse_generation, parse_variation
+from dalle2_fast.serve.api import ApiError, decode_b64, parse_edit, parse_generation, parse_variation
 from dalle2_fast.serve.batcher import Batcher, BatchFailed, QueueFull
 from dalle2_fast.serve.config import MODEL_ID, ServeConfig
 from dalle2_fast.serve.engine import Engine
@@ -97,7 +99,12 @@ def create_app(pipe, config: ServeConfig | None = None) -> Starlette:
         except ValueError as e:
             raise ApiError(400, str(e), None) from None
         meta = {"model": MODEL_ID, **settings}
-        meta.update({"prompt": req.prompt} if req.kind == "generation" else {"variation": True})
+        if req.kind == "variation":
+            meta["variation"] = True
+        else:
+            meta["prompt"] = req.prompt
+            if req.kind in ("edit", "unchanged"):
+                meta["edit"] = True
         try:
             ticket = batcher.submit(req, settings, meta)
         except QueueFull as e:
@@ -130,7 +137,7 @@ def create_app(pipe, config: ServeConfig | None = None) -> Starlette:
         return JSONResponse({"created": int(time.time()), "data": data})
 
     async def generations(request: Request) -> Response:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        ctype = content_type(request)
         if ctype != "application/json":
             raise ApiError(415, f"Content-Type: expected application/json, got {ctype or 'none'!r}",
                            "Content-Type")
@@ -141,35 +148,61 @@ def create_app(pipe, config: ServeConfig | None = None) -> Starlette:
             raise ApiError(400, f"the request body is not valid JSON ({e})", None) from None
         return await run(request, parse_generation(body, cfg, size))
 
-    async def variations(request: Request) -> Response:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "multipart/form-data":
-            raise ApiError(415, f"Content-Type: expected multipart/form-data with an 'image' file, got "
-                                f"{ctype or 'none'!r}", "Content-Type")
+    async def read_form(request: Request, file_fields: tuple[str, ...], limit: int) -> tuple[dict, dict]:
+        """A multipart upload -> (text fields, {file field: bytes}), refused past ``limit`` bytes."""
         declared = request.headers.get("content-length")
         if declared is None or not declared.isdigit():
             raise ApiError(411, "Content-Length: required for uploads", "Content-Length")
-        if int(declared) > cfg.max_upload_bytes:
-            raise ApiError(413, f"upload of {declared} bytes is larger than the {cfg.max_upload_bytes} accepted",
-                           "image")
+        if int(declared) > limit:
+            raise ApiError(413, f"upload of {declared} bytes is larger than the {limit} accepted", "image")
         try:
-            form = await request.form(max_files=1, max_fields=32, max_part_size=cfg.max_upload_bytes)
+            form = await request.form(max_files=len(file_fields), max_fields=32, max_part_size=cfg.max_upload_bytes)
         except HTTPException as e:
             raise ApiError(400, f"multipart body: {e.detail}", None) from None
-        fields, image = {}, None
+        fields, files = {}, {}
         for k, v in form.multi_items():
             if hasattr(v, "read"):
-                if k != "image":
-                    raise ApiError(400, f"Unrecognized file field supplied: {k} (upload the image as 'image')", k)
-                image = await v.read()
+                if k not in file_fields:
+                    raise ApiError(400, f"Unrecognized file field supplied: {k} (this endpoint takes the files "
+                                        f"{', '.join(file_fields)})", k)
+                files[k] = await v.read()
             else:
                 fields[k] = v
         await form.close()
-        return await run(request, parse_variation(fields, image, cfg, size))
+        return fields, files
+
+    def content_type(request: Request) -> str:
+        return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    async def variations(request: Request) -> Response:
+        ctype = content_type(request)
+        if ctype != "multipart/form-data":
+            raise ApiError(415, f"Content-Type: expected multipart/form-data with an 'image' file, got "
+                                f"{ctype or 'none'!r}", "Content-Type")
+        fields, files = await read_form(request, ("image",), cfg.max_upload_bytes)
+        return await run(request, parse_variation(fields, files.get("image"), cfg, size))
 
     async def edits(request: Request) -> Response:
-        raise ApiError(404, "images/edits needs an inpainting model, which dalle2_fast does not have yet; "
-                            "use /v1/images/generations or /v1/images/variations", None)
+        ctype = content_type(request)
+        if ctype == "multipart/form-data":
+            fields, files = await read_form(request, ("image", "mask"), 2 * cfg.max_upload_bytes)
+            req = parse_edit(fields, files.get("image"), files.get("mask"), cfg, size, form=True)
+        elif ctype == "application/json":  # the files as base64 strings
+            raw = await _read_body(request, cfg.max_body_bytes + 3 * cfg.max_upload_bytes)
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ApiError(400, f"the request body is not valid JSON ({e})", None) from None
+            if not isinstance(body, dict):
+                raise ApiError(400, f"expected a JSON object with 'image' and 'prompt', got {type(body).__name__}",
+                               None)
+            files = {k: decode_b64(k, body.pop(k)) for k in ("image", "mask") if body.get(k) is not None}
+            body.pop("mask", None)
+            req = parse_edit(body, files.get("image"), files.get("mask"), cfg, size, form=False)
+        else:
+            raise ApiError(415, f"Content-Type: expected multipart/form-data (files 'image', 'mask') or "
+                                f"application/json (base64), got {ctype or 'none'!r}", "Content-Type")
+        return await run(request, req)
 
     async def image_file(request: Request) -> Response:
         name = request.path_params["name"]

@@ -186,6 +186,13 @@ class Batcher:
             return self.engine.generate([t.request.prompt for t, _ in batch], seeds, settings)
         import torch
 
+        if kind == "edit":
+            return self.engine.edit([t.request.prompt for t, _ in batch],
+                                    torch.stack([t.request.image for t, _ in batch]),
+                                    torch.stack([t.request.fill for t, _ in batch]), seeds, settings)
+        if kind == "unchanged":  # an edit with nothing to fill: the input, as the pipeline answers it
+            return [t.request.image for t, _ in batch]
+
         for t, _ in batch:
             if t.embed is None:
                 t.embed = self.engine.image_embed(t.request.image)

@@ -68,4 +68,11 @@ def variations(base_url: str, image: bytes, timeout: float = 120.0, **fields) ->
     return request(base_url + "/v1/images/variations", "POST", body, {"Content-Type": ctype}, timeout)
 
 
-__all__ = ["Reply", "request", "generate", "variations", "multipart"]
+def edits(base_url: str, image: bytes, mask: bytes | None = None, timeout: float = 120.0, **fields) -> Reply:
+    """``POST /v1/images/edits`` of the PNG ``image`` (and ``mask``); ``fields`` as form fields."""
+    files = {"image": ("image.png", image), **({"mask": ("mask.png", mask)} if mask is not None else {})}
+    body, ctype = multipart({k: str(v) for k, v in fields.items()}, files)
+    return request(base_url + "/v1/images/edits", "POST", body, {"Content-Type": ctype}, timeout)
+
+
+__all__ = ["Reply", "request", "generate", "variations", "edits", "multipart"]

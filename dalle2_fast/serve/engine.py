@@ -20,11 +20,13 @@ from dalle2_fast.seeding import check_seed
 
 GENERATION_SETTINGS = ("prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance", "decoder_guidance")
 VARIATION_SETTINGS = ("decoder_steps", "upsampler_steps", "decoder_guidance")
+EDIT_SETTINGS = (*GENERATION_SETTINGS, "jumps", "image_mix", "mask_reduce", "harmonize")
 
 
 class Engine:
-    """``generate(prompts, seeds, settings)`` and ``variations(embeds, seeds, settings)`` -> images
-    (3, H, W) in [-1, 1], each batch run at ``batch_shape`` images when that is set."""
+    """``generate(prompts, seeds, settings)``, ``variations(embeds, seeds, settings)`` and
+    ``edit(prompts, images, fills, seeds, settings)`` -> images (3, H, W) in [-1, 1], each batch
+    run at ``batch_shape`` images when that is set."""
 
     def __init__(self, pipe, batch_shape: int | None):
         self.pipe = pipe
@@ -38,6 +40,11 @@ class Engine:
     def settings(self, kind: str, overrides: dict) -> dict:
         """Every option a request's images use (the pipeline's defaults for what it leaves out)."""
         s = self.pipe.settings(**overrides)
+        if kind in ("edit", "unchanged"):  # the pipeline's inpainting defaults (jumps overridable)
+            from dalle2_fast.inpainting import EDIT_DEFAULTS
+
+            s.update(EDIT_DEFAULTS, **{k: overrides[k] for k in ("jumps",) if k in overrides})
+            return {k: s[k] for k in EDIT_SETTINGS}
         return {k: s[k] for k in (GENERATION_SETTINGS if kind == "generation" else VARIATION_SETTINGS)}
 
     def _pad(self, n: int) -> int:
@@ -81,4 +88,27 @@ class Engine:
         return x[:n]
 
 
-__all__ = ["Engine", "GENERATION_SETTINGS", "VARIATION_SETTINGS"]
+    @torch.no_grad()
+    def edit(self, prompts: Sequence[str], images: torch.Tensor, fills: torch.Tensor, seeds: Sequence[int],
+             settings: dict) -> torch.Tensor:
+        """Inpainting (the pipeline's RePaint): ``images`` (B, 3, S, S) in [-1, 1] kept where ``fills``
+        (B, 1, S, S) is 0, filled from ``prompts`` where it is 1 (``UnCLIPPipeline.inpaint``)."""
+        from dalle2_fast.inpainting import edit_batch
+
+        n = len(prompts)
+        for s in seeds:
+            check_seed(s)
+        pad = self._pad(n)
+        if pad:
+            prompts, seeds = list(prompts) + [prompts[-1]] * pad, list(seeds) + [seeds[-1]] * pad
+            images = torch.cat([images, images[-1:].expand(pad, -1, -1, -1)])
+            fills = torch.cat([fills, fills[-1:].expand(pad, -1, -1, -1)])
+        dev = self.pipe.device
+        with self.lock:
+            x = edit_batch(self.pipe, images.to(dev), fills.to(dev), list(prompts), list(seeds), settings,
+                           jumps=settings["jumps"], image_mix=settings["image_mix"],
+                           mask_reduce=settings["mask_reduce"], harmonize_pass=settings["harmonize"])
+        return x[:n]
+
+
+__all__ = ["Engine", "GENERATION_SETTINGS", "VARIATION_SETTINGS", "EDIT_SETTINGS"]

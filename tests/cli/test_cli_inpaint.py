@@ -43,6 +43,7 @@ def test_mask_box_and_outpaint(files, capsys):
         assert np.array_equal(tile[keep], src[keep]) and not np.array_equal(tile[~keep], src[~keep])
     meta = read_metadata(out)
     assert meta["command"] == "inpaint" and meta["seed"] == 5 and meta["jumps"] == [1, 2] and meta["decoder_steps"] == 3
+    assert meta["mask_reduce"] == "area" and meta["image_mix"] == 0 and meta["harmonize"] is True
     out2 = d / "box.png"
     assert main(["inpaint", str(d / "img.png"), "a red circle", "--box", "4,8,20,24", "-n", "1", "-o", str(out2),
                  "--pipeline", str(pipe), "--seed", "5", *FAST]) == 0
@@ -68,6 +69,8 @@ def test_mask_box_and_outpaint(files, capsys):
     (["--box", "0,0,8,8", "--decoder-steps", "0"], "--decoder-steps"),
     (["--box", "0,0,8,8", "--decoder-guidance", "nan"], "--decoder-guidance"),
     (["--box", "0,0,8,8", "-o", "out.jpg"], "-o/--out"),
+    (["--box", "0,0,8,8", "--mask-reduce", "mean"], "--mask-reduce: expected one of max, area, min"),
+    (["--box", "0,0,8,8", "--image-mix", "1.5"], "--image-mix"),
 ])
 def test_bad_flags_before_any_model_loads(files, extra, match):
     d, _ = files

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from dalle2_fast.data.masks import brush_fill, object_boxes, random_fill_mask
-from dalle2_fast.eval.inpaint import inpaint_cases, score_case, seam_steps, wilson
+from dalle2_fast.eval.inpaint import inner_band_step, inpaint_cases, score_case, seam_steps, wilson
 
 
 def test_cases_hole_around_the_removed_object_only():
@@ -36,6 +36,16 @@ def test_seam_steps_and_wilson():
     fill[2:6, 2:6] = 1
     border, inside = seam_steps(img, fill)
     assert border == 90 and inside == 0
+    assert inner_band_step(img, fill) == 0  # the patch is flat inside
+    ramp = np.zeros((9, 12, 3), np.uint8)
+    ramp[1:8, 1:11] = np.arange(10, dtype=np.uint8)[None, :, None] * 7  # 7 levels a column inside
+    f = np.zeros((9, 12))
+    f[1:8, 1:11] = 1
+    # rows of the 3-pixel ring: horizontal steps are 7, vertical 0 (pairs both in the ring only)
+    ring = f.astype(bool) & ~np.pad(np.ones((1, 4), bool), ((4, 4), (4, 4)))
+    h = ring[:, 1:] & ring[:, :-1]
+    v = ring[1:] & ring[:-1]
+    assert abs(inner_band_step(ramp, f) - 7 * h.sum() / (h.sum() + v.sum())) < 1e-9
     lo, hi = wilson(40, 50)
     assert lo < 0.8 < hi and abs(lo - 0.670) < 0.005 and abs(hi - 0.888) < 0.005
 

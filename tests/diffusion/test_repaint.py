@@ -123,3 +123,25 @@ def test_bad_input():
         run_sampler("repaint", den, base, (2, 1, 4, 4), steps="5", known=known, mask=mask, base="dpmpp")
     with pytest.raises(ValueError, match="cuda_graph"):
         run_sampler("ddim", den, base, (2, 1, 4, 4), steps="5", known=known, mask=mask, cuda_graph=True)
+
+
+@pytest.mark.parametrize("sampler,eta,draws", [
+    ("ddim", 0.0, lambda steps, jumps: 1 + 1),          # x_T, then the known region's noise once
+    ("dpmpp", 0.0, lambda steps, jumps: 1 + 1),
+    ("ddim", 1.0, lambda steps, jumps: 1 + steps),  # stochastic: the step's own noise, every step
+    ("repaint", 0.0, lambda steps, jumps: 1 + 1 + 2 * jumps),  # each jump: its noise and a new known noise
+])
+def test_known_noise_is_drawn_once_per_deterministic_loop(sampler, eta, draws, monkeypatch):
+    from dalle2_fast.diffusion import plan as plan_mod
+
+    base = GaussianDiffusion(cosine_betas(100))
+    known, mask = _half_mask()
+    n = [0]
+    draw = plan_mod.NoiseSource.draw
+    monkeypatch.setattr(plan_mod.NoiseSource, "draw", lambda self: n.__setitem__(0, n[0] + 1) or draw(self))
+    kw = dict(jump_length=3, jump_n_sample=2, base="ddim") if sampler == "repaint" else {}
+    x = run_sampler(sampler, correlated_denoiser(base), base, (2, 1, 4, 4), steps="12", known=known, mask=mask,
+                    seeds=[1, 2], backend="torch", eta=eta, **kw)
+    s = repaint_schedule(12, 3, 2)
+    jumps = sum(1 for a, b in zip(s, s[1:]) if b > a)
+    assert n[0] == draws(12, jumps) and torch.equal(x[..., :2], known.expand(2, 1, 4, 4)[..., :2])

@@ -1,10 +1,15 @@
 """UnCLIPPipeline.inpaint / outpaint on the tiny pipeline: kept pixels exact at the output size
 (and after 8-bit quantisation), the seed rule, batching, the documented edge cases (all-zero
 mask -> the input, all-one -> plain generation) and bad input naming the argument."""
+import inspect
+
 import pytest
 import torch
 
-from dalle2_fast.inpainting import box_mask, outpaint_canvas
+import torch.nn.functional as F
+
+from dalle2_fast.inpainting import (EDIT_DEFAULTS, box_mask, context_image, harmonize, mix_embeddings, outpaint_canvas,
+                                  stage_mask)
 from tests._tiny_pipeline import tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,6 +72,9 @@ def test_bad_input(pipe):
         (dict(prompt=""), "prompt must be"),
         (dict(decoder_steps=0), "decoder_steps"),
         (dict(nonsense=1), "unknown options"),
+        (dict(image_mix=1.5), "image_mix must be"),
+        (dict(image_mix=True), "image_mix must be"),
+        (dict(mask_reduce="mean"), "mask_reduce must be one of"),
     ]
     for over, msg in cases:
         kw = dict(image=img, mask=fill, prompt="a red circle", n=1, **FAST)
@@ -79,3 +87,98 @@ def test_bad_input(pipe):
         pipe.outpaint(img, "left", 32, "a red circle")
     with pytest.raises(ValueError, match="box"):
         box_mask((4, 4, 2, 8), (32, 32))
+
+
+def test_mask_reduce_at_lower_resolutions():
+    g = torch.Generator().manual_seed(3)
+    fill = (torch.rand(1, 1, 24, 24, generator=g) > 0.6).float()  # ragged: blocks partly filled
+    blocks = fill.unfold(2, 4, 4).unfold(3, 4, 4).reshape(1, 1, 6, 6, 16)
+    assert torch.equal(stage_mask(fill, 6, "max"), blocks.amax(-1))  # any pixel: the hole never shrinks
+    assert torch.equal(stage_mask(fill, 6, "min"), blocks.amin(-1))  # every pixel
+    torch.testing.assert_close(stage_mask(fill, 6, "area"), blocks.mean(-1))  # the fraction: a soft mask
+    assert 0 < stage_mask(fill, 6, "area").unique().numel() - 2  # it is soft here
+    assert torch.equal(stage_mask(fill, 24, "min"), fill)
+    assert torch.equal(stage_mask(fill, 48, "area"), F.interpolate(fill, size=(48, 48), mode="nearest"))
+
+
+def test_image_mix_slerps_toward_the_context_embedding():
+    g = torch.Generator().manual_seed(4)
+    z, c = torch.randn(3, 8, generator=g) * 2, torch.randn(1, 8, generator=g) * 5
+    torch.testing.assert_close(mix_embeddings(z, c, 0.0), z)
+    torch.testing.assert_close(mix_embeddings(z, c, 1.0), c.expand(3, -1))
+    m = mix_embeddings(z, c, 0.5)
+    torch.testing.assert_close(m.norm(dim=-1), (z.norm(dim=-1) + c.norm()) / 2)  # the norm interpolated
+    cos = lambda a, b: F.cosine_similarity(a, b.expand_as(a), dim=-1)  # noqa: E731
+    torch.testing.assert_close(cos(m, z / z.norm(dim=-1, keepdim=True)), cos(m, c))  # half-way on the arc
+    img, fill = torch.rand(1, 3, 8, 8, generator=g) * 2 - 1, torch.zeros(1, 1, 8, 8)
+    fill[..., 2:5, 3:7] = 1
+    ctx = context_image(img, fill)
+    keep = fill.expand_as(img) == 0
+    assert torch.equal(ctx[keep], img[keep])
+    mean = (img * (1 - fill)).sum((-2, -1)) / (1 - fill).sum()
+    torch.testing.assert_close(ctx[0, :, 3, 4], mean[0])
+
+
+def test_edit_options_reach_the_sampler_and_keep_pixels(pipe, monkeypatch):
+    img, fill = _image(), box_mask((7, 3, 23, 19), (32, 32))  # odd edges: half-covered decoder pixels
+    want = ((img + 1) / 2).clamp(0, 1)
+    keep = (fill == 0).expand(3, 32, 32)
+    seen = []
+    decode = pipe.decode_embeddings
+    monkeypatch.setattr(pipe, "decode_embeddings", lambda z, *a, **k: seen.append(z) or decode(z, *a, **k))
+    base = pipe.inpaint(img, fill, "a red circle", n=1, seed=2, **FAST)[0]
+    for kw in (dict(image_mix=0.5), dict(mask_reduce="max"), dict(mask_reduce="min")):  # against the default area
+        out = pipe.inpaint(img, fill, "a red circle", n=1, seed=2, **kw, **FAST)[0]
+        assert torch.equal(out[keep], want[keep]), kw  # the known pixels kept whatever the options
+        if "mask_reduce" in kw:
+            assert not torch.equal(out, base), kw  # the decoder's hole differs, so does the fill
+    z_ctx = pipe._image_embed(context_image(img[None], fill[None, None]))
+    torch.testing.assert_close(seen[1], mix_embeddings(seen[0], z_ctx, 0.5))  # the z_i the decoder got
+    assert not torch.allclose(seen[1], seen[0])
+    sig = inspect.signature(type(pipe).inpaint).parameters
+    assert {k: sig[k].default for k in EDIT_DEFAULTS} == EDIT_DEFAULTS  # one set of defaults
+
+
+def _harmonize_dense(out, known, fill):
+    """The same least-squares problem solved densely, pixel by pixel (the oracle of ``harmonize``):
+    every 4-neighbour pair inside the hole keeps the fill's difference, every pair across the
+    border asks the hole pixel to equal its kept neighbour."""
+    H, W = out.shape[-2:]
+    hole = [(i, j) for i in range(H) for j in range(W) if fill[i, j]]
+    idx = {p: k for k, p in enumerate(hole)}
+    res = out.clone()
+    for c in range(out.shape[0]):
+        A, b = torch.zeros(len(hole), len(hole), dtype=torch.float64), torch.zeros(len(hole), dtype=torch.float64)
+        for (i, j), k in idx.items():
+            for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                q = (i + di, j + dj)
+                if not (0 <= q[0] < H and 0 <= q[1] < W):
+                    continue
+                A[k, k] += 1
+                if q in idx:
+                    A[k, idx[q]] -= 1
+                    b[k] += float(out[c, i, j] - out[c, q[0], q[1]])
+                else:
+                    b[k] += float(known[c, q[0], q[1]])
+        f = torch.linalg.solve(A, b)
+        for (i, j), k in idx.items():
+            res[c, i, j] = float(f[k])
+    return res.clamp(-1, 1)
+
+
+def test_harmonize_matches_the_dense_solve_and_keeps_the_kept_pixels():
+    g = torch.Generator().manual_seed(11)
+    B, H, W = 2, 9, 13  # odd, non-square; two holes in one image, one touching the edge
+    known = torch.rand(B, 3, H, W, generator=g) * 1.6 - 0.8
+    fill = torch.zeros(B, 1, H, W)
+    fill[0, 0, 2:5, 3:8] = 1
+    fill[0, 0, 6:, 10:] = 1
+    fill[1, 0, 1:8, 1:4] = 1
+    out = torch.where(fill.bool(), (known + 0.4 * torch.rand(B, 3, H, W, generator=g) - 0.1).clamp(-1, 1), known)
+    got = harmonize(out, known, fill, iters=2000, tol=1e-9)
+    keep = ~fill.bool().expand_as(out)
+    assert torch.equal(got[keep], out[keep])
+    for i in range(B):
+        torch.testing.assert_close(got[i], _harmonize_dense(out[i], known[i], fill[i, 0].bool()), atol=1e-4, rtol=0)
+    step = lambda x: (x[..., :, 1:] - x[..., :, :-1]).abs()[(fill[..., :, 1:] != fill[..., :, :-1]).expand(B, 3, H, W - 1)]  # noqa: E731
+    assert step(got).mean() < 0.75 * step(out).mean()  # the border step is spread over the hole

@@ -75,6 +75,10 @@ BAD = [
     ("application/json", b'{"prompt": "a", "colour": "red"}', 400, "colour",
      "Unrecognized request argument supplied: colour"),
     ("application/json", b'{"prompt": "a", "style": "vivid"}', 400, "style", "not supported by this server"),
+    ("application/json", b'{"prompt": "a", "decoder_sampler": "ddpm"}', 400, "decoder_sampler",
+     "not a per-request option of this server"),
+    ("application/json", b'{"prompt": "a", "decoder_text_guidance": 5}', 400, "decoder_text_guidance",
+     "use decoder_guidance"),
     ("application/json", b'{"prompt": "a", "size": "1024x1024"}', 400, "size", "this model draws 32x32"),
     ("application/json", b'{"prompt": "a", "response_format": "png"}', 400, "response_format", "'url' or"),
     ("application/json", b'{"prompt": "a", "model": "gpt-image-1"}', 400, "model", "this server serves"),
@@ -106,7 +110,7 @@ def test_bad_uploads_and_routes(server):
     r = variations(server.url, big, n=1)
     assert r.status == 413 and "larger than" in r.body["error"]["message"]
     r = request(server.url + "/v1/images/edits", "POST", b"{}", {"Content-Type": "application/json"})
-    assert r.status == 404 and "inpainting" in r.body["error"]["message"]
+    assert r.status == 400 and r.body["error"]["param"] == "image" and "missing" in r.body["error"]["message"]
     for path in ("/v1/images/files/..%2F..%2Fetc%2Fpasswd", "/v1/images/files/nothere.png", "/nope"):
         r = request(server.url + path)
         assert r.status == 404 and "error" in r.body, path
