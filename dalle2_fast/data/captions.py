@@ -140,15 +140,24 @@ def _classes(rng, n: int, distinct: bool) -> list[tuple[str, str]]:
     return out
 
 
-def plan_scene(rng: np.random.Generator, kind: str, max_objects: int = 3) -> tuple[list[Obj], str | None]:
+def plan_scene(rng: np.random.Generator, kind: str, max_objects: int = 3, relation: str | None = None,
+               count: int | None = None) -> tuple[list[Obj], str | None]:
     """Objects of a scene of ``kind`` (and the relation, for 'relation': a true one of
-    above/below/left of/right of with margin :data:`CLEAR`)."""
+    above/below/left of/right of with margin :data:`CLEAR`). ``relation``: draw a pair in this
+    relation ('next to': left of or right of); ``count``: this many objects (count and list
+    scenes, 2..3; default a random number up to ``max_objects``)."""
     if kind not in KINDS:
         raise ValueError(f"plan_scene: kind must be one of {KINDS}, got {kind!r}")
     need = 1 if kind == "single" else 2
     if max_objects < need:
         raise ValueError(f"plan_scene: a {kind!r} scene needs {need} objects, max_objects is {max_objects}")
-    n = 1 if kind == "single" else 2 if kind == "relation" else int(rng.integers(2, max_objects + 1))
+    if relation is not None and (kind != "relation" or relation not in RELATIONS):
+        raise ValueError(f"plan_scene: relation must be one of {RELATIONS} with kind 'relation', got {relation!r} "
+                         f"with kind {kind!r}")
+    if count is not None and (kind not in ("count", "list") or not 2 <= count <= 3):
+        raise ValueError(f"plan_scene: count must be 2 or 3 with kind 'count' or 'list', got {count!r} with "
+                         f"kind {kind!r}")
+    n = 1 if kind == "single" else 2 if kind == "relation" else count or int(rng.integers(2, max_objects + 1))
     while True:
         if kind == "count":
             cls = _classes(rng, 1, False) * n
@@ -168,7 +177,8 @@ def plan_scene(rng: np.random.Generator, kind: str, max_objects: int = 3) -> tup
         if kind != "relation":
             return objs, None
         rel = true_relation(objs[0], objs[1])
-        if rel is not None:
+        if rel is not None and (relation is None or relation == rel or
+                                (relation == "next to" and rel in ("left of", "right of"))):
             return objs, rel
 
 

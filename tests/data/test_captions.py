@@ -93,6 +93,24 @@ def test_family_wordings_differ_and_words_are_listed():
     assert "that" not in family_words(("plain", "sized")) and "that" in family_words(("after_noun",))
 
 
+@pytest.mark.parametrize("rel", RELATIONS)
+def test_scenes_drawn_to_order(rel):
+    rng = np.random.default_rng(RELATIONS.index(rel))
+    for _ in range(10):
+        objs, got = plan_scene(rng, "relation", 2, relation=rel)
+        assert holds(rel, objs[0], objs[1], margin=CLEAR) and holds(got, objs[0], objs[1], margin=CLEAR)
+        assert (got == rel) or (rel == "next to" and got in ("left of", "right of"))
+        cap = word("relation", objs, got, "plain")
+        assert holds(_REL.findall(cap)[0], objs[0], objs[1]), cap
+    for n in (2, 3):
+        objs, _ = plan_scene(rng, "count", 3, count=n)
+        assert len(objs) == n and len({(o.shape, o.colour) for o in objs}) == 1
+    with pytest.raises(ValueError, match="relation must be one of"):
+        plan_scene(rng, "count", 3, relation="above")
+    with pytest.raises(ValueError, match="count must be 2 or 3"):
+        plan_scene(rng, "count", 3, count=5)
+
+
 def test_a_relation_that_does_not_hold_is_refused():
     a, b = _o(0.5, 0.8), _o(0.5, 0.2)  # a is below b
     with pytest.raises(ValueError, match="does not hold"):
