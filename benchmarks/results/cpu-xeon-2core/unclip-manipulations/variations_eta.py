@@ -22,16 +22,16 @@ def psnr(a, b):
 if __name__ == "__main__":
     pipe = UnCLIPPipeline.from_pretrained(None)
     base = UnCLIPPipeline(pipe.clip, pipe.prior, pipe.decoder, [], defaults=pipe.defaults)
-    xs = ShapesDataset(resolution=32, seed=123, size=4).batch(0, 4)["image"]
+    xs = ShapesDataset(resolution=32, seed=123, size=2).batch(0, 2)["image"]
     out = {}
-    for eta in (0.0, 0.3, 0.6, 1.0):
+    for eta in (1.0, 0.5):
         to_in, between = [], []
         for x in xs:
-            v = base.variations(x, n=4, seed=0, eta=eta) * 2 - 1
+            v = base.variations(x, n=3, seed=0, eta=eta) * 2 - 1
             to_in += [psnr(vi, x) for vi in v]
-            between += [psnr(v[i], v[j]) for i, j in itertools.combinations(range(4), 2)]
+            between += [psnr(v[i], v[j]) for i, j in itertools.combinations(range(3), 2)]
         out[str(eta)] = {"psnr_to_input_db": round(sum(to_in) / len(to_in), 2),
                          "psnr_between_variations_db": round(sum(between) / len(between), 2),
-                         "inputs": 4, "variations_per_input": 4}
+                         "inputs": 2, "variations_per_input": 3}
         print(eta, out[str(eta)], flush=True)
     (Path(__file__).parent / "variations_eta.json").write_text(json.dumps(out, indent=2) + "\n")
