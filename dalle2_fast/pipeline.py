@@ -65,6 +65,13 @@ STAGE_PRIOR, STAGE_DECODER, STAGE_UP = 1, 2, 3
 SHIPPED_DIR = Path(__file__).parent / "weights" / "unclip_shapes"
 MANIFEST = "unclip.json"
 DEFAULTS = dict(prior_steps=64, decoder_steps=50, upsampler_steps=10, prior_guidance=1.0, decoder_guidance=3.0)
+# Call options beside DEFAULTS; None = the stage's own: decoder_image_guidance / decoder_text_guidance
+# split decoder_guidance into a scale on z_i and one on the caption (three-branch guidance);
+# decoder_sampler / upsampler_sampler pick 'ddpm' (ancestral, the learned variance: as the paper
+# samples), 'ddim' or 'dpmpp'; decoder_eta is the decoder's DDIM eta.
+OPTIONS = dict(decoder_image_guidance=None, decoder_text_guidance=None, decoder_sampler=None, upsampler_sampler=None,
+               decoder_eta=None)
+SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp")
 
 
 def shipped_weights_dir() -> Path | None:
@@ -81,6 +88,14 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Te
     out = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / so
     lin = (1 - t) * a + t * b  # nearly parallel vectors: slerp -> lerp
     return F.normalize(torch.where(so.abs() < 1e-4, lin, out), dim=-1)
+
+
+def inversion_steps(steps: int) -> str:
+    """The respacing spec that DDIM inversion and the decoding of an inverted latent share: the
+    strided DDIM timesteps 0, k, 2k, .. (< T - 1). An even spacing ends at t = T - 1, where the
+    cosine schedule's abar is ~0: the inversion's last step there is ill-conditioned (x0 from x_t
+    divides by sqrt(abar_t)) and the round trip loses the image."""
+    return f"ddim{int(steps)}"
 
 
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
@@ -307,6 +322,8 @@ class UnCLIPPipeline:
 
     # ---- argument checks (before any work) ------------------------------------------------------
     def _opt(self, name, value):
+        if name in OPTIONS:
+            return self._option(name, value)
         v = self.defaults[name] if value is None else value
         if name.endswith("_steps"):
             self._check_count(name, v)
@@ -315,10 +332,33 @@ class UnCLIPPipeline:
                              f"got {v!r}")
         return v
 
+    @staticmethod
+    def _option(name, v):
+        """A checked :data:`OPTIONS` value (None: the stage's own)."""
+        if v is None:
+            return None
+        if name.endswith("_sampler"):
+            if v not in SAMPLER_CHOICES:
+                raise ValueError(f"UnCLIPPipeline: {name} must be one of {SAMPLER_CHOICES}, got {v!r}")
+            return v
+        high = 1e3 if name == "decoder_eta" else 100
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= high:
+            raise ValueError(f"UnCLIPPipeline: {name} must be a finite number in [0, {high:g}], got {v!r}")
+        return v
+
+    def check_options(self, options: dict) -> dict:
+        """``options`` restricted to known :data:`OPTIONS` names, each checked; an unknown name raises."""
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"UnCLIPPipeline: unknown options {unknown} (known: {sorted(DEFAULTS) + sorted(OPTIONS)})")
+        return {k: self._option(k, v) for k, v in options.items()}
+
     def settings(self, **overrides) -> dict:
-        """The sampling settings a call with ``overrides`` uses (every option resolved): what each
-        written image records."""
-        return {k: self._opt(k, overrides.get(k)) for k in self.defaults}
+        """The sampling settings a call with ``overrides`` uses (every option resolved; the
+        :data:`OPTIONS` only when set): what each written image records."""
+        out = {k: self._opt(k, overrides.get(k)) for k in self.defaults}
+        out.update({k: self._option(k, overrides[k]) for k in OPTIONS if overrides.get(k) is not None})
+        return out
 
     def _check_image(self, name: str, image) -> torch.Tensor:
         """A (3, H, W) or (1, 3, H, W) image in [-1, 1], finite -> (1, 3, H, W)."""
@@ -357,17 +397,42 @@ class UnCLIPPipeline:
     def decode_embeddings(self, image_embed: torch.Tensor, text: TextEncoding | None, seeds: Sequence[int],
                           decoder_steps: int | None = None, upsampler_steps: int | None = None,
                           decoder_guidance: float | None = None, progress: bool = False,
-                          x_T: torch.Tensor | None = None, inpaint: tuple | None = None) -> torch.Tensor:
+                          x_T: torch.Tensor | None = None, inpaint: tuple | None = None,
+                          decoder_image_guidance: float | None = None, decoder_text_guidance: float | None = None,
+                          decoder_sampler: str | None = None, upsampler_sampler: str | None = None,
+                          decoder_eta: float | None = None) -> torch.Tensor:
         """z_i (B, D) (+ optional text) -> images (B, 3, H, W) in [-1, 1] through decoder and upsamplers.
-        ``x_T``: the decoder's starting latent (default: noise from the seeds), decoded
-        deterministically (eta 0, no thresholding: the inverse of :meth:`Decoder.invert`).
+        ``x_T``: the decoder's starting latent (default: noise from the seeds), an inverted one
+        (:func:`dalle2_fast.manipulations.invert_images`): decoded over the same strided DDIM
+        steps, without thresholding, with ``decoder_eta`` (default 0: deterministic, the inverse
+        of :meth:`Decoder.invert`). :data:`OPTIONS`: ``decoder_image_guidance`` /
+        ``decoder_text_guidance`` (default ``decoder_guidance``; when they differ, three-branch
+        guidance), ``decoder_sampler`` / ``upsampler_sampler``, ``decoder_eta``.
         ``inpaint``: (image (1 or B, 3, H, W), fill mask (1 or B, 1, H, W), jumps, method[,
         mask_reduce]) at the final size — 'repaint': every stage keeps the image outside the mask, the decoder resampling
         with ``jumps``; 'conditioned': the mask-conditioned decoder (:attr:`inpaint_decoder`) is
         given the known pixels and mask, nothing is blended (:mod:`dalle2_fast.inpainting`)."""
         from dalle2_fast.inpainting import EDIT_DEFAULTS, stage_known
 
-        extra = {} if x_T is None else {"x_T": x_T, "eta": 0.0, "clip": None}
+        opts = self.check_options(dict(decoder_image_guidance=decoder_image_guidance,
+                                       decoder_text_guidance=decoder_text_guidance, decoder_sampler=decoder_sampler,
+                                       upsampler_sampler=upsampler_sampler, decoder_eta=decoder_eta))
+        steps = self._opt("decoder_steps", decoder_steps)
+        extra = {} if x_T is None else {"x_T": x_T, "eta": opts["decoder_eta"] or 0.0, "clip": None}
+        if x_T is not None:
+            if opts["decoder_sampler"] not in (None, "ddim"):
+                raise ValueError(f"UnCLIPPipeline: an inverted latent (x_T) is decoded with DDIM (decoder_eta sets "
+                                 f"its noise), not decoder_sampler={opts['decoder_sampler']!r}")
+            steps = inversion_steps(steps)
+        else:
+            for k, name in (("sampler", "decoder_sampler"), ("eta", "decoder_eta")):
+                if opts[name] is not None:
+                    extra[k] = opts[name]
+        g = self._opt("decoder_guidance", decoder_guidance)
+        g_image = g if opts["decoder_image_guidance"] is None else opts["decoder_image_guidance"]
+        g_text = g if opts["decoder_text_guidance"] is None else opts["decoder_text_guidance"]
+        if g_text != g_image:
+            extra["text_guidance"] = g_text
         up_extra = [{} for _ in self.upsamplers]
         decoder = self.decoder
         if inpaint is not None:
@@ -388,11 +453,11 @@ class UnCLIPPipeline:
             extra["sampler"] = "ddim"  # the inverse of Decoder.invert: deterministic DDIM
         extra.update(self._null_kw(decoder))
         with self._running(decoder):
-            x = decoder.sample(image_embed, text, seeds=stage_seeds(seeds, STAGE_DECODER),
-                                    steps=self._opt("decoder_steps", decoder_steps),
-                                    guidance=self._opt("decoder_guidance", decoder_guidance), progress=progress,
-                                    **extra).float()
+            x = decoder.sample(image_embed, text, seeds=stage_seeds(seeds, STAGE_DECODER), steps=steps,
+                               guidance=g_image, progress=progress, **extra).float()
         for i, up in enumerate(self.upsamplers):
+            if opts["upsampler_sampler"] is not None:
+                up_extra[i]["sampler"] = opts["upsampler_sampler"]
             with self._running(up):
                 x = up.sample(x, seeds=stage_seeds(seeds, STAGE_UP + i),
                               steps=self._opt("upsampler_steps", upsampler_steps), progress=progress,
@@ -416,10 +481,11 @@ class UnCLIPPipeline:
                     batch_size: int = 16, start: int = 0, stop: int | None = None, prior_steps: int | None = None,
                     decoder_steps: int | None = None, upsampler_steps: int | None = None,
                     prior_guidance: float | None = None, decoder_guidance: float | None = None,
-                    progress: bool = False) -> Iterator[list[Generated]]:
+                    progress: bool = False, **options) -> Iterator[list[Generated]]:
         """Yields the images of a call batch by batch (lists of :class:`Generated`, prompts-major:
         image k is prompt k // num_images_per_prompt with seed seed + k), holding one batch at a
-        time. ``start``/``stop`` select images [start, stop) of the call (a shard or a resume)."""
+        time. ``start``/``stop`` select images [start, stop) of the call (a shard or a resume).
+        ``options``: :data:`OPTIONS` (checked; an unknown name raises)."""
         prompts = self._check_prompts(prompts)
         self._check_count("num_images_per_prompt", num_images_per_prompt)
         self._check_count("batch_size", batch_size)
@@ -433,24 +499,27 @@ class UnCLIPPipeline:
                     prior_guidance=prior_guidance, decoder_guidance=decoder_guidance)
         for k, v in opts.items():
             self._opt(k, v)  # checks every option before any work
+        options = self.check_options(options)
         for i in range(start, stop, batch_size):
             idx = list(range(i, min(stop, i + batch_size)))
             texts = [prompts[k // num_images_per_prompt] for k in idx]
             seeds = [seed + k for k in idx]
             text, z = self.text_to_embeddings(texts, seeds, prior_steps, prior_guidance)
-            x = self.decode_embeddings(z, text, seeds, decoder_steps, upsampler_steps, decoder_guidance, progress)
+            x = self.decode_embeddings(z, text, seeds, decoder_steps, upsampler_steps, decoder_guidance, progress,
+                                       **options)
             yield [Generated(k, p, s, img) for k, p, s, img in zip(idx, texts, seeds, x)]
 
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], num_images_per_prompt: int = 1, prior_steps: int | None = None,
                  decoder_steps: int | None = None, upsampler_steps: int | None = None,
                  prior_guidance: float | None = None, decoder_guidance: float | None = None, seed: int = 0,
-                 batch_size: int = 16, progress: bool = False) -> torch.Tensor:
-        """Images for ``prompts``: (len(prompts) * num_images_per_prompt, 3, H, W) in [0, 1], prompts-major."""
+                 batch_size: int = 16, progress: bool = False, **options) -> torch.Tensor:
+        """Images for ``prompts``: (len(prompts) * num_images_per_prompt, 3, H, W) in [0, 1], prompts-major.
+        ``options``: :data:`OPTIONS` (e.g. ``decoder_text_guidance=5.0``, ``decoder_sampler='ddpm'``)."""
         chunks = self.iter_images(prompts, num_images_per_prompt, seed=seed, batch_size=batch_size,
                                   prior_steps=prior_steps, decoder_steps=decoder_steps,
                                   upsampler_steps=upsampler_steps, prior_guidance=prior_guidance,
-                                  decoder_guidance=decoder_guidance)
+                                  decoder_guidance=decoder_guidance, **options)
         if progress:
             from tqdm.auto import tqdm
 
@@ -465,63 +534,38 @@ class UnCLIPPipeline:
                 return self.clip.encode_image(image.to(self.device), normalize=False).float()
             return self.clip.encode_image(image.to(self.device)).float()
 
-    def _decoder_input(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.decoder.image_size
-        return F.interpolate(x.float(), size=(s, s), mode="bicubic", antialias=True).clamp(-1, 1).to(self.device)
+    @torch.no_grad()
+    def variations(self, image: torch.Tensor, n: int = 4, seed: int = 0, *, latent: str = "inverted",
+                   eta: float = 1.0, **kw) -> torch.Tensor:
+        """``n`` images (n, 3, H, W) in [0, 1] that keep the CLIP content of ``image`` (3, H, W) in
+        [-1, 1] (image k from seed + k): decoded from the DDIM-inverted latent of the image with
+        DDIM at ``eta`` (0 reconstructs it; the paper's variations use eta > 0), or from fresh
+        noise (``latent='noise'``). :mod:`dalle2_fast.manipulations`; ``kw``: decode_embeddings'."""
+        from dalle2_fast.manipulations import variations
+
+        return variations(self, image, n, seed, latent=latent, eta=eta, **kw)
 
     @torch.no_grad()
-    def variations(self, image: torch.Tensor, n: int = 4, seed: int = 0, **kw) -> torch.Tensor:
-        """``n`` images that keep the CLIP content of ``image`` (3, H, W) in [-1, 1], decoded with new
-        noise (image k from seed + k)."""
-        x = self._check_image("image", image)
-        self._check_count("n", n)
-        z = self._image_embed(x).expand(n, -1)
-        return to_unit_range(self.decode_embeddings(z, None, sample_seeds(seed, n), **kw))
+    def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 5, seed: int = 0, *,
+                    latent: str = "noise", **kw) -> torch.Tensor:
+        """``n`` images along slerp(z_a, z_b, t), t = 0 .. 1, all decoded from one seeded noise
+        (``latent='noise'``) or from slerp of the images' inverted latents (``'inverted'``: the
+        end frames reconstruct the inputs). :mod:`dalle2_fast.manipulations`."""
+        from dalle2_fast.manipulations import interpolate
 
-    @torch.no_grad()
-    def interpolate(self, image_a: torch.Tensor, image_b: torch.Tensor, n: int = 5, seed: int = 0,
-                    **kw) -> torch.Tensor:
-        """``n`` images along slerp(z_a, z_b, t), t = 0 .. 1, with the same decoder noise (seed) for all frames."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-            raise ValueError(f"interpolate: n must be an int >= 2, got {n!r}")
-        check_seed(seed)
-        za = self._image_embed(self._check_image("image_a", image_a))
-        zb = self._image_embed(self._check_image("image_b", image_b))
-        t = torch.linspace(0, 1, n, device=za.device)[:, None]
-        z = slerp(za, zb, t)
-        if self._raw():  # unnormalised embeddings: the norm interpolated linearly along the arc
-            z = z * ((1 - t) * za.norm(dim=-1, keepdim=True) + t * zb.norm(dim=-1, keepdim=True))
-        return to_unit_range(self.decode_embeddings(z, None, [seed] * n, **kw))
+        return interpolate(self, image_a, image_b, n, seed, latent=latent, **kw)
 
     @torch.no_grad()
     def text_diff(self, image: torch.Tensor, from_text: str, to_text: str, n: int = 5, max_angle: float = 0.5,
-                  seed: int = 0, invert: bool = False, **kw) -> torch.Tensor:
+                  seed: int = 0, invert: bool = True, **kw) -> torch.Tensor:
         """Edit ``image`` toward ``to_text``: z_d = normalise(z_t(to) - z_t(from)); frames slerp(z_i, z_d, t),
-        t = 0 .. max_angle (the paper uses 0.25-0.5), decoded with the same latent and the new caption.
-        ``invert``: that latent is the DDIM inversion of ``image`` (as in the paper), else seeded noise."""
-        x = self._check_image("image", image)
-        self._check_text("from_text", from_text)
-        self._check_text("to_text", to_text)
-        self._check_count("n", n)
-        check_seed(seed)
-        if isinstance(max_angle, bool) or not isinstance(max_angle, (int, float)) or not 0 < max_angle <= 1:
-            raise ValueError(f"text_diff: max_angle must be a number in (0, 1], got {max_angle!r}")
-        zi = self._image_embed(x)
-        with self._running(self.clip):
-            te = self.clip.encode_text([from_text, to_text])
-            to = self.clip.encode_text([to_text] * n)
-        zd = F.normalize(te.embed[1:] - te.embed[:1], dim=-1)
-        z = slerp(zi, zd, torch.linspace(0, max_angle, n, device=zi.device)[:, None])
-        if self._raw():  # unnormalised embeddings: keep z_i's norm
-            z = z * zi.norm(dim=-1, keepdim=True)
-        x_T = None
-        if invert:
-            steps = self._opt("decoder_steps", kw.get("decoder_steps"))
-            with self._running(self.decoder):
-                x_T = self.decoder.invert(self._decoder_input(x), zi, None, steps=steps,
-                                          **self._null_kw(self.decoder)).float().expand(n, -1, -1, -1)
-        return to_unit_range(self.decode_embeddings(z, to, [seed] * n, x_T=x_T, **kw))
+        t = 0 .. max_angle (the paper uses 0.25-0.5). ``invert`` (default, as in the paper): every
+        frame decoded from the DDIM inversion of ``image`` under the same guidance, so the t = 0
+        frame reconstructs the input; else from seeded noise with the to-caption.
+        :mod:`dalle2_fast.manipulations`."""
+        from dalle2_fast.manipulations import text_diff
 
+        return text_diff(self, image, from_text, to_text, n, max_angle, seed, invert=invert, **kw)
 
     # ---- edits (dalle2_fast/inpainting.py) ---------------------------------------------------------
     @torch.no_grad()
@@ -571,5 +615,6 @@ def _check_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-__all__ = ["UnCLIPPipeline", "Prior", "Decoder", "Upsampler", "Generated", "slerp", "to_unit_range",
+__all__ = ["UnCLIPPipeline", "Prior", "Decoder", "Upsampler", "Generated", "slerp", "to_unit_range", "inversion_steps",
+           "OPTIONS",
            "shipped_weights_dir", "read_manifest", "SHIPPED_DIR", "DEFAULTS"]

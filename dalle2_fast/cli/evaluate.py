@@ -3,6 +3,7 @@ never used, judged by the shapes detector; CLIP zero-shot accuracy; a picture).
 
     dalle2-fast eval --pipeline runs/unclip/pipeline --out runs/unclip/eval
     dalle2-fast eval --inpaint --out runs/unclip/inpaint      # the inpainting report instead
+    dalle2-fast eval --wordings --out runs/unclip/wordings    # per wording family (dalle2_fast/eval/wordings.py)
 """
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def add_parsers(sub) -> None:
     e.add_argument("--inpaint", action="store_true",
                    help="the inpainting report instead (dalle2_fast/eval/inpaint.py): inpaint.json, inpaint.png")
     e.add_argument("--n-cases", type=int, default=50, help="with --inpaint: two-object images to edit")
+    e.add_argument("--wordings", action="store_true",
+                   help="the wording report instead: per wording family and row (single, two, relation, count) the "
+                        "match rate with a 95%% interval; wordings.json, wordings.md, hardest.png")
+    e.add_argument("--n-prompts", type=int, default=2, help="with --wordings: prompts per family and scene kind")
+    e.add_argument("--n-images", type=int, default=2, help="with --wordings: images per prompt")
     e.set_defaults(func=run)
 
 
@@ -30,12 +36,22 @@ def run(args) -> int:
     check_count("--n-single", args.n_single)
     check_count("--n-two", args.n_two)
     check_count("--n-cases", args.n_cases)
+    check_count("--n-prompts", args.n_prompts)
+    check_count("--n-images", args.n_images)
+    if args.inpaint and args.wordings:
+        raise ValueError("--wordings: give --inpaint or --wordings, not both")
     check_seed_arg(args.seed)
     check_out_dir("--out", args.out)
     if args.inpaint:
         from dalle2_fast.eval.inpaint import evaluate_inpainting
 
         evaluate_inpainting(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, args.n_cases, args.seed)
+        return 0
+    if args.wordings:
+        from dalle2_fast.eval.wordings import read_recipe, wording_report
+
+        wording_report(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, read_recipe(args.pipeline),
+                       args.n_prompts, args.n_images, args.seed)
         return 0
     evaluate_pipeline(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, args.n_single, args.n_two, args.seed)
     return 0

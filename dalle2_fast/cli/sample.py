@@ -53,6 +53,9 @@ def add_parsers(sub) -> None:
         g.add_argument(f"--{k}", type=int, default=None)
     for k in ("prior-guidance", "decoder-guidance"):
         g.add_argument(f"--{k}", type=float, default=None)
+    from dalle2_fast.cli.edit import add_stage_options
+
+    add_stage_options(g)
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="the pipeline's weights in this dtype, sampled under autocast (default float32)")
     g.add_argument("--compile", action="store_true", default=None,
@@ -101,7 +104,9 @@ def run(args) -> int:
         args.out = args.out or "samples.png"
         check_output_path("-o/--out", args.out)
     if args.checkpoint is not None:
-        refuse_unused(args, PROMPT_OPTS + ("dtype", "compile"),
+        from dalle2_fast.cli.edit import STAGE_OPTIONS
+
+        refuse_unused(args, PROMPT_OPTS + STAGE_OPTIONS + ("dtype", "compile"),
                       "apply to text prompts (the unCLIP pipeline), not to --checkpoint")
         return _checkpoint(args)
     refuse_unused(args, CKPT_OPTS, "apply to --checkpoint (suite models), not to text prompts")
@@ -145,7 +150,10 @@ def _prompts(args) -> int:
     if args.pipeline is not None and not Path(args.pipeline).is_dir():
         raise FileNotFoundError(f"--pipeline: no such directory {args.pipeline!r}")
     _probe_output(args)
+    from dalle2_fast.cli.edit import stage_options
+
     opts = {k: getattr(args, k) for k in PROMPT_OPTS[1:] if getattr(args, k) is not None}
+    opts.update(stage_options(args))
     if args.images_dir is not None:
         from dalle2_fast.jobs import prompts_job
 

@@ -18,7 +18,7 @@ from dalle2_fast.cli.checks import (check_count, check_out_dir, check_positive, 
 
 LOOP_OPTS = ("steps", "batch_size", "lr", "resume", "ckpt_every", "keep_last", "eval_size", "sample_n", "ema")
 SUITE_OPTS = ("resolution", "data", "set", "vqvae", "classes", "bpd_n", "sample_steps")
-UNCLIP_OPTS = ("scale", "stages", "upsample_res")
+UNCLIP_OPTS = ("scale", "stages", "upsample_res", "captions", "tokenizer", "decoder_text_layers")
 
 
 def models() -> list[str]:
@@ -65,6 +65,14 @@ def add_parsers(sub) -> None:
                         "mask-conditioned decoder fine-tuned from the trained or shipped decoder); finished stages in "
                         "--out are reused, so parallel processes can split the recipe")
     u.add_argument("--upsample-res", type=int, nargs="*", default=None, help="the upsamplers' sizes (64 128)")
+    u.add_argument("--captions", choices=["legacy", "grammar"], default=None,
+                   help="training captions: 'legacy' (default; the shipped weights') or 'grammar' (many wordings, "
+                        "the 'after_noun' family held out; dalle2_fast/data/captions.py)")
+    u.add_argument("--tokenizer", choices=["words", "bpe"], default=None,
+                   help="the CLIP's tokenizer: 'words' (default) or 'bpe' (open_clip's BPE, compact; any text encodes)")
+    u.add_argument("--decoder-text-layers", type=int, default=None, metavar="N",
+                   help="give the decoder GLIDE's text transformer with N layers, trained with it (default 0: "
+                        "the caption's CLIP tokens through one projection, as the shipped decoder)")
     t.set_defaults(func=run)
 
 
@@ -133,8 +141,13 @@ def _unclip(args, out: str) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.stages is None or len(args.stages) != 1):
         raise ValueError("train unclip: under torchrun (WORLD_SIZE > 1) train one stage per call, e.g. "
                          "--stages decoder; the pipeline is assembled by a final call without torchrun")
+    layers = 0 if args.decoder_text_layers is None else args.decoder_text_layers
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 0 <= layers <= 64:
+        raise ValueError(f"--decoder-text-layers: expected an int in [0, 64] (0: no text transformer), got {layers!r}")
     r = recipe_from_args(args.seed, scale, args.max_minutes,
-                         tuple(args.upsample_res) if args.upsample_res is not None else None)
+                         tuple(args.upsample_res) if args.upsample_res is not None else None,
+                         captions=args.captions or "legacy", tokenizer=args.tokenizer or "words",
+                         decoder_text_layers=layers)
     if args.stages is not None:
         bad = [s for s in args.stages if s not in stage_names(r) + list(OPTIONAL_STAGES)]
         if bad:

@@ -137,10 +137,13 @@ class ShapesDataset(torch.utils.data.Dataset):
     size: number of items, or None for an infinite dataset (index with any int >= 0).
     min_objects / max_objects: 1..3 shapes per image.
     background: 'plain', 'textured' or 'mixed' (half each).
+    captions: a :class:`~dalle2_fast.data.captions.CaptionConfig`; None or mode 'legacy': the
+    original layouts and captions, exactly; 'grammar': scenes and wordings of the caption grammar
+    (items then also carry ``caption_info``: kind, family, relation).
     """
 
     def __init__(self, resolution: int = 32, seed: int = 0, size: int | None = None,
-                 min_objects: int = 1, max_objects: int = 3, background: str = "mixed"):
+                 min_objects: int = 1, max_objects: int = 3, background: str = "mixed", captions=None):
         if not 16 <= resolution <= 256:
             raise ValueError(f"ShapesDataset: resolution must be in 16..256, got {resolution}")
         if not 1 <= min_objects <= max_objects <= 3:
@@ -151,6 +154,8 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise ValueError(f"ShapesDataset: size must be >= 1 or None (infinite), got {size}")
         self.resolution, self.seed, self.size = resolution, seed, size
         self.min_objects, self.max_objects, self.background = min_objects, max_objects, background
+        self.grammar = captions is not None and captions.mode == "grammar"
+        self.captions = captions
 
     def __len__(self) -> int:
         if self.size is None:
@@ -183,15 +188,32 @@ class ShapesDataset(torch.utils.data.Dataset):
             draw_shape(draw, o.shape, o.cx * big, o.cy * big, o.side * big, COLOURS[o.colour])
         return np.asarray(img.reduce(f))  # box filter: exact area coverage
 
-    def item(self, i: int) -> dict:
+    def _scene(self, i: int, rng: np.random.Generator) -> tuple[list[Obj], str, dict | None]:
+        """Item i's objects, caption and (grammar mode) caption info; legacy draws from ``rng``,
+        the grammar from its own stream of (seed, i)."""
         if i < 0 or (self.size is not None and i >= self.size):
             raise IndexError(f"ShapesDataset: index {i} out of range (size={self.size})")
+        if not self.grammar:
+            objs = self._layout(rng)
+            return objs, caption_for(objs), None
+        from dalle2_fast.data.captions import scene_caption
+
+        return scene_caption(np.random.default_rng([self.seed, i, 1]), self.captions, self.max_objects)
+
+    def caption(self, i: int) -> str:
+        """Item i's caption alone (nothing rendered)."""
+        return self._scene(i, np.random.default_rng([self.seed, i]))[1]
+
+    def item(self, i: int) -> dict:
         rng = np.random.default_rng([self.seed, i])
-        objs = self._layout(rng)
+        objs, caption, info = self._scene(i, rng)
         textured = self.background == "textured" or (self.background == "mixed" and rng.random() < 0.5)
         arr = self.render(objs, rng, textured)
         img = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0)
-        return {"image": img, "caption": caption_for(objs), "objects": objs, "label": objs[0].label}
+        out = {"image": img, "caption": caption, "objects": objs, "label": objs[0].label}
+        if info is not None:
+            out["caption_info"] = info
+        return out
 
     __getitem__ = item
 
@@ -205,6 +227,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
             "caption": [it["caption"] for it in items],
             "objects": [it["objects"] for it in items],
+            **({"caption_info": [it["caption_info"] for it in items]} if self.grammar else {}),
         }
 
     def __iter__(self):

@@ -10,7 +10,7 @@ respacing, samplers (plain functions) and guidance (denoiser wrappers).
 from dalle2_fast.diffusion.conventions import FROM_CONFIG, SamplingConfig
 from dalle2_fast.diffusion.gaussian import DiffusionConfig, GaussianDiffusion, clip_x0
 from dalle2_fast.diffusion.guidance import (ClassifierFreeGuidance, ClassifierGuidance, CLIPGuidance,
-                                            GradientGuidance, ImageGuidance, gram_matrix)
+                                            GradientGuidance, ImageGuidance, SplitGuidance, gram_matrix)
 from dalle2_fast.diffusion.plan import SamplingNaNError
 from dalle2_fast.diffusion.repaint import num_model_calls, repaint_sample, repaint_schedule
 from dalle2_fast.diffusion.respace import respace, space_timesteps
@@ -23,6 +23,6 @@ __all__ = [
     "GaussianDiffusion", "DiffusionConfig", "SamplingConfig", "FROM_CONFIG", "clip_x0", "linear_betas", "cosine_betas", "betas_for_alpha_bar",
     "get_betas", "respace", "space_timesteps", "SAMPLERS", "run_sampler", "ddpm_sample", "ddim_sample", "dpmpp_2m_sample", "ddim_invert",
     "repaint_sample", "repaint_schedule", "num_model_calls",
-    "SamplingNaNError", "ClassifierFreeGuidance", "ClassifierGuidance", "CLIPGuidance", "ImageGuidance",
+    "SamplingNaNError", "ClassifierFreeGuidance", "SplitGuidance", "ClassifierGuidance", "CLIPGuidance", "ImageGuidance",
     "GradientGuidance", "gram_matrix", "UniformSampler", "LossSecondMomentSampler",
 ]

@@ -3,6 +3,9 @@
 - ``ClassifierFreeGuidance``: out_u + s (out_c - out_u) from ONE batched forward of
   (cond; uncond) (Ho & Salimans 2021; GLIDE Eq. 4). Its ``forward_pair`` lets the samplers fuse
   the combine into the step kernel. A learned variance is taken from the conditional half.
+- ``SplitGuidance``: two conditions with a scale each, from ONE batched forward of three
+  branches (both; the first only; neither): out_u + s_a (out_a - out_u) + s_b (out_ab - out_a)
+  (GLIDE / unCLIP's separate image-embedding and text scales; Brooks et al. 2023, Eq. 3).
 - ``ClassifierGuidance``: grad_x log p(y | x_t) of a noisy classifier (Dhariwal & Nichol 2021).
 - ``CLIPGuidance``: grad of a generic image-text similarity on the predicted x0 (or on x_t
   for a noised CLIP) — ``similarity(images, **kw) -> (B,)``.
@@ -85,6 +88,46 @@ class ClassifierFreeGuidance:
         s = s.to(out.dtype).reshape(B, *([1] * (x.dim() - 1)))
         mixed = uncond[:, :C] + s * (cond[:, :C] - uncond[:, :C])
         return torch.cat([mixed, cond[:, C:]], dim=1) if out.shape[1] > C else mixed
+
+
+class SplitGuidance:
+    """Classifier-free guidance over two conditions a (e.g. the CLIP image embedding) and b (the
+    caption), each with its own scale: out_u + s_a (out_a - out_u) + s_b (out_ab - out_a), where
+    out_ab is the model with the call's kwargs, out_a with ``first_kwargs`` over them (b dropped)
+    and out_u with ``null_kwargs`` (both dropped). One forward of the 3B rows. With s_a = s_b = s
+    it is ``ClassifierFreeGuidance(s)`` up to rounding (use that one then: 2B rows, fused combine).
+    A learned variance is taken from the out_ab rows. Kwargs pair as in ``ClassifierFreeGuidance``
+    (tensors with batch 1 or B, or batched objects with ``cat_batch`` / ``expand``)."""
+
+    def __init__(self, model, scale_a: float, scale_b: float, first_kwargs: dict, null_kwargs: dict):
+        for name, v in (("scale_a", scale_a), ("scale_b", scale_b)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"SplitGuidance: {name} must be a number, got {v!r}")
+        self.model, self.scale_a, self.scale_b = model, float(scale_a), float(scale_b)
+        self.first_kwargs, self.null_kwargs = first_kwargs, null_kwargs
+
+    def _kwargs(self, B: int, kw: dict) -> dict:
+        unknown = (set(self.first_kwargs) | set(self.null_kwargs)) - set(kw)
+        if unknown:
+            raise ValueError(f"SplitGuidance: branch kwargs have keys {sorted(unknown)} that the call did not pass")
+        out = {}
+        for k, v in kw.items():
+            rows = [v, self.first_kwargs.get(k, v), self.null_kwargs.get(k, v)]
+            if isinstance(v, torch.Tensor):
+                rows = [u.expand(B, *u.shape[1:]) if u.shape[0] == 1 and B > 1 else u for u in rows]
+                out[k] = torch.cat([u.to(device=v.device, dtype=v.dtype) for u in rows], dim=0)
+            elif hasattr(v, "cat_batch"):
+                out[k] = v.cat_batch(rows[1].expand(B)).cat_batch(rows[2].expand(B))
+            else:
+                out[k] = v
+        return out
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **kw) -> torch.Tensor:
+        B, C = x.shape[:2]
+        out = self.model(torch.cat([x, x, x]), torch.cat([t, t, t]), **self._kwargs(B, kw))
+        both, first, none = out[:B], out[B:2 * B], out[2 * B:]
+        mixed = none[:, :C] + self.scale_a * (first[:, :C] - none[:, :C]) + self.scale_b * (both[:, :C] - first[:, :C])
+        return torch.cat([mixed, both[:, C:]], dim=1) if out.shape[1] > C else mixed
 
 
 def _capturing() -> bool:
@@ -243,5 +286,5 @@ class ImageGuidance(_X0Objective):
         return -loss
 
 
-__all__ = ["ClassifierFreeGuidance", "GradientGuidance", "ClassifierGuidance", "CLIPGuidance", "ImageGuidance",
+__all__ = ["ClassifierFreeGuidance", "SplitGuidance", "GradientGuidance", "ClassifierGuidance", "CLIPGuidance", "ImageGuidance",
            "gram_matrix"]

@@ -33,8 +33,10 @@ class PipelineRenderer:
         texts = [it.prompt for it in chunk.items]
         seeds = [it.seed for it in chunk.items]
         text, z = self.pipe.text_to_embeddings(texts, seeds, s["prior_steps"], s["prior_guidance"])
+        from dalle2_fast.pipeline import OPTIONS  # split guidance, samplers: set only when given
+
         return self.pipe.decode_embeddings(z, text, seeds, s["decoder_steps"], s["upsampler_steps"],
-                                           s["decoder_guidance"])
+                                           s["decoder_guidance"], **{k: s[k] for k in OPTIONS if k in s})
 
     def metadata(self, item: WorkItem, settings: dict) -> dict:
         return {"index": item.index, "prompt": item.prompt, "seed": item.seed, **settings,

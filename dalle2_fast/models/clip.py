@@ -159,7 +159,8 @@ class ClipConfig:
     model_name: an open_clip architecture (``open_clip.list_models()`` or the package's
     ``dalle2fast-*``), or a label when ``open_clip`` holds the config itself; open_clip: the
     open_clip config as JSON text (``{"model_cfg": ..., "preprocess_cfg": ...}``), '' = the
-    registered config of ``model_name``; tokenizer: a :class:`WordTokenizer` as JSON text, '' =
+    registered config of ``model_name``; tokenizer: a :class:`WordTokenizer` or a
+    :class:`~dalle2_fast.models.bpe.BPETokenizer` as JSON text (``to_dict``), '' =
     open_clip's tokenizer for the architecture; text_only: the weights hold the text tower only
     (e.g. a transformers ``CLIPTextModelWithProjection``): the image tower is not built and
     ``encode_image`` raises."""
@@ -196,11 +197,29 @@ def _build_open_clip(config: ClipConfig) -> tuple[nn.Module, dict]:
         return model, cfg
 
 
+def tokenizer_from_dict(d: dict):
+    """A stored tokenizer: ``{"type": "word", ...}`` (:class:`WordTokenizer`) or ``{"type": "bpe",
+    ...}`` (:class:`~dalle2_fast.models.bpe.BPETokenizer`)."""
+    from dalle2_fast.models.bpe import BPETokenizer
+
+    kinds = {"word": WordTokenizer, "bpe": BPETokenizer}
+    if d.get("type") not in kinds:
+        raise ValueError(f"ClipAdapter: unknown tokenizer type {d.get('type')!r}, expected one of {sorted(kinds)}")
+    return kinds[d["type"]].from_dict(d)
+
+
+def _own_tokenizer(tok) -> bool:
+    """A tokenizer of this package (stored with the model), not open_clip's."""
+    from dalle2_fast.models.bpe import BPETokenizer
+
+    return isinstance(tok, (WordTokenizer, BPETokenizer))
+
+
 def _tokenizer_for(config: ClipConfig, model_cfg: dict):
     import open_clip
 
     if config.tokenizer:
-        return WordTokenizer.from_dict(json.loads(config.tokenizer))
+        return tokenizer_from_dict(json.loads(config.tokenizer))
     if config.model_name.startswith("dalle2fast-"):
         tc = model_cfg.get("text_cfg", {})
         raise ValueError(f"ClipAdapter: {config.model_name} needs a WordTokenizer (fit one on the training captions "
@@ -270,8 +289,9 @@ class ClipAdapter(Pretrained, nn.Module):
         ``tokenizer``: defaults to open_clip's tokenizer for the architecture; the tiny config needs
         a :class:`WordTokenizer` whose ``vocab_size`` and ``context_length`` match the config.
         """
-        if tokenizer is not None and not isinstance(tokenizer, WordTokenizer):
-            raise TypeError("ClipAdapter.create: tokenizer must be a WordTokenizer or None (open_clip's own)")
+        if tokenizer is not None and not _own_tokenizer(tokenizer):
+            raise TypeError("ClipAdapter.create: tokenizer must be a WordTokenizer, a BPETokenizer or None "
+                            "(open_clip's own)")
         register_configs()
         import open_clip
 
@@ -363,7 +383,7 @@ class ClipAdapter(Pretrained, nn.Module):
         extra = {"model_name": self.model_name}
         if self.config.text_only:
             extra["text_only"] = True
-        if isinstance(self.tokenizer, WordTokenizer):
+        if _own_tokenizer(self.tokenizer):
             extra["tokenizer"] = self.tokenizer.to_dict()
         pp = {k: (list(v) if isinstance(v, tuple) else v)
               for k, v in getattr(self.model.visual, "preprocess_cfg", {}).items()}

@@ -21,6 +21,11 @@ time embedding too), ``null_image_embed='learned'`` (a learned z_i for the uncon
 instead of zeros), ``uncond='empty_prompt'`` (the unconditional caption is the empty prompt's
 encoding, ``null_text``, instead of all tokens masked; also the caption of variations),
 ``raw_embeddings`` (z_i and z_t unnormalised) and ``sampling`` (ancestral steps, x0 clipped).
+
+``text_transformer`` (default None: the path above) gives the decoder GLIDE's own text
+transformer instead of the one projection (:mod:`dalle2_fast.models.decoder_text`): trained
+with the decoder over the caption's CLIP token features, its output sequence is the U-Net's
+caption context and its final token is added to the time embedding.
 """
 from __future__ import annotations
 
@@ -32,8 +37,9 @@ from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
 from dalle2_fast.diffusion import (FROM_CONFIG, ClassifierFreeGuidance, DiffusionConfig, GaussianDiffusion,
-                                   SamplingConfig, ddim_invert, respace, run_sampler)
+                                   SamplingConfig, SplitGuidance, ddim_invert, respace, run_sampler)
 from dalle2_fast.diffusion.repaint import inpaint_sampling
+from dalle2_fast.models.decoder_text import DecoderTextTransformer, TextTransformerConfig
 from dalle2_fast.models.unet import UNet, UNetConfig, convert_v1_unet_state_dict
 from dalle2_fast.seeding import Draws, check_seeds
 
@@ -78,6 +84,8 @@ class DecoderConfig:
     # mask-conditioned (GLIDE inpainting): the known image (zeros in the hole) and the keep mask
     # as 4 extra input channels (unet.low_res_channels = 4, at the decoder's own size)
     inpaint: bool = False
+    # GLIDE's text transformer trained with the decoder (None: the caption tokens through text_proj)
+    text_transformer: TextTransformerConfig | None = None
 
 
 @register_model("unclip_decoder")
@@ -113,7 +121,12 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         if c.uncond == "empty_prompt" and c.text_drop_prob:
             raise ValueError("DecoderConfig: uncond='empty_prompt' trains no masked-caption branch: set text_drop_prob=0")
         self.unet = UNet(u)
-        if c.text_proj_order == "norm_linear":
+        self.text_xf = None
+        if c.text_transformer is not None:  # GLIDE's text transformer replaces the one projection
+            self.text_xf = DecoderTextTransformer(c.text_transformer, c.text_width, c.text_len, u.context_dim,
+                                                  4 * u.model_channels)
+            self.text_proj = None
+        elif c.text_proj_order == "norm_linear":
             self.text_proj = nn.Sequential(nn.LayerNorm(c.text_width), nn.Linear(c.text_width, u.context_dim))
         else:
             self.text_proj = nn.Sequential(nn.Linear(c.text_width, u.context_dim), nn.LayerNorm(u.context_dim))
@@ -138,19 +151,30 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         """Files with the U-Net's v1 attention-block keys (the shipped weights) load unchanged."""
         return convert_v1_unet_state_dict(state, prefix="unet.")
 
+    def caption(self, text_tokens, text_mask):
+        """(the U-Net's caption context (B, L, context_dim), the text transformer's final-token term
+        of the time embedding (B, 4 * model_channels) or None) of a caption's tokens."""
+        if self.text_xf is not None:
+            return self.text_xf(text_tokens, text_mask)
+        return self.text_proj(text_tokens), None
+
     def forward(self, x, t, image_embed, text_tokens=None, text_mask=None, text_embed=None, context=None,
-                inpaint_image=None):
+                inpaint_image=None, caption_emb=None):
         """Model output for x (B, 3, S, S) at t (B,): z_i image_embed (B, D), the caption's
         text_tokens (B, L, W) and text_mask (B, L) bool True = real, or instead of those two their
         :meth:`context_cache` (``context``: the U-Net's context keys/values, projected once per
         sampling call); text_embed (B, D) z_t with ``text_embed_to_time``; ``inpaint_image``
-        (B, 4, S, S) for a mask-conditioned decoder (:meth:`inpaint_condition`)."""
+        (B, 4, S, S) for a mask-conditioned decoder (:meth:`inpaint_condition`); ``caption_emb``:
+        with a text transformer and ``context``, the final-token term cached beside it."""
         extra = None
         if self.text_time is not None:
             if text_embed is None:
                 raise ValueError("UnCLIPDecoder: this decoder adds the caption's z_t to the time embedding "
                                  "(text_embed_to_time): pass text_embed (B, D)")
             extra = self.text_time(text_embed)
+        if (caption_emb is not None) != (self.text_xf is not None and context is not None):
+            raise ValueError("UnCLIPDecoder: caption_emb goes with a context cache of a decoder with a text "
+                             "transformer, and only there")
         if self.config.inpaint != (inpaint_image is not None):
             raise ValueError("UnCLIPDecoder: inpaint_image (B, 4, S, S) is given iff the decoder is mask-conditioned "
                              f"(config.inpaint={self.config.inpaint})")
@@ -158,12 +182,15 @@ class UnCLIPDecoder(Pretrained, nn.Module):
             if text_tokens is not None or text_mask is not None:
                 raise ValueError("UnCLIPDecoder: pass the caption (text_tokens, text_mask) or its context cache "
                                  "(context), not both")
+            extra = _add(extra, caption_emb)
             return self.unet(x, t, cond=image_embed, context_kv=context, emb=extra, low_res=inpaint_image)
         if text_tokens is None or text_mask is None:
             raise ValueError("UnCLIPDecoder: pass text_tokens and text_mask (or their context cache)")
         # text context (B, L, context_dim), padding mask True = padded; the U-Net prepends the
-        # cond_tokens CLIP tokens (never padded) and adds cond (+ the projected z_t) to the time embedding
-        ctx = self.text_proj(text_tokens)
+        # cond_tokens CLIP tokens (never padded) and adds cond (+ the projected z_t, + the text
+        # transformer's final token) to the time embedding
+        ctx, fin = self.caption(text_tokens, text_mask)
+        extra = _add(extra, fin)
         return self.unet(x, t, cond=image_embed, context=ctx, context_mask=~text_mask.to(torch.bool), emb=extra,
                          low_res=inpaint_image)
 
@@ -180,8 +207,8 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         the ``context`` of :meth:`forward` for a whole sampling loop. Batch-1 arguments broadcast."""
         n = max(v.shape[0] for v in (image_embed, text_tokens, text_mask))
         grow = lambda v: v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v  # noqa: E731
-        return self.unet.context_cache(grow(image_embed), self.text_proj(grow(text_tokens)),
-                                       ~grow(text_mask).to(torch.bool))
+        ctx, _ = self.caption(grow(text_tokens), grow(text_mask))
+        return self.unet.context_cache(grow(image_embed), ctx, ~grow(text_mask).to(torch.bool))
 
     def _cached_kwargs(self, kw: dict, fill: dict | None = None) -> dict:
         """Sampling kwargs with the caption replaced by its context cache; ``fill``: kwargs to take
@@ -189,6 +216,10 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         src = {**(fill or {}), **kw}
         out = {k: v for k, v in kw.items() if k not in ("text_tokens", "text_mask")}
         out["context"] = self.context_cache(src["image_embed"], src["text_tokens"], src["text_mask"])
+        if self.text_xf is not None:  # the final-token term, computed once beside the cache
+            tok, mask = src["text_tokens"], src["text_mask"]
+            n = max(tok.shape[0], mask.shape[0])
+            out["caption_emb"] = self.text_xf(tok.expand(n, *tok.shape[1:]), mask.expand(n, -1))[1]
         return out
 
     @property
@@ -264,32 +295,44 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         terms = self.diffusion.training_losses(self, x0, t, noise=noise, model_kwargs=kw)
         return {k: v.mean() for k, v in terms.items()}
 
-    def guided(self, guidance: float, kw: dict, null_text=None):
-        """The denoiser sampling uses: the decoder itself, or classifier-free guidance over
-        (z_i, caption) against (null z_i, null caption) with scale ``guidance``."""
-        if guidance == 1.0:
-            return self
-        null = {"image_embed": self.null_image_embed(kw["image_embed"])}
+    def _null_branches(self, kw: dict, null_text) -> tuple[dict, dict]:
+        """(kwargs over ``kw`` that drop the caption and keep z_i, kwargs that drop both)."""
+        cap = {}
         if self.config.uncond == "masked":
-            null["text_mask"] = torch.zeros_like(kw["text_mask"][:1])
+            cap["text_mask"] = torch.zeros_like(kw["text_mask"][:1])
         else:
             tok, mask, emb = self._null_fields(null_text, 1 if self._batch1(null_text) else kw["text_mask"].shape[0])
-            null.update({"text_tokens": tok, "text_mask": mask.to(torch.bool)})
+            cap.update({"text_tokens": tok, "text_mask": mask.to(torch.bool)})
             if "text_embed" in kw:
-                null["text_embed"] = emb
-        return ClassifierFreeGuidance(self, guidance, null)
+                cap["text_embed"] = emb
+        return cap, {"image_embed": self.null_image_embed(kw["image_embed"]), **cap}
 
-    def _denoiser(self, guidance: float, kw: dict, null_text, context_cache: bool):
+    def guided(self, guidance: float, kw: dict, null_text=None, text_guidance: float | None = None):
+        """The denoiser sampling uses: the decoder itself, classifier-free guidance over (z_i,
+        caption) against (null z_i, null caption) with scale ``guidance``, or, when
+        ``text_guidance`` differs from it and a caption is given, :class:`SplitGuidance` with
+        ``guidance`` on z_i and ``text_guidance`` on the caption (three branches)."""
+        split = text_guidance is not None and text_guidance != guidance and bool(kw["text_mask"].any())
+        if guidance == 1.0 and not split:
+            return self
+        cap, null = self._null_branches(kw, null_text)
+        return SplitGuidance(self, guidance, text_guidance, cap, null) if split else \
+            ClassifierFreeGuidance(self, guidance, null)
+
+    def _denoiser(self, guidance: float, kw: dict, null_text, context_cache: bool, text_guidance=None):
         """(denoiser, model kwargs) of a sampling loop; with ``context_cache`` the caption enters as
         the U-Net's context keys/values, computed once here for the conditional and null branches."""
+        g = self.guided(guidance, kw, null_text, text_guidance)
         if not context_cache:
-            return self.guided(guidance, kw, null_text), kw
+            return g, kw
         cached = self._cached_kwargs(kw)
-        if guidance == 1.0:
+        if g is self:
             return self, cached
-        null = self.guided(guidance, kw, null_text).null_kwargs
         first = {k: kw[k][:1] for k in ("image_embed", "text_tokens", "text_mask")}
-        return ClassifierFreeGuidance(self, guidance, self._cached_kwargs(null, fill=first)), cached
+        null = self._cached_kwargs(g.null_kwargs, fill=first)
+        if isinstance(g, SplitGuidance):  # the caption-dropped branch keeps every row's z_i
+            return SplitGuidance(self, g.scale_a, g.scale_b, self._cached_kwargs(g.first_kwargs, fill=kw), null), cached
+        return ClassifierFreeGuidance(self, guidance, null), cached
 
     @staticmethod
     def _batch1(null_text) -> bool:
@@ -299,7 +342,8 @@ class UnCLIPDecoder(Pretrained, nn.Module):
     def sample(self, image_embed: torch.Tensor, text=None, *, seeds: Sequence[int], steps: int | str | None = 50,
                guidance: float = 3.0, sampler: str | None = None, eta: float | None = None, clip=FROM_CONFIG,
                x_T: torch.Tensor | None = None, progress: bool = False, null_text=None, known=None, mask=None,
-               jumps=None, inpaint_image=None, context_cache: bool = True) -> torch.Tensor:
+               jumps=None, inpaint_image=None, context_cache: bool = True,
+               text_guidance: float | None = None) -> torch.Tensor:
         """Images (B, 3, S, S) in [-1, 1] for z_i (B, D) and an optional caption encoding (``.tokens``
         (B, L, W), ``.mask`` (B, L)); image i depends only on seeds[i]. ``steps`` in the respacing
         vocabulary; classifier-free guidance ``guidance`` (1 = off). ``x_T``: start from this latent
@@ -315,7 +359,9 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         (B or 1, 3, S, S) in [-1, 1] and ``mask`` (B or 1, 1 or 3, S, S), 1 = keep the known pixel,
         blended in every fused step; ``jumps`` = (jump_length, jump_n_sample) adds RePaint's
         resampling (``diffusion.repaint.inpaint_sampling``). A mask-conditioned decoder takes
-        ``inpaint_image`` (B, 4, S, S) = :meth:`inpaint_condition` (known, keep)."""
+        ``inpaint_image`` (B, 4, S, S) = :meth:`inpaint_condition` (known, keep). ``text_guidance``:
+        a separate scale for the caption, ``guidance`` then scaling z_i alone (:meth:`guided`;
+        None or equal to ``guidance``: the one-scale path)."""
         b = image_embed.shape[0]
         seeds = check_seeds(seeds, b)
         sampler, eta, clip = self.config.sampling.resolve(sampler, eta, clip)
@@ -325,24 +371,29 @@ class UnCLIPDecoder(Pretrained, nn.Module):
             kw["inpaint_image"] = inpaint_image
         s = self.image_size
         start = (b, 3, s, s) if x_T is None else x_T
-        denoiser, kw = self._denoiser(guidance, kw, null_text, context_cache)
+        denoiser, kw = self._denoiser(guidance, kw, null_text, context_cache, text_guidance)
         return run_sampler(sampler, denoiser, self.diffusion, start,
                            steps=self.config.sampling.steps(steps), eta=eta, model_kwargs=kw, seeds=seeds, clip=clip,
                            progress=progress, device=image_embed.device, **inpaint)
 
     @torch.no_grad()
     def invert(self, images: torch.Tensor, image_embed: torch.Tensor, text=None, *, steps: int | str = 50,
-               guidance: float = 1.0, progress: bool = False, null_text=None) -> torch.Tensor:
+               guidance: float = 1.0, progress: bool = False, null_text=None,
+               text_guidance: float | None = None) -> torch.Tensor:
         """DDIM inversion (eta = 0): the x_T that :meth:`sample` with the same ``steps``, ``guidance``
-        and ``eta=0, clip=None`` maps back to ``images`` (B, 3, S, S) in [-1, 1]. Used for variations
-        from the input image and text-diff edits (Ramesh et al. Sec. 3.3)."""
+        (and ``text_guidance``) and ``eta=0, clip=None`` maps back to ``images`` (B, 3, S, S) in
+        [-1, 1]. Used for variations from the input image and text-diff edits (Ramesh et al. Sec. 3.3)."""
         s = self.image_size
         if images.dim() != 4 or images.shape[1:] != (3, s, s):
             raise ValueError(f"UnCLIPDecoder.invert: images must be (B, 3, {s}, {s}), got {tuple(images.shape)}")
         kw = self._kwargs(image_embed, *self._text(text), null_text=null_text)
-        denoiser, kw = self._denoiser(guidance, kw, null_text, context_cache=True)
+        denoiser, kw = self._denoiser(guidance, kw, null_text, True, text_guidance)
         return ddim_invert(denoiser, respace(self.diffusion, self.config.sampling.steps(steps)),
                            images, model_kwargs=kw, progress=progress)
+
+
+def _add(a, b):
+    return b if a is None else a if b is None else a + b
 
 
 def widen_for_inpainting(decoder: UnCLIPDecoder) -> UnCLIPDecoder:

@@ -120,18 +120,22 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-        key_padding_mask: torch.Tensor | None = None, past: KVLayer | None = None,
+        key_padding_mask: torch.Tensor | None = None, past: KVLayer | None = None, last: int | None = None,
     ) -> torch.Tensor:
         """x: (B, T, dim); context: (B, Tc, context_dim), required in 'cross' mode, optional in
         'concat' mode (None: plain self-attention over x); context_mask: optional (B, Tc) bool,
         True = padded context token; key_padding_mask: optional (B, T) bool, True = padded x
         token, ignored as a key (self-attention and 'concat' mode; with ``causal`` every query
         must still see a key, e.g. token 0 unpadded); past: cached keys/values (module
-        docstring), instead of ``context``. -> (B, T, dim)."""
+        docstring), instead of ``context``; last: only the last ``last`` tokens query (all T
+        still give keys and values; with ``causal`` they see what they saw in the whole call).
+        -> (B, T, dim), or (B, last, dim)."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"Attention: x must be (B, T, {self.dim}), got {tuple(x.shape)}")
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= x.shape[1]):
+            raise ValueError(f"Attention: last must be None or an int in [1, T={x.shape[1]}], got {last!r}")
         if past is not None:
-            return self._forward_cached(x, past, key_padding_mask, context, context_mask)
+            return self._forward_cached(x, past, key_padding_mask, context, context_mask, last)
         if context is not None and self.context_dim is None:
             raise ValueError(f"Attention: context given (shape {tuple(context.shape)}) but the module was built "
                              "without context_dim")
@@ -171,14 +175,17 @@ class Attention(nn.Module):
                 mask = torch.cat([ctx, own], dim=1)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        return self._attend(q, k, v, mask, B, T)
+        return self._attend(q, k, v, mask, B, T, last)
 
-    def _attend(self, q, k, v, mask, B: int, T: int) -> torch.Tensor:
+    def _attend(self, q, k, v, mask, B: int, T: int, last: int | None = None) -> torch.Tensor:
+        if last is not None:  # only the trailing queries (bottom-right causal alignment keeps their view)
+            q, T = q[:, :, -last:], last
         out = attention(q, k, v, causal=self.causal, key_padding_mask=mask, backend=self.backend)  # (B, H, T, dh)
         out = out.transpose(1, 2).reshape(B, T, self.heads * self.dim_head)  # (B, T, inner)
         return self.to_out(out)
 
-    def _forward_cached(self, x, past: KVLayer, key_padding_mask, context, context_mask) -> torch.Tensor:
+    def _forward_cached(self, x, past: KVLayer, key_padding_mask, context, context_mask,
+                        last: int | None = None) -> torch.Tensor:
         if context is not None or context_mask is not None:
             raise ValueError("Attention: pass context (and context_mask) or past (its cached keys/values), not both")
         B, T, H = x.shape[0], x.shape[1], self.heads
@@ -195,13 +202,13 @@ class Attention(nn.Module):
             q = self.to_q(x).view(B, T, H, self.dim_head).transpose(1, 2)  # (B, H, T, dh)
             if self.q_norm is not None:
                 q = self.q_norm(q)
-            return self._attend(q, past.k.to(q.dtype), past.v.to(q.dtype), past.mask, B, T)
+            return self._attend(q, past.k.to(q.dtype), past.v.to(q.dtype), past.mask, B, T, last)
         q, k, v = _split_heads(self.to_qkv(x), 3, H)  # (B, H, T, dh) each
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)  # cached keys were normed when they were computed
         own = None if key_padding_mask is None else key_padding_mask.to(torch.bool)
         k, v, mask = past.extend(k, v, own)  # (B, H, P + T, dh), mask (B, P + T) or None
-        return self._attend(q, k, v, mask, B, T)
+        return self._attend(q, k, v, mask, B, T, last)
 
 
 __all__ = ["Attention"]

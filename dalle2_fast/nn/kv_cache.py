@@ -36,12 +36,21 @@ def _cat_mask(a: torch.Tensor | None, b: torch.Tensor | None, la: int, lb: int, 
     return torch.cat([a, b], dim=1)
 
 
+def _reusable(k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Whether a frozen layer may hand out its reused buffers (:meth:`KVLayer._into_tail`): eager
+    CPU inference only — no autograd (the buffers are overwritten by the next call), no tracing,
+    no CUDA-graph capture (whose replays must copy into static buffers themselves), and no
+    padding among the new tokens (their mask would change per call)."""
+    return (mask is None and k.device.type == "cpu" and not torch.is_grad_enabled()
+            and not (k.requires_grad or v.requires_grad) and not torch.compiler.is_compiling())
+
+
 class KVLayer:
     """One attention layer's cached keys/values: ``k``, ``v`` (B, ..., P, dh) or None (empty),
     ``mask`` (B, P) bool True = padded key or None, and ``grow``: whether a forward appends its
     own tokens' keys/values (prefill and decoding) or only reads (a frozen prefix or context)."""
 
-    __slots__ = ("k", "v", "mask", "grow")
+    __slots__ = ("k", "v", "mask", "grow", "_tail")
 
     def __init__(self, k: torch.Tensor | None = None, v: torch.Tensor | None = None,
                  mask: torch.Tensor | None = None, grow: bool = False):
@@ -52,6 +61,7 @@ class KVLayer:
             raise ValueError(f"KVLayer: mask must be (B, P) = {None if k is None else (k.shape[0], k.shape[-2])}, "
                              f"got {tuple(mask.shape)}")
         self.k, self.v, self.mask, self.grow = k, v, mask, grow
+        self._tail = None  # a frozen layer's [cached; new] buffers, reused by every call (_into_tail)
 
     @property
     def length(self) -> int:
@@ -66,12 +76,37 @@ class KVLayer:
             if self.k.shape[0] != k.shape[0] or self.k.shape[1:-2] != k.shape[1:-2] or self.k.shape[-1] != k.shape[-1]:
                 raise ValueError(f"KVLayer: cached keys {tuple(self.k.shape)} do not fit new keys {tuple(k.shape)} "
                                  "(batch, heads and head dim must agree)")
+            if not self.grow and _reusable(k, v, mask):
+                return self._into_tail(k, v)
             kk = torch.cat([self.k.to(k.dtype), k], dim=-2)
             vv = torch.cat([self.v.to(v.dtype), v], dim=-2)
             mm = _cat_mask(self.mask, mask, self.length, k.shape[-2], k.shape[0], k.device)
         if self.grow:
             self.k, self.v, self.mask = kk, vv, mm
         return kk, vv, mm
+
+    def _into_tail(self, k: torch.Tensor, v: torch.Tensor):
+        """A frozen layer read by many calls with the same number of new tokens (a sampling loop):
+        [cached; new] lives in one preallocated buffer per layer, the cached part copied once and
+        the new tokens written into its tail at each call, instead of concatenating the whole
+        prefix anew every call. The mask (cached; new tokens unpadded) is one tensor, the same
+        object at every call (``ops.attention`` memoises what it derives from it). Rebuilt when
+        the new tokens' shape or dtype or the cached tensors (their version) change."""
+        P, T = self.length, k.shape[-2]
+        key = (tuple(k.shape), k.dtype, self.k._version, self.v._version,
+               None if self.mask is None else self.mask._version)
+        t = self._tail
+        if t is None or t[0] != key or t[1] is not self.k or t[2] is not self.v or t[3] is not self.mask:
+            kb = k.new_empty(k.shape[:-2] + (P + T, k.shape[-1]))  # (B, ..., P + T, dh)
+            vb = v.new_empty(kb.shape)
+            kb[..., :P, :] = self.k
+            vb[..., :P, :] = self.v
+            mm = _cat_mask(self.mask, None, P, T, k.shape[0], k.device)
+            self._tail = (key, self.k, self.v, self.mask, kb, vb, mm)
+        kb, vb, mm = self._tail[4:]
+        kb[..., P:, :] = k
+        vb[..., P:, :] = v
+        return kb, vb, mm
 
     def _map(self, fn, mask_fn=None) -> "KVLayer":
         mask_fn = mask_fn or fn

@@ -43,8 +43,12 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                past: KVLayer | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), key_padding_mask=key_padding_mask, past=past)
+                past: KVLayer | None = None, last: int | None = None) -> torch.Tensor:
+        """x: (B, S, width) -> (B, S, width); with ``last``, only the last ``last`` tokens' outputs
+        (B, last, width): every token still gives keys and values, but only those query and go
+        through the MLP."""
+        a = self.attn(self.ln1(x), key_padding_mask=key_padding_mask, past=past, last=last)
+        x = (x if last is None else x[:, -last:]) + a
         return x + self.mlp(self.ln2(x))
 
 
@@ -72,10 +76,12 @@ class Transformer(nn.Module):
         return self.pos.shape[0]
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, last: int | None = None) -> torch.Tensor:
         """x: (B, S, width) tokens at positions P .. P + S - 1, P = ``cache.length`` (0 without a
         cache); key_padding_mask: (B, S) bool True = padded, for these tokens; cache: the keys and
-        values of the P tokens before them (module docstring). -> (B, S, width)."""
+        values of the P tokens before them (module docstring); last: return only the last
+        ``last`` tokens' outputs, the final block running only those (the earlier blocks still
+        run every token: later blocks attend to them). -> (B, S, width), or (B, last, width)."""
         if x.dim() != 3 or x.shape[-1] != self.pos.shape[1]:
             raise ValueError(f"Transformer: x must be (B, S, {self.pos.shape[1]}), got {tuple(x.shape)}")
         start = 0
@@ -91,8 +97,9 @@ class Transformer(nn.Module):
         x = x + self.pos[start: start + x.shape[1]].to(x.dtype)
         if self.ln_in is not None:
             x = self.ln_in(x)
+        n = len(self.blocks)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, key_padding_mask, None if cache is None else cache.layers[i])
+            x = blk(x, key_padding_mask, None if cache is None else cache.layers[i], last if i == n - 1 else None)
         return self.ln(x)
 
     def prefill(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,

@@ -268,11 +268,37 @@ def _sdpa_finite(q, k, v, key_padding_mask, causal, scale):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         if Sq == Sk:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    hidden = _hidden_mask(B, Sq, Sk, causal, key_padding_mask, q.device)
-    empty = hidden.all(-1, keepdim=True)  # rows that see no key (SDPA would give NaN)
-    keep = ~(hidden & ~empty)  # SDPA's bool mask: True = take part; empty rows attend all
+    keep, empty = _sdpa_masks(B, Sq, Sk, causal, key_padding_mask, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
     return out.masked_fill(empty, 0.0)  # zero output and, through masked_fill, zero gradient
+
+
+_MASK_MEMO: dict = {}  # (B, Sq, Sk, causal, device, id(key_padding_mask)) -> (mask, its version, keep, empty)
+_MASK_MEMO_SIZE = 64
+
+
+def _sdpa_masks(B, Sq, Sk, causal, key_padding_mask, device):
+    """(keep, empty): SDPA's bool mask (True = take part; rows that see no key attend to all) and
+    those rows, (B or 1, 1, Sq, Sk) and (.., Sq, 1). Memoised in eager code: a sampling loop asks
+    for the same ones at every step (the same padding-mask object, unchanged: its version is
+    compared; the memo holds the mask so its id cannot be reused), which otherwise costs several
+    small ops per attention call."""
+    memo = not torch.compiler.is_compiling() and (key_padding_mask is None or device.type == "cpu")
+    key = (B if key_padding_mask is not None else 0, Sq, Sk, causal, str(device), id(key_padding_mask))
+    if memo:
+        hit = _MASK_MEMO.get(key)
+        if hit is not None and hit[0] is key_padding_mask and (
+                key_padding_mask is None or hit[1] == key_padding_mask._version):
+            return hit[2], hit[3]
+    hidden = _hidden_mask(B, Sq, Sk, causal, key_padding_mask, device)
+    empty = hidden.all(-1, keepdim=True)  # rows that see no key (SDPA would give NaN)
+    keep = ~(hidden & ~empty)  # SDPA's bool mask: True = take part; empty rows attend all
+    if memo and keep.numel() <= 1 << 20:  # small masks only (the memo holds them)
+        if len(_MASK_MEMO) >= _MASK_MEMO_SIZE:
+            _MASK_MEMO.clear()
+        _MASK_MEMO[key] = (key_padding_mask, None if key_padding_mask is None else key_padding_mask._version,
+                           keep, empty)
+    return keep, empty
 
 
 attention_family.register("cpu", dtypes=_FLOATS, devices=("cpu",), needs_extension=False)(_attention_sdpa)

@@ -36,7 +36,8 @@ from dalle2_fast.checkpoint import atomic_write_text, load_pretrained
 from dalle2_fast.data.degradations import bsr_degrade, downsample, random_gaussian_blur
 from dalle2_fast.data.memory import InMemoryData
 from dalle2_fast.models.clip import ClipAdapter
-from dalle2_fast.recipes.clip import ClipTask, build_clip, render
+from dalle2_fast.data.captions import CaptionConfig
+from dalle2_fast.recipes.clip import TOKENIZERS, ClipTask, build_clip, render
 from dalle2_fast.recipes.common import LossTask
 from dalle2_fast.train.loop import TrainConfig, train
 
@@ -68,16 +69,38 @@ class UnCLIPRecipe:
     prior_layers: int = 4
     decoder_channels: int = 32
     decoder_res_blocks: int = 1
+    decoder_text_layers: int = 0                # >0: GLIDE's text transformer in the decoder (models.decoder_text)
+    decoder_text_width: int = 64
     upsampler_channels: int = 32
     upsampler_residual: bool = True             # diffuse hr - bicubic(low) (SRDiff-style) ...
     upsampler_pred: str = "x0"                  # ... predicting x0: an under-trained model stays near bicubic
     upsampler_blur_sigma: tuple[float, float] = (0.4, 0.6)  # the first upsampler's conditioning blur
+    captions: str = "legacy"                    # 'legacy' (the shipped weights' captions) | 'grammar' (data.captions)
+    held_out: str = "after_noun"                # grammar: the wording family never trained on ('' = none)
+    tokenizer: str = "words"                    # the CLIP's tokenizer: 'words' | 'bpe'
 
     def __post_init__(self):
         object.__setattr__(self, "upsample_res", tuple(int(r) for r in self.upsample_res))
         object.__setattr__(self, "upsampler_blur_sigma", tuple(float(v) for v in self.upsampler_blur_sigma))
         if self.prior_kind not in ("diffusion", "ar"):
             raise ValueError(f"UnCLIPRecipe.prior_kind must be 'diffusion' or 'ar', got {self.prior_kind!r}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"UnCLIPRecipe.tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
+        self.caption_config()  # checks captions and held_out
+
+    def caption_config(self) -> CaptionConfig | None:
+        """The training captions (None: legacy)."""
+        if self.captions == "legacy":
+            return None
+        return CaptionConfig(mode=self.captions, held_out=self.held_out)
+
+    def text_fields(self) -> dict:
+        """The caption and tokenizer fields, only where they differ from the legacy defaults (so the
+        keys of stages trained before these fields existed still match)."""
+        if self.captions == "legacy" and self.tokenizer == "words":
+            return {}
+        return {"captions": self.captions, "held_out": self.held_out if self.captions != "legacy" else "",
+                "tokenizer": self.tokenizer}
 
 
 PIPELINE_DEFAULTS = dict(prior_steps=32, decoder_steps=25, upsampler_steps=8, prior_guidance=2.0,
@@ -101,10 +124,13 @@ def stage_key(r: UnCLIPRecipe, name: str) -> dict:
                 "upsampler_channels": r.upsampler_channels, "upsampler_residual": r.upsampler_residual,
                 "upsampler_pred": r.upsampler_pred, "upsampler_blur_sigma": d["upsampler_blur_sigma"]}
     key = {f: d[f] for f in ("seed", "n_train", "base_res", "max_objects", "clip")}
+    key.update(r.text_fields())
     own = {"prior": ("prior", "prior_kind", "prior_width", "prior_layers"),
            "decoder": ("decoder", "decoder_channels", "decoder_res_blocks"), "clip": (),
            "inpaint": ("inpaint", "decoder", "decoder_channels", "decoder_res_blocks")}[name]
     key.update({f: d[f] for f in own})
+    if name in ("decoder", "inpaint") and r.decoder_text_layers:  # absent when off: older runs' keys hold
+        key.update(decoder_text_layers=r.decoder_text_layers, decoder_text_width=r.decoder_text_width)
     return key
 
 
@@ -125,16 +151,21 @@ def build_prior(r: UnCLIPRecipe, clip: ClipAdapter):
 
 def build_decoder(r: UnCLIPRecipe, clip: ClipAdapter):
     from dalle2_fast.models.decoder import DecoderConfig, UnCLIPDecoder
+    from dalle2_fast.models.decoder_text import TextTransformerConfig
     from dalle2_fast.models.unet import UNetConfig
 
     mc = r.decoder_channels
+    xf = None
+    if r.decoder_text_layers:
+        xf = TextTransformerConfig(layers=r.decoder_text_layers, width=r.decoder_text_width,
+                                   heads=max(1, r.decoder_text_width // 32))
     unet = UNetConfig(image_size=r.base_res, in_channels=3, model_channels=mc, channel_mult=(1, 2, 2),
                       num_res_blocks=r.decoder_res_blocks, attention_resolutions=(r.base_res // 2, r.base_res // 4),
                       num_head_channels=min(32, mc), learn_sigma=True, use_scale_shift_norm=True,
                       resblock_updown=True, cond_dim=clip.embed_dim, context_dim=mc * 2, cond_tokens=4,
                       num_groups=min(32, mc // 2))
     return UnCLIPDecoder(DecoderConfig(unet=unet, clip_dim=clip.embed_dim, text_width=clip.text_width,
-                                       text_len=clip.context_length))
+                                       text_len=clip.context_length, text_transformer=xf))
 
 
 def build_upsampler(r: UnCLIPRecipe, low: int, high: int):
@@ -156,7 +187,7 @@ def build_pipeline(r: UnCLIPRecipe = UnCLIPRecipe(), seed: int = 0):
     from dalle2_fast.pipeline import UnCLIPPipeline
 
     torch.manual_seed(seed)
-    clip = build_clip()
+    clip = build_clip(r.tokenizer, r.caption_config())
     ups, low = [], r.base_res
     for high in r.upsample_res:
         ups.append(build_upsampler(r, low, high).eval())
@@ -201,7 +232,7 @@ class _EmbeddingStage(LossTask):
         return self._clip
 
     def datasets(self, cfg):
-        items = render(self.r.seed, self.r.n_train, self.r.base_res, self.r.max_objects)
+        items = render(self.r.seed, self.r.n_train, self.r.base_res, self.r.max_objects, self.r.caption_config())
         self.data = encode_with_clip(self.clip(), items["image"], items["caption"])
         if self.name == "decoder":
             self.data["image"] = items["image"]
@@ -329,7 +360,7 @@ class InpaintStage(_EmbeddingStage):
     def datasets(self, cfg):
         from dalle2_fast.data.masks import object_boxes
 
-        items = render(self.r.seed, self.r.n_train, self.r.base_res, self.r.max_objects)
+        items = render(self.r.seed, self.r.n_train, self.r.base_res, self.r.max_objects, self.r.caption_config())
         self.data = encode_with_clip(self.clip(), items["image"], items["caption"])
         self.data["image"] = items["image"]
         self.data["boxes"] = object_boxes(items["objects"], self.r.max_objects)
@@ -409,7 +440,8 @@ class StageStore:
 
 def stage_task(r: UnCLIPRecipe, name: str, store: StageStore):
     if name == "clip":
-        return ClipTask(data_seed=r.seed, n_train=r.n_train, res=r.base_res, max_objects=r.max_objects)
+        return ClipTask(data_seed=r.seed, n_train=r.n_train, res=r.base_res, max_objects=r.max_objects,
+                        captions=r.caption_config(), tokenizer=r.tokenizer)
     if name == "prior":
         return PriorStage(r, store.final("clip"))
     if name == "decoder":
@@ -487,15 +519,19 @@ def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = Tru
                               defaults=PIPELINE_DEFAULTS)
     pipe.inpaint_decoder = inpaint
     pipe.save_pretrained(out / "pipeline")
+    # the recipe beside the weights: the evaluation reads its captions (training sentences, held-out family)
+    atomic_write_text(out / "pipeline" / "recipe.json", json.dumps(dataclasses.asdict(r), indent=2))
     return pipe
 
 
 def recipe_from_args(seed: int = 0, scale: float = 1.0, max_minutes: float | None = None,
-                     upsample_res: tuple[int, ...] | None = None) -> UnCLIPRecipe:
-    """The default recipe with every stage's steps multiplied by ``scale`` and, given
-    ``max_minutes``, that total wall-clock budget split over the stages (CLIP 10%, prior 10%,
-    decoder 60%, upsamplers 20%; the optional inpaint stage, trained on its own, the whole budget)."""
-    r = UnCLIPRecipe(seed=seed)
+                     upsample_res: tuple[int, ...] | None = None, captions: str = "legacy",
+                     tokenizer: str = "words", decoder_text_layers: int = 0) -> UnCLIPRecipe:
+    """The default recipe (with ``captions`` and ``tokenizer``) with every stage's steps multiplied
+    by ``scale`` and, given ``max_minutes``, that total wall-clock budget split over the stages (CLIP
+    10%, prior 10%, decoder 60%, upsamplers 20%; the optional inpaint stage, trained on its own, the
+    whole budget). ``decoder_text_layers`` > 0 gives the decoder GLIDE's text transformer of that depth."""
+    r = UnCLIPRecipe(seed=seed, captions=captions, tokenizer=tokenizer, decoder_text_layers=decoder_text_layers)
     if upsample_res is not None:
         r = replace(r, upsample_res=tuple(upsample_res))
     shares = {"clip": 0.1, "prior": 0.1, "decoder": 0.6, "upsampler": 0.2 / max(1, len(r.upsample_res))}

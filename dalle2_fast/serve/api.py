@@ -67,10 +67,19 @@ def _bad(param: str, message: str) -> ApiError:
     return ApiError(400, f"{param}: {message}", param)
 
 
+# the pipeline's per-call stage options (split decoder guidance, samplers): refused with the reason
+NOT_PER_REQUEST = ("decoder_image_guidance", "decoder_text_guidance", "decoder_sampler", "upsampler_sampler",
+                   "decoder_eta")
+
+
 def _check_fields(got, known: tuple, where: str) -> None:
     for k in got:
         if k in known:
             continue
+        if k in NOT_PER_REQUEST:
+            raise _bad(k, "not a per-request option of this server (requests are batched together under the "
+                          "pipeline's own samplers and one decoder guidance scale); use decoder_guidance, or the "
+                          "Python API / `dalle2-fast sample` for this option")
         if k in UNSUPPORTED:
             raise _bad(k, f"not supported by this server (dalle2_fast {where}); remove it")
         if k not in known:

@@ -11,7 +11,7 @@ META = {
   "attention_bwd_dkdv": "537d9c922db9ca8079e8f610887344021573ea2e36e32e97db34ea569e4870bb",
   "attention_bwd_dq": "88d7d49911f561205c35e94665aeb53a75ce9eb7ecaa26e741cf2d6854b6f887",
   "attention_fwd": "6bd0f04267657cccca7243572ba8b7fd881621e1a8e5540339887ccff6f03bb1",
-  "nearest_code": "8d8925c0448a670ffb4dd9a8b0f5028e5d5d33b7e36783ae71cea976d1d8857e",
+  "nearest_code": "cab4b2d6bdcde2bd87b9654dd91543f4a81bd65e1f130cd399bc976464f1f713",
   "sampling_step": "a70e46fea276dca095d7beb7c1cd8bdf426eafaccc17867a60c8ad36c4136564",
   "triton": "3.8.0"
  },
@@ -46,7 +46,7 @@ META = {
     "sizing_compiles": 0
    }
   },
-  "seconds": 7386
+  "seconds": 88
  }
 }
 TABLE = {

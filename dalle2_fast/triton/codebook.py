@@ -3,7 +3,8 @@
 Each program owns BLOCK_N rows of x, walks the codebook in BLOCK_K-code tiles, accumulates
 x_tile @ codes_tile^T over BLOCK_D chunks with ``tl.dot`` (fp32 accumulate), turns the tile
 into partial distances ||c||^2 - 2 x.c (NaN -> +inf, as in csrc/include/dalle2_fast/codebook.h)
-and folds its row minimum into a running best. Ties: ``tl.argmin`` picks the first index in a
+and folds its row minimum into a running best (the interpreter sums products instead of ``tl.dot``
+so that equal codes get bit-equal distances wherever they sit). Ties: ``tl.argmin`` picks the first index in a
 tile and a later tile must be strictly better, so the lowest index wins.
 """
 from __future__ import annotations
@@ -40,8 +41,9 @@ def _nearest_code_kernel(
                          mask=rmask[:, None] & dmask[None, :], other=0.0)
             ct = tl.load(c_ptr + cols[:, None] * scn + ds[None, :] * scd,
                          mask=cmask[:, None] & dmask[None, :], other=0.0)
-            if IEEE:
-                acc = tl.dot(xt, tl.trans(ct), acc, input_precision="ieee")
+            if IEEE:  # the interpreter: a product-and-sum, so a code's distance does not depend on its column
+                # in the tile (numpy's matmul rounds edge columns differently, and duplicate codes must tie)
+                acc += tl.sum(xt[:, None, :] * ct[None, :, :], axis=2)
             else:
                 acc = tl.dot(xt, tl.trans(ct), acc, input_precision="tf32x3")
         cn = tl.load(cn_ptr + cols, mask=cmask, other=float("inf"))

@@ -42,10 +42,11 @@ VERBS = {
     "sample": ["-n", "-o", "--out", "--images-dir", "--seed", "--batch-size", "--max-grid", "--pipeline",
                "--prior-steps", "--decoder-steps", "--upsampler-steps", "--prior-guidance", "--decoder-guidance",
                "--checkpoint", "--sampler", "--steps", "--eta", "--guidance", "--scale", "--classifier", "--label",
-               "--temperature", "--metrics", "--quiet"],
-    "variations": ["-n", "-o", "--seed", "--pipeline", "--decoder-steps", "--upsampler-steps", "--decoder-guidance"],
-    "interpolate": ["-n", "-o", "--seed", "--pipeline", "--decoder-steps"],
-    "text-diff": ["--from", "--to", "--max-angle", "--invert", "-n", "-o", "--seed", "--pipeline"],
+               "--temperature", "--metrics", "--quiet", "--decoder-text-guidance", "--decoder-sampler"],
+    "variations": ["-n", "-o", "--seed", "--pipeline", "--decoder-steps", "--upsampler-steps", "--decoder-guidance",
+                   "--latent", "--eta", "--decoder-image-guidance", "--upsampler-sampler"],
+    "interpolate": ["-n", "-o", "--seed", "--pipeline", "--decoder-steps", "--latent"],
+    "text-diff": ["--from", "--to", "--max-angle", "--invert", "--no-invert", "-n", "-o", "--seed", "--pipeline"],
     "train": ["--out", "--seed", "--max-minutes", "--steps", "--batch-size", "--lr", "--resume", "--ckpt-every",
               "--keep-last", "--eval-size", "--sample-n", "--ema", "--resolution", "--data", "--set", "--vqvae",
               "--classes", "--bpd-n", "--sample-steps", "--scale", "--stages", "--upsample-res", "--quiet"],
@@ -53,7 +54,7 @@ VERBS = {
 }
 POSITIONAL = {"sample": ["a red circle", "a blue star"], "variations": ["img.png"], "interpolate": ["a.png", "b.png"],
               "text-diff": ["img.png"], "train": ["gan", "adm", "unclip", "clip", "nope"], "eval": []}
-FLAGS_ONLY = {"--quiet", "--invert", "--resume"}
+FLAGS_ONLY = {"--quiet", "--invert", "--no-invert", "--resume"}
 
 
 def _argv(rng: random.Random, tmp: Path) -> list[str]:

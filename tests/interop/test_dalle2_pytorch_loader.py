@@ -188,7 +188,7 @@ def test_refusals_name_what_is_wrong(tmp_path):
     with pytest.raises(Exception, match=r"blocks\.1\.attn\.to_kv\.weight"):
         load_laion_prior(_write(tmp_path, missing, Version("1.15.6"), "m.pth"))
     shaped = dict(good, **{"net.learned_query": torch.zeros(31)})
-    with pytest.raises(Exception, match=r"learned_query: checkpoint \(31,\)"):
+    with pytest.raises(Exception, match=r"learned_query: \(31,\), expected \(32,\)"):
         load_laion_prior(_write(tmp_path, shaped, Version("1.15.6"), "s.pth"))
     # a schedule that is not the configured one
     sched = dict(good, **{"noise_scheduler.betas": torch.linspace(1e-4, 0.02, 20)})

@@ -160,7 +160,7 @@ def test_mismatched_model_name_and_tensors_are_named(ref, tmp_path):
         load_openai_clip(tmp_path / "missing.pt")
     bad = dict(sd, **{"visual.ln_post.bias": torch.zeros(7)})
     torch.save(bad, tmp_path / "shape.pt")
-    with pytest.raises(Exception, match=r"visual.ln_post.bias: checkpoint \(7,\)"):
+    with pytest.raises(Exception, match=r"visual.ln_post.bias: \(7,\), expected \(128,\)"):
         load_openai_clip(tmp_path / "shape.pt")
 
 

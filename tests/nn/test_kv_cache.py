@@ -154,3 +154,51 @@ def test_cache_errors_name_what_was_expected():
         KVLayer(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), torch.zeros(1, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="at least one layer"):
         KVCache([])
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("last", [1, 2])
+def test_transformer_last_equals_the_trailing_outputs(cached, last):
+    """``last=k`` runs only the final k tokens through the last block (queries and MLP), every token
+    still giving keys and values: the same outputs as the trailing k rows of the whole call,
+    with padding in the prefix, with and without a prefix cache."""
+    torch.manual_seed(3)
+    tr = Transformer(24, 3, 3, 16, causal=True).eval()
+    b, p, s = 3, 6, 3
+    x = torch.randn(b, p + s, 24)
+    pad = torch.cat([_padded_mask(b, p), torch.zeros(b, s, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        full = tr(x, key_padding_mask=pad)
+        if cached:
+            cache = tr.prefill(x[:, :p], key_padding_mask=pad[:, :p])[1]
+            got = tr(x[:, p:], cache=cache, last=last)
+        else:
+            got = tr(x, key_padding_mask=pad, last=last)
+    assert got.shape == (b, last, 24)
+    torch.testing.assert_close(got, full[:, -last:], **TOL)
+    with pytest.raises(ValueError, match="last must be"):
+        tr.blocks[0].attn(x, last=p + s + 1)
+
+
+def test_frozen_cache_buffers_follow_the_cache_and_autograd():
+    """A frozen layer reuses one [cached; new] buffer across eager no-grad calls: after the cached
+    keys change in place (``KVCache.copy_``, as a captured graph's inputs do) the result follows
+    them; with autograd on, each call gets its own tensors (both backward passes are right)."""
+    torch.manual_seed(4)
+    tr = Transformer(16, 2, 2, 12, causal=True).eval()
+    b, p, s = 2, 5, 3
+    xa, xb = torch.randn(b, p + s, 16), torch.randn(b, p + s, 16)
+    with torch.no_grad():
+        cache = tr.prefill(xa[:, :p])[1]
+        torch.testing.assert_close(tr(xa[:, p:], cache=cache), tr(xa)[:, p:], **TOL)
+        cache.copy_(tr.prefill(xb[:, :p])[1])  # same shapes, another prefix, in place
+        torch.testing.assert_close(tr(xa[:, p:], cache=cache), tr(torch.cat([xb[:, :p], xa[:, p:]], 1))[:, p:],
+                                   **TOL)
+    s1 = xa[:, p:].clone().requires_grad_()
+    s2 = xb[:, p:].clone().requires_grad_()
+    out1, out2 = tr(s1, cache=cache), tr(s2, cache=cache)
+    (out1.sum() + 2 * out2.sum()).backward()
+    r1 = xa[:, p:].clone().requires_grad_()
+    ref = tr(torch.cat([xb[:, :p], r1], 1))[:, p:]
+    ref.sum().backward()
+    torch.testing.assert_close(s1.grad, r1.grad, **TOL)

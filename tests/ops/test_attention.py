@@ -340,3 +340,24 @@ def test_reference_row_chunks_are_exact():
     go = torch.randn_like(a)
     for x, y in zip(torch.autograd.grad(a, ins_a, go), torch.autograd.grad(b, ins_b, go)):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+
+
+def test_cpu_mask_memo_follows_the_mask():
+    """The cpu backend memoises the SDPA mask derived from a padding mask across calls (a sampling
+    loop passes the same object every step): changing that mask in place, or passing another one
+    with the same shape, must change the result exactly as a fresh call's."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v, _ = _inputs(g, 2, 2, 5, 13, 32, False, torch.float32)
+    mask = torch.zeros(2, 13, dtype=torch.bool)
+    mask[0, 4:] = True
+    for causal in (False, True):
+        first = attention(q, k, v, causal=causal, key_padding_mask=mask, backend="cpu")
+        torch.testing.assert_close(first, attention_ref(q, k, v, causal, mask), rtol=1e-5, atol=1e-5)
+        mask[1, 9:] = True  # in place: the memo must see the new version
+        torch.testing.assert_close(attention(q, k, v, causal=causal, key_padding_mask=mask, backend="cpu"),
+                                   attention_ref(q, k, v, causal, mask), rtol=1e-5, atol=1e-5)
+        other = torch.zeros(2, 13, dtype=torch.bool)
+        other[1, :2] = True  # another object with the same shape
+        torch.testing.assert_close(attention(q, k, v, causal=causal, key_padding_mask=other, backend="cpu"),
+                                   attention_ref(q, k, v, causal, other), rtol=1e-5, atol=1e-5)
+        mask[1, 9:] = False

@@ -130,7 +130,9 @@ def test_slerp():
 
 def test_variations_interpolation_text_diff(pipe):
     x, _, _ = toy_batch(2, torch.Generator().manual_seed(0))
-    v = pipe.variations(x[0], n=3, seed=5)
+    with pytest.raises(ValueError, match="cannot invert images"):  # a decoder without invert: said so
+        pipe.variations(x[0], n=3, seed=5)
+    v = pipe.variations(x[0], n=3, seed=5, latent="noise")
     assert v.shape == (3, 3, 16, 16) and not torch.allclose(v[0], v[1])
     assert pipe.decoder.texts[-1] is None  # variations decode without a caption
     it = pipe.interpolate(x[0], x[1], n=4, seed=2)
@@ -140,7 +142,7 @@ def test_variations_interpolation_text_diff(pipe):
     torch.testing.assert_close(it[0], ((ends[0] + 1) / 2).clamp(0, 1), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="n must be"):
         pipe.interpolate(x[0], x[1], n=1)
-    td = pipe.text_diff(x[0], "a red square on the left", "a blue square on the left", n=3)
+    td = pipe.text_diff(x[0], "a red square on the left", "a blue square on the left", n=3, invert=False)
     assert td.shape == (3, 3, 16, 16)
     assert pipe.decoder.texts[-1].embed.shape == (3, pipe.clip.embed_dim)
 

@@ -197,7 +197,7 @@ class DiffusionPrior(Pretrained, nn.Module):
             if prefix.length != self.config.text_len + 1:
                 raise ValueError(f"DiffusionPrior: prefix must cache the {self.config.text_len + 1} text tokens and "
                                  f"z_t, got {prefix.length}")
-            h = self.transformer(torch.cat(parts, dim=1), cache=prefix)  # (B, 2 or 3, width)
+            h = self.transformer(torch.cat(parts, dim=1), cache=prefix, last=1)  # (B, 1, width): the output token
             return self.out(h[:, -1])
         if text_tokens is None or text_mask is None or text_embed is None:
             raise ValueError("DiffusionPrior: pass text_tokens, text_mask and text_embed (or a prefix cache)")
