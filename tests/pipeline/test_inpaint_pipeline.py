@@ -139,10 +139,11 @@ def test_edit_options_reach_the_sampler_and_keep_pixels(pipe, monkeypatch):
     assert {k: sig[k].default for k in EDIT_DEFAULTS} == EDIT_DEFAULTS  # one set of defaults
 
 
-def _harmonize_dense(out, known, fill):
+def _harmonize_dense(out, known, fill, max_step):
     """The same least-squares problem solved densely, pixel by pixel (the oracle of ``harmonize``):
     every 4-neighbour pair inside the hole keeps the fill's difference, every pair across the
-    border asks the hole pixel to equal its kept neighbour."""
+    border that differs by at most ``max_step`` in every channel asks the hole pixel to equal
+    its kept neighbour (a larger step is left free)."""
     H, W = out.shape[-2:]
     hole = [(i, j) for i in range(H) for j in range(W) if fill[i, j]]
     idx = {p: k for k, p in enumerate(hole)}
@@ -154,15 +155,16 @@ def _harmonize_dense(out, known, fill):
                 q = (i + di, j + dj)
                 if not (0 <= q[0] < H and 0 <= q[1] < W):
                     continue
-                A[k, k] += 1
-                if q in idx:
+                if q in idx:  # the correction h is smooth inside: (h_p - h_q)^2
+                    A[k, k] += 1
                     A[k, idx[q]] -= 1
-                    b[k] += float(out[c, i, j] - out[c, q[0], q[1]])
-                else:
-                    b[k] += float(known[c, q[0], q[1]])
-        f = torch.linalg.solve(A, b)
+                elif float((known[:, q[0], q[1]] - out[:, i, j]).abs().max()) <= max_step:
+                    A[k, k] += 1  # out_p + h_p should equal the kept neighbour
+                    b[k] += float(known[c, q[0], q[1]] - out[c, i, j])
+        A = A + 1e-9 * torch.eye(len(hole), dtype=torch.float64)  # a hole part with no matched pair: h = 0
+        h = torch.linalg.solve(A, b)
         for (i, j), k in idx.items():
-            res[c, i, j] = float(f[k])
+            res[c, i, j] = float(out[c, i, j] + h[k])
     return res.clamp(-1, 1)
 
 
@@ -175,10 +177,30 @@ def test_harmonize_matches_the_dense_solve_and_keeps_the_kept_pixels():
     fill[0, 0, 6:, 10:] = 1
     fill[1, 0, 1:8, 1:4] = 1
     out = torch.where(fill.bool(), (known + 0.4 * torch.rand(B, 3, H, W, generator=g) - 0.1).clamp(-1, 1), known)
-    got = harmonize(out, known, fill, iters=2000, tol=1e-9)
     keep = ~fill.bool().expand_as(out)
-    assert torch.equal(got[keep], out[keep])
-    for i in range(B):
-        torch.testing.assert_close(got[i], _harmonize_dense(out[i], known[i], fill[i, 0].bool()), atol=1e-4, rtol=0)
     step = lambda x: (x[..., :, 1:] - x[..., :, :-1]).abs()[(fill[..., :, 1:] != fill[..., :, :-1]).expand(B, 3, H, W - 1)]  # noqa: E731
-    assert step(got).mean() < 0.75 * step(out).mean()  # the border step is spread over the hole
+    for max_step in (2.0, 0.25):  # every border pair matched; only the close ones
+        got = harmonize(out, known, fill, max_step=max_step, iters=2000, tol=1e-9)
+        assert torch.equal(got[keep], out[keep])
+        for i in range(B):
+            want = _harmonize_dense(out[i], known[i], fill[i, 0].bool(), max_step)
+            torch.testing.assert_close(got[i], want, atol=1e-4, rtol=0)
+        if max_step > 1:  # every pair matched: the border step is spread over the hole
+            assert step(got).mean() < 0.9 * step(out).mean()
+
+
+def test_harmonize_leaves_an_edge_drawn_at_the_border():
+    """A fill whose object reaches the border: the object's edge is not smeared into the
+    background; the background's offset is corrected."""
+    known = torch.full((1, 3, 12, 12), -0.2)
+    fill = torch.zeros(1, 1, 12, 12)
+    fill[..., 3:9, 3:9] = 1
+    out = known.clone()
+    out[..., 3:9, 3:9] = -0.1  # the fill's background: 0.1 off
+    out[..., 3:9, 3:5] = 0.9  # an object touching the left border
+    edge = lambda x: (x[..., 3:9, 3] - known[..., 3:9, 2]).abs()  # noqa: E731  the object's step at the border
+    got = harmonize(out, known, fill)
+    assert edge(got).min() > 0.9 * edge(out).min()  # kept crisp (shifted with the background's offset at most)
+    assert (got[..., 3:9, 8] - known[..., 3:9, 9]).abs().max() < 0.03  # the background now meets its border
+    smeared = harmonize(out, known, fill, max_step=2.0)
+    assert edge(smeared).max() < 0.5 * edge(out).min()  # what matching every pair would do
