@@ -25,6 +25,8 @@ from typing import Sequence
 
 import torch
 
+from dalle2_fast.models.tokens import PackedTokenizer
+
 _N_MERGES = 49152 - 256 - 2  # the merges open_clip's SimpleTokenizer reads
 
 
@@ -82,7 +84,7 @@ def _bpe(symbols: str, ranks: dict, applied: set | None = None) -> list[str]:
     return word
 
 
-class BPETokenizer:
+class BPETokenizer(PackedTokenizer):
     """Byte-level BPE with open_clip's merges restricted to those ``words`` reach. Build with
     :meth:`fit`; callable like open_clip's tokenizers: ``tok(texts) -> LongTensor (B, context_length)``."""
 
@@ -144,16 +146,6 @@ class BPETokenizer:
         inv = {v: k for k, v in self._byte.items()}
         text = "".join(self._pieces[int(i)] for i in ids if int(i) in self._pieces)
         return " ".join(bytes(inv[c] for c in w).decode("utf-8", "replace") for w in text.split("</w>") if w)
-
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
-        if isinstance(texts, str):
-            texts = [texts]
-        n = context_length or self.context_length
-        out = torch.zeros(len(texts), n, dtype=torch.long)
-        for i, t in enumerate(texts):
-            ids = [self.SOT] + self.encode(t)[: n - 2] + [self.eot_token_id]
-            out[i, : len(ids)] = torch.tensor(ids)
-        return out
 
     def to_dict(self) -> dict:
         return {"type": "bpe", "merges": [list(m) for m in self.merges], "vocab_size": self.vocab_size,

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast.checkpoint import Pretrained, register_model
+from dalle2_fast.models.tokens import PackedTokenizer
 
 TINY_SHAPES_MODEL = "dalle2fast-shapes-tiny"
 CONFIG_FILE = "open_clip_config.json"
@@ -73,7 +74,7 @@ def _offline():
                 os.environ[k] = v
 
 
-class WordTokenizer:
+class WordTokenizer(PackedTokenizer):
     """A word-level tokenizer for small closed vocabularies (the shapes captions).
 
     ids: 0 = pad, 1 = start, 2 = unknown word, 3.. = words, ``vocab_size - 1`` = end. The end id is
@@ -115,16 +116,6 @@ class WordTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [self._ids.get(w, self.UNK) for w in self.split(text)]
-
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
-        if isinstance(texts, str):
-            texts = [texts]
-        n = context_length or self.context_length
-        out = torch.zeros(len(texts), n, dtype=torch.long)
-        for i, t in enumerate(texts):
-            ids = [self.SOT] + self.encode(t)[: n - 2] + [self.eot_token_id]
-            out[i, : len(ids)] = torch.tensor(ids)
-        return out
 
     def to_dict(self) -> dict:
         return {"type": "word", "words": self.words, "vocab_size": self.vocab_size,

@@ -138,18 +138,24 @@ def _common(body: dict, cfg: ServeConfig, size: int, kind: str, form: bool) -> I
     return ImageRequest(kind, n, seed, fmt, overrides)
 
 
+def _prompt(fields, cfg: ServeConfig, what: str) -> str:
+    """The request's 'prompt': present, non-empty text, at most ``cfg.max_prompt_chars``."""
+    if "prompt" not in fields:
+        raise _bad("prompt", f"missing; give {what}")
+    prompt = fields["prompt"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise _bad("prompt", f"expected non-empty text, got {prompt!r}"[:200])
+    if len(prompt) > cfg.max_prompt_chars:
+        raise _bad("prompt", f"{len(prompt)} characters is longer than the {cfg.max_prompt_chars} accepted")
+    return prompt
+
+
 def parse_generation(body, cfg: ServeConfig, size: int) -> ImageRequest:
     """``POST /v1/images/generations`` JSON body -> a checked request."""
     if not isinstance(body, dict):
         raise ApiError(400, f"expected a JSON object with a 'prompt', got {type(body).__name__}", None)
     _check_fields(body, GENERATION_FIELDS, "images/generations")
-    if "prompt" not in body:
-        raise _bad("prompt", "missing; give the text to draw")
-    prompt = body["prompt"]
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise _bad("prompt", f"expected non-empty text, got {prompt!r}"[:200])
-    if len(prompt) > cfg.max_prompt_chars:
-        raise _bad("prompt", f"{len(prompt)} characters is longer than the {cfg.max_prompt_chars} accepted")
+    prompt = _prompt(body, cfg, "the text to draw")
     req = _common(body, cfg, size, "generation", form=False)
     req.prompt = prompt
     return req
@@ -305,13 +311,7 @@ def parse_edit(fields: dict, image: bytes | None, mask: bytes | None, cfg: Serve
     _check_fields(got, EDIT_FIELDS, "images/edits")
     if image is None:
         raise _bad("image", "missing; upload the image to edit (multipart file 'image', or base64 in JSON)")
-    if "prompt" not in fields:
-        raise _bad("prompt", "missing; give the text to draw in the hole")
-    prompt = fields["prompt"]
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise _bad("prompt", f"expected non-empty text, got {prompt!r}"[:200])
-    if len(prompt) > cfg.max_prompt_chars:
-        raise _bad("prompt", f"{len(prompt)} characters is longer than the {cfg.max_prompt_chars} accepted")
+    prompt = _prompt(fields, cfg, "the text to draw in the hole")
     jumps = _jumps(fields["jumps"], form) if "jumps" in fields else "default"
     req = _common(fields, cfg, size, "edit", form)
     req.prompt = prompt
