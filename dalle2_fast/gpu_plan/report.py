@@ -119,7 +119,7 @@ def triton_markdown(summary: dict | None = None) -> str:
     if summary:
         fams = summary.get("families", {})
         lines.append("Audited launches (every case of the matrix, both architectures): " + ", ".join(
-            f"{f} {d['launches']} ({d['over']} over, {d['errors']} without a configuration)" for f, d in fams.items())
+            f"{f} {d['launches']} ({d['over']} over, {d['errors']} without a configuration)" for f, d in sorted(fams.items()))
             + f"; plus {sum(d['sizing_compiles'] for d in fams.values())} sizing compiles of candidates.")
         if "before" in summary:
             b = summary["before"]
