@@ -25,7 +25,7 @@ EDIT_SETTINGS = (*GENERATION_SETTINGS, "jumps", "image_mix", "mask_reduce", "har
 
 
 class Engine:
-    """``generate(prompts, seeds, settings)``, ``variations(embeds, seeds, settings)`` and
+    """``generate(prompts, seeds, settings)``, ``variations(embeds, seeds, settings, latents)`` and
     ``edit(prompts, images, fills, seeds, settings)`` -> images (3, H, W) in [-1, 1], each batch
     run at ``batch_shape`` images when that is set."""
 
