@@ -131,3 +131,11 @@ def test_bad_latent_and_eta_are_a_400_naming_the_field(client, fields, param, me
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == param and message in err["message"], err
+
+
+def test_a_decoder_that_cannot_invert_asks_for_latent_noise(stub):
+    with _client(stub(), 2) as c:  # the stub pipeline's decoder has no invert
+        r = _post(c, _png(_image(6)), n=1)
+        assert r.status_code == 400 and "latent=noise" in r.json()["error"]["message"], r.text
+        pngs = _pngs(_post(c, _png(_image(6)), n=2, seed=4, latent="noise", response_format="b64_json"))
+    assert [_meta(p)["seed"] for p in pngs] == [4, 5] and _meta(pngs[0])["latent"] == "noise"
