@@ -1,8 +1,8 @@
 """Requests of OpenAI's Images API, checked: every bad value is a 4xx whose ``{"error": {"message",
 "type", "param"}}`` names the field. Our extra fields (``seed``, ``prior_steps``,
 ``decoder_steps``, ``upsampler_steps``, ``prior_guidance``, ``decoder_guidance``; for edits
-``jumps``) sit beside OpenAI's; a field neither knows is refused (a typo is never silently
-ignored).
+``jumps``; for variations ``latent`` and ``eta``) sit beside OpenAI's; a field neither knows is
+refused (a typo is never silently ignored).
 
 Edits (``POST /v1/images/edits``, OpenAI's shape): a square ``image`` and an optional ``mask`` of
 the same size, as multipart files or, in a JSON body, base64 strings (data URLs too). The mask
@@ -29,7 +29,9 @@ STEPS = ("prior_steps", "decoder_steps", "upsampler_steps")
 GUIDANCE = ("prior_guidance", "decoder_guidance")
 OPENAI_COMMON = ("n", "size", "response_format", "model", "user")
 GENERATION_FIELDS = ("prompt", *OPENAI_COMMON, "seed", *STEPS, *GUIDANCE)
-VARIATION_FIELDS = ("image", *OPENAI_COMMON, "seed", "decoder_steps", "upsampler_steps", "decoder_guidance")
+VARIATION_FIELDS = ("image", *OPENAI_COMMON, "seed", "decoder_steps", "upsampler_steps", "decoder_guidance", "latent",
+                    "eta")
+LATENTS = ("inverted", "noise")  # a variation's starting latent (dalle2_fast.manipulations.LATENTS)
 EDIT_FIELDS = ("image", "mask", "prompt", *OPENAI_COMMON, "seed", *STEPS, *GUIDANCE, "jumps")
 # OpenAI fields this server does not implement: refused with that reason rather than "unknown"
 UNSUPPORTED = ("quality", "style", "background", "moderation", "output_compression", "output_format",
@@ -186,6 +188,16 @@ def parse_variation(fields: dict, image: bytes | None, cfg: ServeConfig, size: i
     if image is None:
         raise _bad("image", "missing; upload the image to vary as the multipart file field 'image'")
     req = _common(fields, cfg, size, "variation", form=True)
+    latent = fields.get("latent", "inverted")
+    if latent not in LATENTS:
+        raise _bad("latent", f"expected one of {', '.join(LATENTS)} (inverted: decode from the image's DDIM-inverted "
+                             f"latent, the default; noise: from fresh seeded noise), got {latent!r}"[:300])
+    req.overrides["latent"] = latent
+    if fields.get("eta") is not None:
+        if latent != "inverted":
+            raise _bad("eta", "only with latent=inverted (the DDIM noise added to the inverted latent's decode); "
+                              "latent=noise decodes with the pipeline's own sampler")
+        req.overrides["eta"] = _number("eta", fields["eta"], 0.0, 1000.0, form=True)
     req.image = decode_image(image)
     return req
 
@@ -326,4 +338,4 @@ def parse_edit(fields: dict, image: bytes | None, mask: bytes | None, cfg: Serve
 
 
 __all__ = ["ApiError", "ImageRequest", "parse_generation", "parse_variation", "parse_edit", "decode_image", "decode_b64",
-           "decode_edit", "GENERATION_FIELDS", "VARIATION_FIELDS", "EDIT_FIELDS"]
+           "decode_edit", "GENERATION_FIELDS", "VARIATION_FIELDS", "EDIT_FIELDS", "LATENTS"]

@@ -1,7 +1,8 @@
 """The ASGI app (Starlette): OpenAI's Images API, health and metrics, and the web page.
 
     POST /v1/images/generations   {"prompt", "n", "size", "response_format", ...} -> {"created", "data": [...]}
-    POST /v1/images/variations    multipart: image (file), n, size, response_format, seed, ...
+    POST /v1/images/variations    multipart: image (file), n, size, response_format, seed, ..., latent, eta ->
+                                  decoded from the image's DDIM-inverted latent (latent=noise: fresh noise)
     POST /v1/images/edits         image (+ mask: transparent or white = fill), prompt, n, ... (multipart, or JSON
                                   with base64 files) -> the image kept outside the mask, the hole drawn from
                                   the prompt (UnCLIPPipeline.inpaint's RePaint), batched like the rest

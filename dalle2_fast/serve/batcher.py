@@ -43,6 +43,7 @@ class Ticket:
     remaining: int = 0
     cancelled: bool = False
     embed: object = None  # a variation's z_i, computed once by the worker
+    latent: object = None  # a variation's inverted x_T (latent='inverted'), computed once by the worker
 
     @property
     def key(self) -> tuple:
@@ -193,10 +194,14 @@ class Batcher:
         if kind == "unchanged":  # an edit with nothing to fill: the input, as the pipeline answers it
             return [t.request.image for t, _ in batch]
 
-        for t, _ in batch:
+        inverted = settings.get("latent") == "inverted"
+        for t, _ in batch:  # per request, alone: the same z_i and x_T whatever the batch
             if t.embed is None:
                 t.embed = self.engine.image_embed(t.request.image)
-        return self.engine.variations(torch.stack([t.embed for t, _ in batch]), seeds, settings)
+            if inverted and t.latent is None:
+                t.latent = self.engine.invert(t.request.image, t.embed, settings)
+        latents = torch.stack([t.latent for t, _ in batch]) if inverted else None
+        return self.engine.variations(torch.stack([t.embed for t, _ in batch]), seeds, settings, latents)
 
 
 __all__ = ["Batcher", "Ticket", "QueueFull", "BatchFailed"]

@@ -19,12 +19,13 @@ import torch
 from dalle2_fast.seeding import check_seed
 
 GENERATION_SETTINGS = ("prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance", "decoder_guidance")
-VARIATION_SETTINGS = ("decoder_steps", "upsampler_steps", "decoder_guidance")
+VARIATION_SETTINGS = ("decoder_steps", "upsampler_steps", "decoder_guidance", "latent", "eta")
+VARIATION_ETA = 1.0  # the pipeline's default (UnCLIPPipeline.variations)
 EDIT_SETTINGS = (*GENERATION_SETTINGS, "jumps", "image_mix", "mask_reduce", "harmonize")
 
 
 class Engine:
-    """``generate(prompts, seeds, settings)``, ``variations(embeds, seeds, settings)`` and
+    """``generate(prompts, seeds, settings)``, ``variations(embeds, seeds, settings, latents)`` and
     ``edit(prompts, images, fills, seeds, settings)`` -> images (3, H, W) in [-1, 1], each batch
     run at ``batch_shape`` images when that is set."""
 
@@ -39,13 +40,21 @@ class Engine:
 
     def settings(self, kind: str, overrides: dict) -> dict:
         """Every option a request's images use (the pipeline's defaults for what it leaves out)."""
+        if kind == "variation":  # latent / eta: the pipeline's variations defaults; no eta for fresh noise
+            overrides = dict(overrides)
+            latent, eta = overrides.pop("latent", "inverted"), overrides.pop("eta", VARIATION_ETA)
+            if latent == "inverted" and not callable(getattr(getattr(self.pipe, "decoder", None), "invert", None)):
+                raise ValueError("latent: this server's decoder cannot invert images; send latent=noise")
+            s = self.pipe.settings(**overrides)
+            return {**{k: s[k] for k in VARIATION_SETTINGS[:3]}, "latent": latent,
+                    **({"eta": eta} if latent == "inverted" else {})}
         s = self.pipe.settings(**overrides)
         if kind in ("edit", "unchanged"):  # the pipeline's inpainting defaults (jumps overridable)
             from dalle2_fast.inpainting import EDIT_DEFAULTS
 
             s.update(EDIT_DEFAULTS, **{k: overrides[k] for k in ("jumps",) if k in overrides})
             return {k: s[k] for k in EDIT_SETTINGS}
-        return {k: s[k] for k in (GENERATION_SETTINGS if kind == "generation" else VARIATION_SETTINGS)}
+        return {k: s[k] for k in GENERATION_SETTINGS}
 
     def _pad(self, n: int) -> int:
         if self.batch_shape is None:
@@ -70,21 +79,45 @@ class Engine:
 
     @torch.no_grad()
     def image_embed(self, image: torch.Tensor) -> torch.Tensor:
-        """z_i (D,) of one image (3, H, W) in [-1, 1], always encoded alone (batch 1)."""
+        """z_i (D,) of one image (3, H, W) in [-1, 1], always encoded alone (batch 1), as the
+        pipeline's variations encode it (unnormalised for a decoder that reads it so)."""
+        embed = getattr(self.pipe, "_image_embed", None)
         with self.lock:
+            if embed is not None:
+                return embed(image[None])[0]
             return self.pipe.clip.encode_image(image[None].to(self.pipe.device))[0]
 
     @torch.no_grad()
-    def variations(self, embeds: torch.Tensor, seeds: Sequence[int], settings: dict) -> torch.Tensor:
-        """Images that keep the CLIP content ``embeds`` (B, D), decoded with new noise (the
-        paper's variations: ``UnCLIPPipeline.variations``)."""
+    def invert(self, image: torch.Tensor, embed: torch.Tensor, settings: dict) -> torch.Tensor:
+        """x_T (3, s, s): the DDIM inversion of one image (3, H, W) under its z_i ``embed`` (D,),
+        always computed alone (batch 1: the same floats whatever the company), with the steps and
+        guidance the decode uses (:func:`dalle2_fast.manipulations.invert_images`)."""
+        from dalle2_fast.manipulations import invert_images
+
+        kw = {k: settings[k] for k in ("decoder_steps", "decoder_guidance")}
+        with self.lock:
+            return invert_images(self.pipe, image[None], embed[None], kw)[0]
+
+    @torch.no_grad()
+    def variations(self, embeds: torch.Tensor, seeds: Sequence[int], settings: dict,
+                   latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Images that keep the CLIP content ``embeds`` (B, D) (the paper's variations:
+        ``UnCLIPPipeline.variations``): decoded from ``latents`` (B, 3, s, s), the inputs' inverted
+        x_T, with DDIM at ``settings['eta']`` when ``settings['latent']`` is 'inverted', else from new noise."""
         n = len(seeds)
         pad = self._pad(n)
         z = torch.cat([embeds, embeds[-1:].expand(pad, -1)]) if pad else embeds
         seeds = list(seeds) + [seeds[-1]] * pad
+        extra = {}
+        if settings.get("latent", "noise") == "inverted":
+            if latents is None or len(latents) != n:
+                raise ValueError(f"Engine.variations: latent='inverted' needs one inverted latent per image ({n}), got "
+                                 f"{None if latents is None else len(latents)}")
+            x_T = torch.cat([latents, latents[-1:].expand(pad, -1, -1, -1)]) if pad else latents
+            extra = {"x_T": x_T.to(self.pipe.device), "decoder_eta": settings["eta"]}
         with self.lock:
             x = self.pipe.decode_embeddings(z, None, seeds, settings["decoder_steps"], settings["upsampler_steps"],
-                                            settings["decoder_guidance"])
+                                            settings["decoder_guidance"], **extra)
         return x[:n]
 
 

@@ -1,6 +1,9 @@
 """The web page in a real browser: headless Chromium (Debian's chromium + chromium-driver, driven
 by selenium) types a prompt, presses Generate, sees the images with their download links, then
-asks for variations of one with a click. Skips with the reason when the browser is absent.
+asks for variations of one with a click, then edits another: its Edit button loads it into the
+edit form, a box dragged on it marks the hole, a prompt and the Edit button send it to
+/v1/images/edits. Skips with the reason when the browser is absent (test_page.py checks the page
+without one).
 
 ``DALLE2_FAST_SCREENSHOT=docs/serve.png`` also saves the page (how docs/serve.png was made, there
 with the shipped pipeline: ``python -m tests.serve.test_browser``)."""
@@ -19,9 +22,10 @@ pytestmark = pytest.mark.skipif(bool(missing), reason=f"needs Debian's chromium 
 
 
 def drive(url: str, prompt: str = "a red circle above a blue square", n: int = 4, seed: int = 7,
-          screenshot: str | None = None, timeout: float = 180) -> dict:
+          screenshot: str | None = None, timeout: float = 180, edit_prompt: str = "a green triangle") -> dict:
     """Use the page as a person would; returns what it showed."""
     from selenium import webdriver
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -51,17 +55,27 @@ def drive(url: str, prompt: str = "a red circle above a blue square", n: int = 4
         hrefs = [a.get_attribute("href") for a in links]
         driver.find_elements(By.CSS_SELECTOR, "#results button.vary")[0].click()  # variations of the first
         wait.until(lambda d: d.execute_script(js_images_ready) == [n, n])
+        # edit the generation's first image (the oldest run is the last): a box dragged over its centre
+        driver.find_elements(By.CSS_SELECTOR, "#results .run:last-child button.edit")[0].click()
+        wait.until(lambda d: d.find_element(By.ID, "edit").is_enabled())
+        view = driver.find_element(By.ID, "edit-view")
+        ActionChains(driver).move_to_element_with_offset(view, -40, -30).click_and_hold().move_by_offset(70, 50) \
+            .release().perform()
+        hole = driver.execute_script("return [edit.side, edit.hole.reduce((a, b) => a + b, 0)]")
+        driver.find_element(By.ID, "edit-prompt").send_keys(edit_prompt)
+        driver.find_element(By.ID, "edit").click()
+        wait.until(lambda d: d.execute_script(js_images_ready) == [n, n, n])
         titles = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "#results .run h2")]
         error = driver.find_element(By.ID, "error").text
         if screenshot:
             Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(screenshot)
-        return {"status": status, "names": names, "hrefs": hrefs, "titles": titles, "error": error}
+        return {"status": status, "names": names, "hrefs": hrefs, "titles": titles, "error": error, "hole": hole}
     finally:
         driver.quit()
 
 
-def test_the_page_generates_and_varies_in_a_real_browser(tiny_pipe, tmp_path):
+def test_the_page_generates_varies_and_edits_in_a_real_browser(tiny_pipe, tmp_path):
     pytest.importorskip("selenium", reason="the browser test drives Chromium with selenium")
     from dalle2_fast.serve import ServeConfig
     from dalle2_fast.serve.server import BackgroundServer
@@ -74,8 +88,11 @@ def test_the_page_generates_and_varies_in_a_real_browser(tiny_pipe, tmp_path):
     assert seen["status"].startswith("Generating")  # the progress line ran
     assert seen["names"] == [f"dalle2-fast-seed-{s}.png" for s in (7, 8, 9)]
     assert all(href.startswith("blob:") for href in seen["hrefs"])
-    assert seen["titles"] == ["Variations of seed 7", "a red circle above a blue square"]  # newest first
-    assert h["requests"]["ok"] == 2 and h["images"] == 6
+    assert seen["titles"] == ["Edit: a green triangle", "Variations of seed 7",
+                              "a red circle above a blue square"]  # newest first
+    side, filled = seen["hole"]  # the dragged box: part of the image, not all of it
+    assert side == 32 and 0 < filled < side * side
+    assert h["requests"]["ok"] == 3 and h["images"] == 9
     assert Path(shot).stat().st_size > 10_000
 
 
