@@ -72,7 +72,7 @@ def run(args) -> int:
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"serve: listening on {cfg.host}, reachable from other machines; there is no authentication")
     print(f"serving {args.pipeline or 'the shipped pipeline'} at http://{cfg.host}:{cfg.port}/ "
-          f"(API: /v1/images/generations, /v1/images/variations; health: /health)", flush=True)
+          f"(API: /v1/images/generations, /v1/images/variations, /v1/images/edits; health: /health)", flush=True)
     serve(pipe, cfg, args.log_level)
     return 0
 
