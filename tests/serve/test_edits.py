@@ -6,7 +6,6 @@ exactly; requests share batches; every bad upload is a 400 naming its field."""
 import base64
 import io
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from PIL import Image
 
 from dalle2_fast.serve import ServeConfig, create_app
 from dalle2_fast.serve.client import multipart
+from tests.serve._concurrent import run_concurrently
 
 testclient = pytest.importorskip("starlette.testclient", reason="the ASGI test client needs httpx")
 
@@ -112,17 +112,11 @@ def test_edits_share_a_batch_and_give_the_bytes_they_give_alone(client):
     alone_b = _pngs(_post(client, _png(img_b), _white(hole_b), prompt="a red square", n=2, seed=7,
                           response_format="b64_json"))
     before = client.get("/health").json()["batches"]
-    out = {}
+    def go(img, hole, **kw):
+        return lambda: _pngs(_post(client, _png(img), _white(hole), response_format="b64_json", **kw))
 
-    def go(key, img, hole, **kw):
-        out[key] = _pngs(_post(client, _png(img), _white(hole), response_format="b64_json", **kw))
-
-    threads = [threading.Thread(target=go, args=("a", img_a, hole_a), kwargs=dict(prompt="a blue star", n=1, seed=5)),
-               threading.Thread(target=go, args=("b", img_b, hole_b), kwargs=dict(prompt="a red square", n=2, seed=7))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    out = run_concurrently({"a": go(img_a, hole_a, prompt="a blue star", n=1, seed=5),
+                            "b": go(img_b, hole_b, prompt="a red square", n=2, seed=7)})
     assert out["a"] == alone_a and out["b"] == alone_b
     assert client.get("/health").json()["batches"] - before == 1  # three images of two requests, one pass
 

@@ -6,7 +6,6 @@ alone) keeps concurrent requests batched and their bytes what they are alone, an
 import base64
 import io
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from PIL import Image
 
 from dalle2_fast.serve import ServeConfig, create_app
 from dalle2_fast.serve.client import multipart
+from tests.serve._concurrent import run_concurrently
 
 testclient = pytest.importorskip("starlette.testclient", reason="the ASGI test client needs httpx")
 
@@ -99,17 +99,10 @@ def test_variations_share_a_batch_and_give_the_bytes_they_give_alone(client):
     alone_a = _pngs(_post(client, a, n=1, seed=5, response_format="b64_json"))
     alone_b = _pngs(_post(client, b, n=2, seed=7, response_format="b64_json"))
     before = client.get("/health").json()["batches"]
-    out = {}
+    def go(image, **kw):
+        return lambda: _pngs(_post(client, image, response_format="b64_json", **kw))
 
-    def go(key, image, **kw):
-        out[key] = _pngs(_post(client, image, response_format="b64_json", **kw))
-
-    threads = [threading.Thread(target=go, args=("a", a), kwargs=dict(n=1, seed=5)),
-               threading.Thread(target=go, args=("b", b), kwargs=dict(n=2, seed=7))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    out = run_concurrently({"a": go(a, n=1, seed=5), "b": go(b, n=2, seed=7)})
     assert out["a"] == alone_a and out["b"] == alone_b
     assert client.get("/health").json()["batches"] - before == 1  # three images of two requests, one pass
     assert len({*alone_a, *alone_b}) == 3
