@@ -134,7 +134,10 @@ def prior_matched_case(quick: bool) -> Case:
                 flops=prior_flops(w, m["depth"], L + 1, 3, steps, b), warmup=0)
 
 
-def prior_karlo_case(quick: bool) -> Case:
+def karlo_setup(quick: bool) -> SimpleNamespace:
+    """The ``prior-karlo-reduced`` case's pieces: ``ours`` (the imported prior), ``run(cache,
+    model=ours)`` (our sampling call; ``model``: another prior of the same configuration, e.g. a
+    compiled copy), ``diffusers_loop`` (the peer's), ``params``, ``batch``."""
     from diffusers import PriorTransformer, UnCLIPScheduler
 
     from dalle2_fast.bench.karlo_reference import SIZES, _randomize
@@ -169,13 +172,18 @@ def prior_karlo_case(quick: bool) -> Case:
                            prev_timestep=None if i + 1 == len(ts) else ts[i + 1]).prev_sample
         return ref.post_process_latents(x)
 
-    run = lambda cache: ours.sample(text, seeds, steps=steps, guidance=g, n_candidates=1,  # noqa: E731
-                                    null_text=null, prefix_cache=cache)
-    variants = [Variant("ours-prefix-cache", lambda: run(True)), Variant("ours-uncached", lambda: run(False)),
-                Variant("diffusers", torch.no_grad()(diffusers_loop), "peer")]
-    return Case(FAMILY, "prior-karlo-reduced" + ("-quick" if quick else ""),
-                dict(clip_dim=D, layers=s["prior_layers"], heads=s["prior_heads"], steps=steps, guidance=g, images=b),
-                variants, "diffusers", items=b)
+    run = lambda cache, model=ours: model.sample(text, seeds, steps=steps, guidance=g,  # noqa: E731
+                                                 n_candidates=1, null_text=null, prefix_cache=cache)
+    params = dict(clip_dim=D, layers=s["prior_layers"], heads=s["prior_heads"], steps=steps, guidance=g, images=b)
+    return SimpleNamespace(ours=ours, run=run, diffusers_loop=torch.no_grad()(diffusers_loop), params=params, batch=b)
+
+
+def prior_karlo_case(quick: bool) -> Case:
+    k = karlo_setup(quick)
+    variants = [Variant("ours-prefix-cache", lambda: k.run(True)), Variant("ours-uncached", lambda: k.run(False)),
+                Variant("diffusers", k.diffusers_loop, "peer")]
+    return Case(FAMILY, "prior-karlo-reduced" + ("-quick" if quick else ""), k.params, variants, "diffusers",
+                items=k.batch)
 
 
 def ar_prior_case(quick: bool) -> Case:
