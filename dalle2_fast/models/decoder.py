@@ -205,21 +205,24 @@ class UnCLIPDecoder(Pretrained, nn.Module):
         """The U-Net's context keys/values of (z_i's tokens, the projected caption) at every
         attention block (:meth:`UNet.context_cache <dalle2_fast.models.unet.UNet.context_cache>`):
         the ``context`` of :meth:`forward` for a whole sampling loop. Batch-1 arguments broadcast."""
+        return self._context(image_embed, text_tokens, text_mask)[0]
+
+    def _context(self, image_embed, text_tokens, text_mask):
+        """(:meth:`context_cache`, the text transformer's final-token term or None), from one pass
+        of the caption through :meth:`caption`."""
         n = max(v.shape[0] for v in (image_embed, text_tokens, text_mask))
         grow = lambda v: v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v  # noqa: E731
-        ctx, _ = self.caption(grow(text_tokens), grow(text_mask))
-        return self.unet.context_cache(grow(image_embed), ctx, ~grow(text_mask).to(torch.bool))
+        ctx, fin = self.caption(grow(text_tokens), grow(text_mask))
+        return self.unet.context_cache(grow(image_embed), ctx, ~grow(text_mask).to(torch.bool)), fin
 
     def _cached_kwargs(self, kw: dict, fill: dict | None = None) -> dict:
         """Sampling kwargs with the caption replaced by its context cache; ``fill``: kwargs to take
         what kw lacks from (the conditional rows', for an unconditional branch)."""
         src = {**(fill or {}), **kw}
         out = {k: v for k, v in kw.items() if k not in ("text_tokens", "text_mask")}
-        out["context"] = self.context_cache(src["image_embed"], src["text_tokens"], src["text_mask"])
-        if self.text_xf is not None:  # the final-token term, computed once beside the cache
-            tok, mask = src["text_tokens"], src["text_mask"]
-            n = max(tok.shape[0], mask.shape[0])
-            out["caption_emb"] = self.text_xf(tok.expand(n, *tok.shape[1:]), mask.expand(n, -1))[1]
+        out["context"], fin = self._context(src["image_embed"], src["text_tokens"], src["text_mask"])
+        if fin is not None:  # the text transformer's final-token term, cached beside the context
+            out["caption_emb"] = fin
         return out
 
     @property
