@@ -232,8 +232,9 @@ def mix_embeddings(z: torch.Tensor, z_ctx: torch.Tensor, t: float) -> torch.Tens
 
 
 def run_inpaint(pipe, image, fill, prompt: str, n: int, seed: int, method: str, jumps, batch_size: int,
-                opts: dict, progress: bool, image_mix: float = 0.0, mask_reduce: str = "area",
-                harmonize_pass: bool = True) -> torch.Tensor:
+                opts: dict, progress: bool, image_mix: float = EDIT_DEFAULTS["image_mix"],
+                mask_reduce: str = EDIT_DEFAULTS["mask_reduce"],
+                harmonize_pass: bool = EDIT_DEFAULTS["harmonize"]) -> torch.Tensor:
     """The body of ``UnCLIPPipeline.inpaint`` (arguments checked here, before any work):
     (n, 3, S, S) in [0, 1]."""
     from dalle2_fast.pipeline import to_unit_range
@@ -273,9 +274,10 @@ def run_inpaint(pipe, image, fill, prompt: str, n: int, seed: int, method: str, 
     return to_unit_range(torch.cat(out))
 
 
-def edit_batch(pipe, images: torch.Tensor, fills: torch.Tensor, prompts, seeds, opts: dict, jumps=(5, 5),
-               method: str = "repaint", image_mix: float = 0.0, mask_reduce: str = "area",
-               harmonize_pass: bool = True, progress: bool = False) -> torch.Tensor:
+def edit_batch(pipe, images: torch.Tensor, fills: torch.Tensor, prompts, seeds, opts: dict,
+               jumps=EDIT_DEFAULTS["jumps"], method: str = "repaint", image_mix: float = EDIT_DEFAULTS["image_mix"],
+               mask_reduce: str = EDIT_DEFAULTS["mask_reduce"], harmonize_pass: bool = EDIT_DEFAULTS["harmonize"],
+               progress: bool = False) -> torch.Tensor:
     """One batch of edits, arguments already checked: ``images`` (B or 1, 3, S, S) in [-1, 1] and
     ``fills`` (B or 1, 1, S, S) of {0, 1} at the pipeline's size S, one prompt and seed per image
     -> (B, 3, S, S) in [-1, 1]. ``image_mix`` > 0: the prior's z_i is slerped that far toward the

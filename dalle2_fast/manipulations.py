@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dalle2_fast.pipeline import inversion_steps, slerp, to_unit_range
+from dalle2_fast.pipeline import VARIATION_ETA, inversion_steps, slerp, to_unit_range
 from dalle2_fast.seeding import check_seed, sample_seeds
 
 LATENTS = ("inverted", "noise")
@@ -78,7 +78,7 @@ def _check_eta(name: str, eta) -> float:
 
 
 @torch.no_grad()
-def variations(pipe, image: torch.Tensor, n: int, seed: int, latent: str = "inverted", eta: float = 1.0,
+def variations(pipe, image: torch.Tensor, n: int, seed: int, latent: str = "inverted", eta: float = VARIATION_ETA,
                **kw) -> torch.Tensor:
     """(n, 3, H, W) in [0, 1]: image k decoded from z_i of ``image`` with seed + k (module docstring)."""
     x = pipe._check_image("image", image)

@@ -37,6 +37,7 @@ from typing import Iterator, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
+from dalle2_fast.inpainting import EDIT_DEFAULTS
 from dalle2_fast.models.clip import ClipAdapter, TextEncoding
 from dalle2_fast.seeding import check_seed, sample_seeds, stage_seeds
 
@@ -72,6 +73,7 @@ DEFAULTS = dict(prior_steps=64, decoder_steps=50, upsampler_steps=10, prior_guid
 OPTIONS = dict(decoder_image_guidance=None, decoder_text_guidance=None, decoder_sampler=None, upsampler_sampler=None,
                decoder_eta=None)
 SAMPLER_CHOICES = ("ddpm", "ddim", "dpmpp")
+VARIATION_ETA = 1.0  # variations' DDIM eta from the inverted latent (dalle2_fast.manipulations)
 
 
 def shipped_weights_dir() -> Path | None:
@@ -412,7 +414,7 @@ class UnCLIPPipeline:
         mask_reduce]) at the final size — 'repaint': every stage keeps the image outside the mask, the decoder resampling
         with ``jumps``; 'conditioned': the mask-conditioned decoder (:attr:`inpaint_decoder`) is
         given the known pixels and mask, nothing is blended (:mod:`dalle2_fast.inpainting`)."""
-        from dalle2_fast.inpainting import EDIT_DEFAULTS, stage_known
+        from dalle2_fast.inpainting import stage_known
 
         opts = self.check_options(dict(decoder_image_guidance=decoder_image_guidance,
                                        decoder_text_guidance=decoder_text_guidance, decoder_sampler=decoder_sampler,
@@ -536,7 +538,7 @@ class UnCLIPPipeline:
 
     @torch.no_grad()
     def variations(self, image: torch.Tensor, n: int = 4, seed: int = 0, *, latent: str = "inverted",
-                   eta: float = 1.0, **kw) -> torch.Tensor:
+                   eta: float = VARIATION_ETA, **kw) -> torch.Tensor:
         """``n`` images (n, 3, H, W) in [0, 1] that keep the CLIP content of ``image`` (3, H, W) in
         [-1, 1] (image k from seed + k): decoded from the DDIM-inverted latent of the image with
         DDIM at ``eta`` (0 reconstructs it; the paper's variations use eta > 0), or from fresh
@@ -570,9 +572,10 @@ class UnCLIPPipeline:
     # ---- edits (dalle2_fast/inpainting.py) ---------------------------------------------------------
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor, prompt: str, n: int = 4, seed: int = 0, *,
-                method: str = "repaint", jumps: tuple[int, int] | None = (5, 5), batch_size: int = 16,
-                progress: bool = False, image_mix: float = 0.0, mask_reduce: str = "area",
-                harmonize: bool = True, **opts) -> torch.Tensor:
+                method: str = "repaint", jumps: tuple[int, int] | None = EDIT_DEFAULTS["jumps"], batch_size: int = 16,
+                progress: bool = False, image_mix: float = EDIT_DEFAULTS["image_mix"],
+                mask_reduce: str = EDIT_DEFAULTS["mask_reduce"], harmonize: bool = EDIT_DEFAULTS["harmonize"],
+                **opts) -> torch.Tensor:
         """``n`` images (n, 3, S, S) in [0, 1] that keep ``image`` (3, H, W) in [-1, 1] where ``mask``
         (H, W) is 0 and fill it from ``prompt`` where it is 1 (image k from seed + k). ``method``
         'repaint': training-free, the known pixels blended into every fused sampling step of every

@@ -20,8 +20,12 @@ from dalle2_fast.seeding import check_seed
 
 GENERATION_SETTINGS = ("prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance", "decoder_guidance")
 VARIATION_SETTINGS = ("decoder_steps", "upsampler_steps", "decoder_guidance", "latent", "eta")
-VARIATION_ETA = 1.0  # the pipeline's default (UnCLIPPipeline.variations)
 EDIT_SETTINGS = (*GENERATION_SETTINGS, "jumps", "image_mix", "mask_reduce", "harmonize")
+
+
+def _pad_rows(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``x`` (B, ...) with its last row repeated ``pad`` more times (a fixed batch shape)."""
+    return torch.cat([x, x[-1:].expand(pad, *x.shape[1:])]) if pad else x
 
 
 class Engine:
@@ -41,6 +45,8 @@ class Engine:
     def settings(self, kind: str, overrides: dict) -> dict:
         """Every option a request's images use (the pipeline's defaults for what it leaves out)."""
         if kind == "variation":  # latent / eta: the pipeline's variations defaults; no eta for fresh noise
+            from dalle2_fast.pipeline import VARIATION_ETA
+
             overrides = dict(overrides)
             latent, eta = overrides.pop("latent", "inverted"), overrides.pop("eta", VARIATION_ETA)
             if latent == "inverted" and not callable(getattr(getattr(self.pipe, "decoder", None), "invert", None)):
@@ -106,20 +112,18 @@ class Engine:
         x_T, with DDIM at ``settings['eta']`` when ``settings['latent']`` is 'inverted', else from new noise."""
         n = len(seeds)
         pad = self._pad(n)
-        z = torch.cat([embeds, embeds[-1:].expand(pad, -1)]) if pad else embeds
+        z = _pad_rows(embeds, pad)
         seeds = list(seeds) + [seeds[-1]] * pad
         extra = {}
         if settings.get("latent", "noise") == "inverted":
             if latents is None or len(latents) != n:
                 raise ValueError(f"Engine.variations: latent='inverted' needs one inverted latent per image ({n}), got "
                                  f"{None if latents is None else len(latents)}")
-            x_T = torch.cat([latents, latents[-1:].expand(pad, -1, -1, -1)]) if pad else latents
-            extra = {"x_T": x_T.to(self.pipe.device), "decoder_eta": settings["eta"]}
+            extra = {"x_T": _pad_rows(latents, pad).to(self.pipe.device), "decoder_eta": settings["eta"]}
         with self.lock:
             x = self.pipe.decode_embeddings(z, None, seeds, settings["decoder_steps"], settings["upsampler_steps"],
                                             settings["decoder_guidance"], **extra)
         return x[:n]
-
 
     @torch.no_grad()
     def edit(self, prompts: Sequence[str], images: torch.Tensor, fills: torch.Tensor, seeds: Sequence[int],
@@ -132,10 +136,8 @@ class Engine:
         for s in seeds:
             check_seed(s)
         pad = self._pad(n)
-        if pad:
-            prompts, seeds = list(prompts) + [prompts[-1]] * pad, list(seeds) + [seeds[-1]] * pad
-            images = torch.cat([images, images[-1:].expand(pad, -1, -1, -1)])
-            fills = torch.cat([fills, fills[-1:].expand(pad, -1, -1, -1)])
+        prompts, seeds = list(prompts) + [prompts[-1]] * pad, list(seeds) + [seeds[-1]] * pad
+        images, fills = _pad_rows(images, pad), _pad_rows(fills, pad)
         dev = self.pipe.device
         with self.lock:
             x = edit_batch(self.pipe, images.to(dev), fills.to(dev), list(prompts), list(seeds), settings,
