@@ -32,6 +32,7 @@ FORBIDDEN = {
                    "data", "eval", "bench"},
     "pipeline": {"generate", "recipes", "train", "cli", "jobs", "serve", "bench"},
     "inpainting": {"generate", "recipes", "train", "cli", "jobs", "serve", "bench"},  # the pipeline's edits
+    "manipulations": {"generate", "recipes", "train", "cli", "jobs", "serve", "bench"},  # the pipeline's CLIP-latent edits
     "generate": {"recipes", "train", "cli", "jobs", "serve", "bench"},
     "train": {"pipeline", "generate", "recipes", "cli", "jobs", "serve", "bench"},
     "recipes": {"cli", "jobs", "serve", "bench"},
