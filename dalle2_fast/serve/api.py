@@ -31,7 +31,6 @@ OPENAI_COMMON = ("n", "size", "response_format", "model", "user")
 GENERATION_FIELDS = ("prompt", *OPENAI_COMMON, "seed", *STEPS, *GUIDANCE)
 VARIATION_FIELDS = ("image", *OPENAI_COMMON, "seed", "decoder_steps", "upsampler_steps", "decoder_guidance", "latent",
                     "eta")
-LATENTS = ("inverted", "noise")  # a variation's starting latent (dalle2_fast.manipulations.LATENTS)
 EDIT_FIELDS = ("image", "mask", "prompt", *OPENAI_COMMON, "seed", *STEPS, *GUIDANCE, "jumps")
 # OpenAI fields this server does not implement: refused with that reason rather than "unknown"
 UNSUPPORTED = ("quality", "style", "background", "moderation", "output_compression", "output_format",
@@ -178,7 +177,13 @@ def decode_image(data: bytes, param: str = "image", max_side: int = 512) -> torc
         raise _bad(param, f"not an image this server can read ({e})"[:300]) from None
     if max(im.size) > max_side:
         im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.height, im.width, 3)
+    return _rgb_tensor(im)
+
+
+def _rgb_tensor(im) -> torch.Tensor:
+    """A PIL image -> (3, H, W) in [-1, 1] (its RGB channels)."""
+    rgb = im.convert("RGB")
+    x = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
     return x.permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
@@ -188,6 +193,8 @@ def parse_variation(fields: dict, image: bytes | None, cfg: ServeConfig, size: i
     if image is None:
         raise _bad("image", "missing; upload the image to vary as the multipart file field 'image'")
     req = _common(fields, cfg, size, "variation", form=True)
+    from dalle2_fast.manipulations import LATENTS  # a variation's starting latent
+
     latent = fields.get("latent", "inverted")
     if latent not in LATENTS:
         raise _bad("latent", f"expected one of {', '.join(LATENTS)} (inverted: decode from the image's DDIM-inverted "
@@ -272,10 +279,7 @@ def decode_edit(image: bytes, mask: bytes | None, size: int) -> tuple[torch.Tens
                 raise _bad("mask", "expected a greyscale mask (white = fill, black = keep) or one with transparency "
                                    "(transparent = fill), got a coloured RGB image")
             fill = _binary(r, "mask", "grey levels", 255)
-    rgb = im.convert("RGB")
-    x = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(im.height, im.width, 3)
-    x = x.permute(2, 0, 1).float().div(127.5).sub(1.0)
-    x, m = resize_pair(x[None], fill[None, None], size)
+    x, m = resize_pair(_rgb_tensor(im)[None], fill[None, None], size)
     return x[0], m[0]
 
 
@@ -338,4 +342,4 @@ def parse_edit(fields: dict, image: bytes | None, mask: bytes | None, cfg: Serve
 
 
 __all__ = ["ApiError", "ImageRequest", "parse_generation", "parse_variation", "parse_edit", "decode_image", "decode_b64",
-           "decode_edit", "GENERATION_FIELDS", "VARIATION_FIELDS", "EDIT_FIELDS", "LATENTS"]
+           "decode_edit", "GENERATION_FIELDS", "VARIATION_FIELDS", "EDIT_FIELDS"]
