@@ -225,10 +225,9 @@ def check_image_mix(v) -> float:
 def mix_embeddings(z: torch.Tensor, z_ctx: torch.Tensor, t: float) -> torch.Tensor:
     """slerp(z, z_ctx, t) along the unit sphere, with the norm interpolated linearly (so
     unnormalised embeddings keep their scale; unit ones stay unit)."""
-    from dalle2_fast.pipeline import slerp
+    from dalle2_fast.pipeline import slerp_with_norms
 
-    nz, nc = z.norm(dim=-1, keepdim=True), z_ctx.norm(dim=-1, keepdim=True)
-    return slerp(z / nz, (z_ctx / nc).expand_as(z), t) * ((1 - t) * nz + t * nc)
+    return slerp_with_norms(z, z_ctx.expand_as(z), t)
 
 
 def run_inpaint(pipe, image, fill, prompt: str, n: int, seed: int, method: str, jumps, batch_size: int,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dalle2_fast.pipeline import VARIATION_ETA, inversion_steps, slerp, to_unit_range
+from dalle2_fast.pipeline import VARIATION_ETA, inversion_steps, slerp, slerp_with_norms, to_unit_range
 from dalle2_fast.seeding import check_seed, sample_seeds
 
 LATENTS = ("inverted", "noise")
@@ -104,9 +104,8 @@ def interpolate(pipe, image_a: torch.Tensor, image_b: torch.Tensor, n: int, seed
     xa, xb = pipe._check_image("image_a", image_a), pipe._check_image("image_b", image_b)
     za, zb = pipe._image_embed(xa), pipe._image_embed(xb)
     t = torch.linspace(0, 1, n, device=za.device)[:, None]
-    z = slerp(za, zb, t)
-    if pipe._raw():  # unnormalised embeddings: the norm interpolated linearly along the arc
-        z = z * ((1 - t) * za.norm(dim=-1, keepdim=True) + t * zb.norm(dim=-1, keepdim=True))
+    # unnormalised embeddings: the norm interpolated linearly along the arc
+    z = slerp_with_norms(za, zb, t) if pipe._raw() else slerp(za, zb, t)
     x_T = None
     if latent == "inverted":
         lat = invert_images(pipe, torch.cat([xa, xb]), torch.cat([za, zb]), kw)

@@ -92,6 +92,12 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Te
     return F.normalize(torch.where(so.abs() < 1e-4, lin, out), dim=-1)
 
 
+def slerp_with_norms(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """:func:`slerp` of the directions of a, b (..., D) with their norms interpolated linearly, so
+    unnormalised embeddings keep their scale along the arc (unit ones stay unit)."""
+    return slerp(a, b, t) * ((1 - t) * a.norm(dim=-1, keepdim=True) + t * b.norm(dim=-1, keepdim=True))
+
+
 def inversion_steps(steps: int) -> str:
     """The respacing spec that DDIM inversion and the decoding of an inverted latent share: the
     strided DDIM timesteps 0, k, 2k, .. (< T - 1). An even spacing ends at t = T - 1, where the
@@ -618,6 +624,6 @@ def _check_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-__all__ = ["UnCLIPPipeline", "Prior", "Decoder", "Upsampler", "Generated", "slerp", "to_unit_range", "inversion_steps",
+__all__ = ["UnCLIPPipeline", "Prior", "Decoder", "Upsampler", "Generated", "slerp", "slerp_with_norms", "to_unit_range", "inversion_steps",
            "OPTIONS",
            "shipped_weights_dir", "read_manifest", "SHIPPED_DIR", "DEFAULTS"]
