@@ -33,6 +33,7 @@ import torch
 
 from dalle2_fast.data.shapes import COLOUR_NAMES, SHAPES, ShapesDataset
 from dalle2_fast.eval.detector import detect
+from dalle2_fast.eval.metrics import wilson
 
 DATA_SEED = 7000
 # the pipeline's edit defaults (inpainting.EDIT_DEFAULTS), the same without the harmonize pass,
@@ -41,15 +42,6 @@ DEFAULT_SETTINGS = {"defaults": {}, "no_harmonize": {"harmonize": False},
                     "j5_r3_max": {"jumps": (5, 3), "mask_reduce": "max", "harmonize": False}}
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of k successes in n trials."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
 
 
 def inpaint_cases(n: int, size: int) -> list[dict]:

@@ -20,7 +20,6 @@ of images each).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,21 +30,13 @@ import torch
 from dalle2_fast.data.captions import FAMILIES, KINDS, CaptionConfig, holds, plan_scene, word
 from dalle2_fast.data.shapes import Obj, ShapesDataset
 from dalle2_fast.eval.detector import Detection, detect
+from dalle2_fast.eval.metrics import wilson
 
 ROWS = ("single", "two", "relation", "count")
 _ROWS_OF = {"single": ("single",), "relation": ("two", "relation"), "list": ("two",), "count": ("count",)}
 _MAIN_ROW = {"single": "single", "relation": "relation", "list": "two", "count": "count"}
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of k successes in n trials (95% for z = 1.96); (0, 1) for n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
 
 
 @dataclass(frozen=True)
