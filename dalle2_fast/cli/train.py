@@ -18,7 +18,7 @@ from dalle2_fast.cli.checks import (check_count, check_out_dir, check_positive, 
 
 LOOP_OPTS = ("steps", "batch_size", "lr", "resume", "ckpt_every", "keep_last", "eval_size", "sample_n", "ema")
 SUITE_OPTS = ("resolution", "data", "set", "vqvae", "classes", "bpd_n", "sample_steps")
-UNCLIP_OPTS = ("scale", "stages", "upsample_res", "captions", "tokenizer", "decoder_text_layers")
+UNCLIP_OPTS = ("scale", "stages", "upsample_res", "captions", "tokenizer", "decoder_text_layers", "max_objects")
 
 
 def models() -> list[str]:
@@ -73,6 +73,8 @@ def add_parsers(sub) -> None:
     u.add_argument("--decoder-text-layers", type=int, default=None, metavar="N",
                    help="give the decoder GLIDE's text transformer with N layers, trained with it (default 0: "
                         "the caption's CLIP tokens through one projection, as the shipped decoder)")
+    u.add_argument("--max-objects", type=int, default=None, metavar="N",
+                   help="the most objects in a training image (default 2; 3 lets counts of three into training)")
     t.set_defaults(func=run)
 
 
@@ -144,10 +146,12 @@ def _unclip(args, out: str) -> int:
     layers = 0 if args.decoder_text_layers is None else args.decoder_text_layers
     if isinstance(layers, bool) or not isinstance(layers, int) or not 0 <= layers <= 64:
         raise ValueError(f"--decoder-text-layers: expected an int in [0, 64] (0: no text transformer), got {layers!r}")
+    if args.max_objects is not None and (isinstance(args.max_objects, bool) or not 1 <= args.max_objects <= 3):
+        raise ValueError(f"--max-objects: expected an int in [1, 3], got {args.max_objects!r}")
     r = recipe_from_args(args.seed, scale, args.max_minutes,
                          tuple(args.upsample_res) if args.upsample_res is not None else None,
                          captions=args.captions or "legacy", tokenizer=args.tokenizer or "words",
-                         decoder_text_layers=layers)
+                         decoder_text_layers=layers, max_objects=args.max_objects)
     if args.stages is not None:
         bad = [s for s in args.stages if s not in stage_names(r) + list(OPTIONAL_STAGES)]
         if bad:

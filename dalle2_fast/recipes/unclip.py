@@ -526,12 +526,17 @@ def train_unclip(recipe: UnCLIPRecipe, out_dir: str | Path, progress: bool = Tru
 
 def recipe_from_args(seed: int = 0, scale: float = 1.0, max_minutes: float | None = None,
                      upsample_res: tuple[int, ...] | None = None, captions: str = "legacy",
-                     tokenizer: str = "words", decoder_text_layers: int = 0) -> UnCLIPRecipe:
+                     tokenizer: str = "words", decoder_text_layers: int = 0,
+                     max_objects: int | None = None) -> UnCLIPRecipe:
     """The default recipe (with ``captions`` and ``tokenizer``) with every stage's steps multiplied
     by ``scale`` and, given ``max_minutes``, that total wall-clock budget split over the stages (CLIP
     10%, prior 10%, decoder 60%, upsamplers 20%; the optional inpaint stage, trained on its own, the
-    whole budget). ``decoder_text_layers`` > 0 gives the decoder GLIDE's text transformer of that depth."""
+    whole budget). ``decoder_text_layers`` > 0 gives the decoder GLIDE's text transformer of that depth;
+    ``max_objects`` (default the recipe's 2) is the most objects a training image holds (3: counts of
+    three appear in training)."""
     r = UnCLIPRecipe(seed=seed, captions=captions, tokenizer=tokenizer, decoder_text_layers=decoder_text_layers)
+    if max_objects is not None:
+        r = replace(r, max_objects=int(max_objects))
     if upsample_res is not None:
         r = replace(r, upsample_res=tuple(upsample_res))
     shares = {"clip": 0.1, "prior": 0.1, "decoder": 0.6, "upsampler": 0.2 / max(1, len(r.upsample_res))}
