@@ -58,7 +58,8 @@ class UnCLIPRecipe:
     n_train_upsampler: int = 3000               # images rendered at each upsampler's resolution
     base_res: int = 32
     upsample_res: tuple[int, ...] = (64, 128)   # the two upsamplers (the paper: 64 -> 256 -> 1024)
-    max_objects: int = 2
+    max_objects: int = 2                        # the most objects in a CLIP/prior/decoder training image
+    upsampler_max_objects: int = 2              # ... in an upsampler's (local detail; 2: the shipped upsamplers)
     clip: Stage = field(default_factory=lambda: Stage(1500, 128, 1e-3))
     prior: Stage = field(default_factory=lambda: Stage(3000, 128, 3e-4, ema=0.999))
     decoder: Stage = field(default_factory=lambda: Stage(5000, 32, 8e-4, ema=0.999))
@@ -119,7 +120,7 @@ def stage_key(r: UnCLIPRecipe, name: str) -> dict:
     d = json.loads(json.dumps(dataclasses.asdict(r)))
     if name.startswith("upsampler"):
         k = int(name[len("upsampler"):])
-        return {"seed": r.seed, "n_train_upsampler": r.n_train_upsampler, "max_objects": r.max_objects,
+        return {"seed": r.seed, "n_train_upsampler": r.n_train_upsampler, "max_objects": r.upsampler_max_objects,
                 "res": [r.base_res, *r.upsample_res[:k]], "upsampler": d["upsampler"],
                 "upsampler_channels": r.upsampler_channels, "upsampler_residual": r.upsampler_residual,
                 "upsampler_pred": r.upsampler_pred, "upsampler_blur_sigma": d["upsampler_blur_sigma"]}
@@ -304,7 +305,7 @@ class UpsamplerStage(LossTask):
         return recipe_schedule(step, steps)
 
     def datasets(self, cfg):
-        items = render(self.r.seed, self.r.n_train_upsampler, self.high, self.r.max_objects)
+        items = render(self.r.seed, self.r.n_train_upsampler, self.high, self.r.upsampler_max_objects)
         self.held = items["image"][:16]
         return InMemoryData({"image": items["image"]}, seed=cfg.seed), None
 
@@ -532,8 +533,9 @@ def recipe_from_args(seed: int = 0, scale: float = 1.0, max_minutes: float | Non
     by ``scale`` and, given ``max_minutes``, that total wall-clock budget split over the stages (CLIP
     10%, prior 10%, decoder 60%, upsamplers 20%; the optional inpaint stage, trained on its own, the
     whole budget). ``decoder_text_layers`` > 0 gives the decoder GLIDE's text transformer of that depth;
-    ``max_objects`` (default the recipe's 2) is the most objects a training image holds (3: counts of
-    three appear in training)."""
+    ``max_objects`` (default the recipe's 2) is the most objects a CLIP, prior and decoder training
+    image holds (3: counts of three appear in training); the upsamplers keep their own
+    ``upsampler_max_objects``: they learn local detail, and their stages stay those of the shipped weights."""
     r = UnCLIPRecipe(seed=seed, captions=captions, tokenizer=tokenizer, decoder_text_layers=decoder_text_layers)
     if max_objects is not None:
         r = replace(r, max_objects=int(max_objects))

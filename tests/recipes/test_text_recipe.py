@@ -87,3 +87,25 @@ def test_cli_flags_reach_the_recipe(monkeypatch, tmp_path):
         main(["train", "clip", "--out", str(tmp_path / "c"), "--captions", "grammar"])
     with pytest.raises(UsageError, match="--tokenizer: invalid choice: 'chars'"):
         main(["train", "unclip", "--out", str(tmp_path / "t"), "--tokenizer", "chars"])
+
+
+def test_max_objects_reaches_the_recipe_and_leaves_the_upsamplers(monkeypatch, tmp_path):
+    import dalle2_fast.recipes.unclip as U
+    from dalle2_fast.cli import main
+
+    got = {}
+    monkeypatch.setattr(U, "train_unclip", lambda r, out, progress, stages: got.update(r=r))
+    assert main(["train", "unclip", "--out", str(tmp_path / "r"), "--max-objects", "3", "--quiet"]) == 0
+    r3 = got["r"]
+    assert (r3.max_objects, r3.upsampler_max_objects) == (3, 2)
+    base = UnCLIPRecipe()
+    for name in ("clip", "prior", "decoder"):  # the object count is part of what these stages learn from ...
+        assert stage_key(r3, name) != stage_key(base, name)
+    for name in ("upsampler1", "upsampler2"):  # ... not of the upsamplers' (their own field)
+        assert stage_key(r3, name) == stage_key(base, name)
+    assert stage_key(U.replace(base, upsampler_max_objects=3), "upsampler1") != stage_key(base, "upsampler1")
+    for bad in ("0", "4"):
+        with pytest.raises(ValueError, match="--max-objects: expected an int in \\[1, 3\\]"):
+            main(["train", "unclip", "--out", str(tmp_path / "b"), "--max-objects", bad])
+    with pytest.raises(ValueError, match="--max-objects"):
+        main(["train", "clip", "--out", str(tmp_path / "c"), "--max-objects", "3"])
