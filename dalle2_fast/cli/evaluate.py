@@ -31,7 +31,7 @@ def add_parsers(sub) -> None:
 
 def run(args) -> int:
     from dalle2_fast.eval.captions import evaluate_pipeline
-    from dalle2_fast.pipeline import UnCLIPPipeline
+    from dalle2_fast.pipeline import UnCLIPPipeline, shipped_weights_dir
 
     check_count("--n-single", args.n_single)
     check_count("--n-two", args.n_two)
@@ -47,11 +47,14 @@ def run(args) -> int:
 
         evaluate_inpainting(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, args.n_cases, args.seed)
         return 0
-    if args.wordings:
-        from dalle2_fast.eval.wordings import read_recipe, wording_report
+    from dalle2_fast.eval.wordings import read_recipe, training_sentences, wording_report
 
-        wording_report(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, read_recipe(args.pipeline),
+    # the shipped weights carry their recipe.json too: the reports know their training sentences
+    recipe = read_recipe(args.pipeline if args.pipeline is not None else shipped_weights_dir())
+    if args.wordings:
+        wording_report(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, recipe,
                        args.n_prompts, args.n_images, args.seed)
         return 0
-    evaluate_pipeline(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, args.n_single, args.n_two, args.seed)
+    evaluate_pipeline(UnCLIPPipeline.from_pretrained(args.pipeline), args.out, args.n_single, args.n_two, args.seed,
+                      seen=training_sentences(recipe))  # no recipe: the default (legacy) one
     return 0

@@ -65,11 +65,14 @@ def judge(imgs: torch.Tensor, prompts, n_per_prompt: int) -> dict:
 
 
 def evaluate_pipeline(pipe, out_dir: str | Path, n_single: int = 4, n_two: int = 2, seed: int = 0,
-                      progress: bool = True, **sample_kw) -> dict:
+                      progress: bool = True, seen: set[str] | None = None, **sample_kw) -> dict:
     """The quality report: caption match of single-object prompts (30 prompts x ``n_single``) and
-    two-object prompts (30 x ``n_two``), all sentences the training never contained, judged by the
-    shapes detector at base resolution; plus CLIP zero-shot accuracy on held-out images and a
-    picture. Writes ``caption_match.json`` and ``prompts.png``."""
+    two-object prompts (30 x ``n_two``), judged by the shapes detector at base resolution; plus
+    CLIP zero-shot accuracy on held-out images and a picture. Writes ``caption_match.json`` and
+    ``prompts.png``. The prompts are never sentences of the legacy captions; a run trained on the
+    caption grammar has many of them among its training sentences: given those (``seen``), each
+    row records how many of its prompts are training sentences (``prompts_in_training``), and
+    the wording report (:mod:`dalle2_fast.eval.wordings`) is the one on unseen prompts."""
     from dalle2_fast.data.images import make_grid, save_png
 
     out = Path(out_dir)
@@ -77,8 +80,11 @@ def evaluate_pipeline(pipe, out_dir: str | Path, n_single: int = 4, n_two: int =
     res = {"settings": {"seed": seed, **dict(pipe.defaults), **sample_kw}}
     for name, two, n in (("single", False, n_single), ("two", True, n_two)):
         t0 = time.time()
-        res[name] = caption_match_rate(pipe, eval_prompts(two), n_per_prompt=n, seed=seed, **sample_kw)
+        ps = eval_prompts(two)
+        res[name] = caption_match_rate(pipe, ps, n_per_prompt=n, seed=seed, **sample_kw)
         res[name]["seconds"] = round(time.time() - t0, 1)
+        if seen is not None:
+            res[name]["prompts_in_training"] = f"{sum(p in seen for p, _ in ps)}/{len(ps)}"
         if progress:
             print(name, res[name], flush=True)
     res["clip_zero_shot"] = shapes_zero_shot(pipe.clip, 1000 + seed, pipe.decoder.image_size)

@@ -1,6 +1,6 @@
 """The decoder's GLIDE text transformer (models.decoder_text): shapes, causality and padding, the
 final token in the time embedding, the context cache equal to the uncached path, a training
-smoke, checkpoints, config checks, and the shipped decoder untouched by the option."""
+smoke, checkpoints, config checks, the option off as before, and the shipped decoder as its recipe says."""
 import pytest
 import torch
 
@@ -113,61 +113,47 @@ def test_text_transformer_decoder_round_trips(tmp_path):
                                atol=0, rtol=0)
 
 
-def test_shipped_decoder_has_no_text_transformer_and_samples_as_before():
-    """The option defaults to None: the shipped decoder's config and keys are today's, and it
-    samples bit for bit as the plain path (text_proj) computes it by hand."""
+def test_option_off_keeps_the_plain_text_path():
+    """text_transformer=None (the default): no text_xf keys, and the decoder computes exactly the
+    plain path (text_proj of the CLIP token features as the context), as decoders trained before
+    the option do."""
+    dec = _randomised(tiny_decoder())
+    assert dec.config.text_transformer is None and dec.text_xf is None
+    assert not any(k.startswith("text_xf.") for k in dec.state_dict())
+    z, text = cond(2)
+    x, t = torch.randn(2, 3, dec.image_size, dec.image_size), torch.tensor([10, 600])
+    by_hand = dec.unet(x, t, cond=z, context=dec.text_proj(text.tokens), context_mask=~text.mask)
+    torch.testing.assert_close(dec(x, t, z, text.tokens, text.mask), by_hand, atol=0, rtol=0)
+
+
+def test_shipped_decoder_has_the_text_path_its_recipe_names():
+    """The shipped decoder was trained by the recipe in its recipe.json (none: the default recipe,
+    no text transformer): without one it computes exactly the plain path; with one, GLIDE's text
+    transformer of that depth and width, sampling with its own text guidance scale."""
+    import json
+
     from dalle2_fast.pipeline import shipped_weights_dir
 
     d = shipped_weights_dir()
     if d is None:
         pytest.skip("no shipped weights in this build")
+    rec = json.loads((d / "recipe.json").read_text()) if (d / "recipe.json").is_file() else {}
     dec = load_pretrained(d / "decoder.safetensors").eval()
-    assert dec.config.text_transformer is None and dec.text_xf is None
-    assert not any(k.startswith("text_xf.") for k in dec.state_dict())
+    c, xf = dec.config, dec.config.text_transformer
     g = torch.Generator().manual_seed(0)
-    c = dec.config
     z = torch.nn.functional.normalize(torch.randn(2, c.clip_dim, generator=g), dim=-1)
     mask = torch.zeros(2, c.text_len, dtype=torch.bool)
     mask[:, :5] = True
-    tok = torch.randn(2, c.text_len, c.text_width, generator=g)
+    text = TextEncoding(torch.randn(2, c.text_len, c.text_width, generator=g), mask, z)
     x, t = torch.randn(2, 3, dec.image_size, dec.image_size, generator=g), torch.tensor([10, 600])
-    by_hand = dec.unet(x, t, cond=z, context=dec.text_proj(tok), context_mask=~mask)
-    torch.testing.assert_close(dec(x, t, z, tok, mask), by_hand, atol=0, rtol=0)
-    text = TextEncoding(tok, mask, z)
+    if not rec.get("decoder_text_layers"):
+        assert xf is None and dec.text_xf is None
+        assert not any(k.startswith("text_xf.") for k in dec.state_dict())
+        by_hand = dec.unet(x, t, cond=z, context=dec.text_proj(text.tokens), context_mask=~mask)
+        torch.testing.assert_close(dec(x, t, z, text.tokens, mask), by_hand, atol=0, rtol=0)
+    else:
+        assert (xf.layers, xf.width) == (rec["decoder_text_layers"], rec["decoder_text_width"])
     a = dec.sample(z, text, seeds=[0, 1], steps=2, guidance=3.0)
-    assert a.shape == (2, 3, dec.image_size, dec.image_size)
-
-
-# ---- separate guidance scales for z_i and the caption (SplitGuidance) ---------------------------
-@pytest.mark.parametrize("variant", ["plain", "text_transformer", "empty_prompt"])
-def test_decoder_split_guidance(variant):
-    from dalle2_fast.diffusion import ClassifierFreeGuidance, SplitGuidance
-
-    kw = {"plain": {}, "text_transformer": {"text_transformer": XF},
-          "empty_prompt": {"uncond": "empty_prompt", "text_drop_prob": 0.0, "null_image_embed": "learned"}}[variant]
-    dec = _randomised(tiny_decoder(**kw))
-    z, text = cond(3, seed=5)
-    text.mask[2, 1:] = False
-    null = None
-    if variant == "empty_prompt":
-        nm = torch.zeros(1, L, dtype=torch.bool)
-        nm[:, :2] = True
-        null = TextEncoding(torch.randn(1, L, W), nm, z[:1])
-    run = dict(seeds=[1, 2, 3], steps=3, null_text=null)
-    one = dec.sample(z, text, guidance=3.0, **run)
-    # equal scales: the one-scale path, bit for bit
-    assert torch.equal(dec.sample(z, text, guidance=3.0, text_guidance=3.0, **run), one)
-    # different scales: three branches, cached context equal to the uncached one
-    a = dec.sample(z, text, guidance=1.0, text_guidance=5.0, **run)
-    b = dec.sample(z, text, guidance=1.0, text_guidance=5.0, context_cache=False, **run)
-    torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
-    assert not torch.allclose(a, one, atol=1e-3)
-    # the three-branch denoiser at equal scales is the two-branch one to rounding
-    k = dec._kwargs(z, *dec._text(text), null_text=null)
-    cap, nul = dec._null_branches(k, null)
-    x, t = torch.randn(3, 3, 16, 16), torch.tensor([30, 500, 980])
-    torch.testing.assert_close(SplitGuidance(dec, 3.0, 3.0, cap, nul)(x, t, **k),
-                               ClassifierFreeGuidance(dec, 3.0, nul)(x, t, **k), atol=2e-5, rtol=2e-5)
-    # no caption: the caption's scale has nothing to act on, z_i's scale alone guides
-    assert torch.equal(dec.sample(z, None, guidance=2.0, text_guidance=6.0, **run),
-                       dec.sample(z, None, guidance=2.0, **run))
+    b = dec.sample(z, text, seeds=[0, 1], steps=2, guidance=3.0, text_guidance=6.0)
+    assert a.shape == b.shape == (2, 3, dec.image_size, dec.image_size)
+    assert not torch.equal(a, b)  # the caption's scale is its own
