@@ -157,3 +157,38 @@ def test_shipped_decoder_has_the_text_path_its_recipe_names():
     b = dec.sample(z, text, seeds=[0, 1], steps=2, guidance=3.0, text_guidance=6.0)
     assert a.shape == b.shape == (2, 3, dec.image_size, dec.image_size)
     assert not torch.equal(a, b)  # the caption's scale is its own
+
+
+# ---- separate guidance scales for z_i and the caption (SplitGuidance) ---------------------------
+@pytest.mark.parametrize("variant", ["plain", "text_transformer", "empty_prompt"])
+def test_decoder_split_guidance(variant):
+    from dalle2_fast.diffusion import ClassifierFreeGuidance, SplitGuidance
+
+    kw = {"plain": {}, "text_transformer": {"text_transformer": XF},
+          "empty_prompt": {"uncond": "empty_prompt", "text_drop_prob": 0.0, "null_image_embed": "learned"}}[variant]
+    dec = _randomised(tiny_decoder(**kw))
+    z, text = cond(3, seed=5)
+    text.mask[2, 1:] = False
+    null = None
+    if variant == "empty_prompt":
+        nm = torch.zeros(1, L, dtype=torch.bool)
+        nm[:, :2] = True
+        null = TextEncoding(torch.randn(1, L, W), nm, z[:1])
+    run = dict(seeds=[1, 2, 3], steps=3, null_text=null)
+    one = dec.sample(z, text, guidance=3.0, **run)
+    # equal scales: the one-scale path, bit for bit
+    assert torch.equal(dec.sample(z, text, guidance=3.0, text_guidance=3.0, **run), one)
+    # different scales: three branches, cached context equal to the uncached one
+    a = dec.sample(z, text, guidance=1.0, text_guidance=5.0, **run)
+    b = dec.sample(z, text, guidance=1.0, text_guidance=5.0, context_cache=False, **run)
+    torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+    assert not torch.allclose(a, one, atol=1e-3)
+    # the three-branch denoiser at equal scales is the two-branch one to rounding
+    k = dec._kwargs(z, *dec._text(text), null_text=null)
+    cap, nul = dec._null_branches(k, null)
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([30, 500, 980])
+    torch.testing.assert_close(SplitGuidance(dec, 3.0, 3.0, cap, nul)(x, t, **k),
+                               ClassifierFreeGuidance(dec, 3.0, nul)(x, t, **k), atol=2e-5, rtol=2e-5)
+    # no caption: the caption's scale has nothing to act on, z_i's scale alone guides
+    assert torch.equal(dec.sample(z, None, guidance=2.0, text_guidance=6.0, **run),
+                       dec.sample(z, None, guidance=2.0, **run))

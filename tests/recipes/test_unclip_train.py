@@ -195,14 +195,14 @@ def test_cli_prompts_and_train_unclip(trained, tmp_path):
 
 
 def test_evaluate_pipeline_writes_report(trained, tmp_path):
-    seen = {"a red circle", "a blue star", "a red circle above a blue square", "not an eval prompt"}
+    seen = {"a red circle", "a blue star", eval_prompts(True)[0][0], "not an eval prompt"}
     res = evaluate_pipeline(trained[1], tmp_path / "eval", n_single=1, n_two=1, progress=False, prior_steps=2,
                             decoder_steps=2, upsampler_steps=1, seen=seen)
     back = json.loads((tmp_path / "eval" / "caption_match.json").read_text())
     assert back["single"]["n"] == 30 and back["two"]["n"] == 30 and res["single"] == back["single"]
     # the eval prompts that are training sentences of a grammar-trained run are counted, not hidden
     assert back["single"]["prompts_in_training"] == "2/30"
-    assert back["two"]["prompts_in_training"] == f"{int(any(p == 'a red circle above a blue square' for p, _ in eval_prompts(True)))}/30"
+    assert back["two"]["prompts_in_training"] == "1/30"
     assert (tmp_path / "eval" / "prompts.png").is_file() and set(back["clip_zero_shot"]) >= {"colour", "shape"}
 
 
