@@ -21,6 +21,15 @@ single key/value head of :class:`~dalle2_fast.nn.MultiQueryAttention`) and the k
 batch operations a sampling loop needs: ``repeat`` (candidates), ``expand`` (a batch-1 null
 branch), ``cat_batch`` (classifier-free guidance pairs [cond; uncond] rows), and ``clone`` /
 ``copy_`` / ``signature`` (static buffers of a captured CUDA graph).
+
+A cache also knows the **position** of the token after it (``KVCache.position``, default: its
+length). They differ for a *compacted* prefix: a padded prefix whose real tokens were gathered to
+the front, e.g. a 77-token caption slot holding 9 real tokens caches 9 keys (+ padding up to the
+batch's longest row) while the tokens after it keep their positions 77 on. Under causal attention
+over a frozen prefix the order of its keys does not matter (the tokens after it see all of
+them) and padded keys are masked, so the compact cache gives the same outputs with less prefill
+work. ``cat_batch`` pairs caches of different lengths but the same position by padding the
+shorter one with masked keys.
 """
 from __future__ import annotations
 
@@ -118,10 +127,15 @@ class KVCache:
     """Per-layer :class:`KVLayer` s (module docstring). ``KVCache.empty(n, grow=True)`` starts a
     prefill; :meth:`freeze` makes it read-only."""
 
-    def __init__(self, layers: list[KVLayer]):
+    def __init__(self, layers: list[KVLayer], position: int | None = None):
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("KVCache: needs at least one layer")
+        if position is not None and (isinstance(position, bool) or not isinstance(position, int)
+                                     or position < self.length):
+            raise ValueError(f"KVCache: position must be an int >= the cached length {self.length}, got {position!r}")
+        # position - length: constant while a growing cache appends its tokens
+        self._offset = 0 if position is None else position - self.length
 
     @classmethod
     def empty(cls, n_layers: int, grow: bool = True) -> "KVCache":
@@ -139,6 +153,11 @@ class KVCache:
         return self.layers[0].length
 
     @property
+    def position(self) -> int:
+        """The sequence position of the first token after the cache (module docstring)."""
+        return self.length + self._offset
+
+    @property
     def batch(self) -> int:
         k = next((la.k for la in self.layers if la.k is not None), None)
         return 0 if k is None else k.shape[0]
@@ -149,7 +168,26 @@ class KVCache:
         return self
 
     def _map(self, fn, mask_fn=None) -> "KVCache":
-        return KVCache([la._map(fn, mask_fn) for la in self.layers])
+        return KVCache([la._map(fn, mask_fn) for la in self.layers], self.position)
+
+    def pad_to(self, length: int) -> "KVCache":
+        """The cache with masked zero keys/values appended up to ``length`` cached tokens (its
+        position unchanged); itself if it is that long already."""
+        if length < self.length:
+            raise ValueError(f"KVCache.pad_to: length {length} < the cached length {self.length}")
+        if length == self.length:
+            return self
+        out = []
+        for la in self.layers:
+            if la.k is None:
+                raise ValueError("KVCache.pad_to: an empty layer cannot be padded")
+            n = length - la.length
+            z = la.k.new_zeros(la.k.shape[:-2] + (n, la.k.shape[-1]))
+            mask = _cat_mask(la.mask, torch.ones(la.k.shape[0], n, dtype=torch.bool, device=la.k.device),
+                             la.length, n, la.k.shape[0], la.k.device)
+            out.append(KVLayer(torch.cat([la.k, z], dim=-2), torch.cat([la.v, z.to(la.v.dtype)], dim=-2), mask,
+                               la.grow))
+        return KVCache(out, self.position)
 
     def repeat(self, n: int) -> "KVCache":
         """The batch repeated n times ([b rows] * n, as ``Tensor.repeat``: candidate-major)."""
@@ -164,12 +202,16 @@ class KVCache:
         return self._map(lambda t: t.expand(batch, *t.shape[1:]))
 
     def cat_batch(self, other: "KVCache") -> "KVCache":
-        """[self rows; other rows] per layer (classifier-free guidance's cond / uncond pairs)."""
-        if len(other) != len(self) or other.length != self.length:
-            raise ValueError(f"KVCache.cat_batch: caches differ in layers or length ({len(self)} x {self.length} vs "
-                             f"{len(other)} x {other.length})")
+        """[self rows; other rows] per layer (classifier-free guidance's cond / uncond pairs); of
+        two caches at the same position but of different lengths (compacted prefixes) the shorter
+        is padded with masked keys first."""
+        if len(other) != len(self) or other.position != self.position:
+            raise ValueError(f"KVCache.cat_batch: caches differ in layers or position ({len(self)} layers at "
+                             f"position {self.position} vs {len(other)} at {other.position})")
+        n = max(self.length, other.length)
+        a_cache, b_cache = self.pad_to(n), other.pad_to(n)
         out = []
-        for a, b in zip(self.layers, other.layers):
+        for a, b in zip(a_cache.layers, b_cache.layers):
             if a.k is None or b.k is None:
                 raise ValueError("KVCache.cat_batch: an empty layer cannot be batched")
             mask = None
@@ -180,13 +222,13 @@ class KVCache:
                                                                    device=b.k.device)
                 mask = torch.cat([ma, mb.to(ma.device)])
             out.append(KVLayer(torch.cat([a.k, b.k.to(a.k)]), torch.cat([a.v, b.v.to(a.v)]), mask, a.grow))
-        return KVCache(out)
+        return KVCache(out, self.position)
 
     # ---- static buffers of a captured CUDA graph (diffusion/graphs.py) --------------------------
     def signature(self) -> tuple:
         """Shapes, dtypes and devices: what a captured graph's buffers must match."""
         sig = lambda t: None if t is None else (tuple(t.shape), t.dtype, str(t.device))  # noqa: E731
-        return tuple((sig(la.k), sig(la.v), sig(la.mask)) for la in self.layers)
+        return (self.position,) + tuple((sig(la.k), sig(la.v), sig(la.mask)) for la in self.layers)
 
     def clone(self) -> "KVCache":
         return self._map(lambda t: t.clone())

@@ -12,7 +12,7 @@ Each block computes its keys and values in one place (its ``attn``'s fused ``to_
 and values at every layer depend on the prefix only (e.g. the diffusion prior's text tokens, the
 same at every sampling step). :meth:`Transformer.prefill` runs a prefix once and returns its
 cache; ``forward(x, cache=...)`` then runs only the tokens after it (at positions
-``cache.length`` on), their queries attending to [cached; own] keys with bottom-right causal
+``cache.position`` on), their queries attending to [cached; own] keys with bottom-right causal
 alignment — equal to running the whole sequence, to float tolerance. A growing cache (not
 frozen) also stores each call's tokens: token-by-token decoding at one position per token.
 """
@@ -76,25 +76,39 @@ class Transformer(nn.Module):
         return self.pos.shape[0]
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, last: int | None = None) -> torch.Tensor:
-        """x: (B, S, width) tokens at positions P .. P + S - 1, P = ``cache.length`` (0 without a
+                cache: KVCache | None = None, last: int | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, S, width) tokens at positions P .. P + S - 1, P = ``cache.position`` (0 without a
         cache); key_padding_mask: (B, S) bool True = padded, for these tokens; cache: the keys and
-        values of the P tokens before them (module docstring); last: return only the last
+        values of the tokens before them (module docstring); last: return only the last
         ``last`` tokens' outputs, the final block running only those (the earlier blocks still
-        run every token: later blocks attend to them). -> (B, S, width), or (B, last, width)."""
+        run every token: later blocks attend to them); positions: (S,) or (B, S) integer position
+        of each token instead (a compacted prefix: :meth:`prefill`). -> (B, S, width), or
+        (B, last, width)."""
         if x.dim() != 3 or x.shape[-1] != self.pos.shape[1]:
             raise ValueError(f"Transformer: x must be (B, S, {self.pos.shape[1]}), got {tuple(x.shape)}")
         start = 0
         if cache is not None:
             if len(cache) != len(self.blocks):
                 raise ValueError(f"Transformer: cache has {len(cache)} layers, the transformer {len(self.blocks)}")
-            start = cache.length
-            if start and cache.batch != x.shape[0]:
+            start = cache.position
+            if cache.length and cache.batch != x.shape[0]:
                 raise ValueError(f"Transformer: cache holds batch {cache.batch}, x has batch {x.shape[0]}")
-        if start + x.shape[1] > self.max_len:
-            cached = f" ({start} cached)" if start else ""
-            raise ValueError(f"Transformer: sequence length {start + x.shape[1]}{cached} > max_len {self.max_len}")
-        x = x + self.pos[start: start + x.shape[1]].to(x.dtype)
+        if positions is None:
+            if start + x.shape[1] > self.max_len:
+                cached = f" ({start} cached)" if start else ""
+                raise ValueError(f"Transformer: sequence length {start + x.shape[1]}{cached} > max_len {self.max_len}")
+            pos = self.pos[start: start + x.shape[1]]
+        else:
+            if positions.dtype.is_floating_point or positions.dtype == torch.bool or positions.shape[-1] != x.shape[1] \
+                    or positions.dim() not in (1, 2) or (positions.dim() == 2 and positions.shape[0] != x.shape[0]):
+                raise ValueError(f"Transformer: positions must be integer (S,) or (B, S) for x {tuple(x.shape)}, got "
+                                 f"{positions.dtype} {tuple(positions.shape)}")
+            if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= self.max_len):
+                raise ValueError(f"Transformer: positions must lie in [0, max_len={self.max_len}), got "
+                                 f"[{int(positions.min())}, {int(positions.max())}]")
+            pos = self.pos[positions.to(self.pos.device)]
+        x = x + pos.to(x.dtype)
         if self.ln_in is not None:
             x = self.ln_in(x)
         n = len(self.blocks)
@@ -103,12 +117,18 @@ class Transformer(nn.Module):
         return self.ln(x)
 
     def prefill(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
-                grow: bool = False) -> tuple[torch.Tensor, KVCache]:
+                grow: bool = False, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
         """Run a prefix x (B, P, width) once: (its outputs (B, P, width), the cache of its keys and
         values at every layer). ``grow``: the cache keeps storing later calls' tokens (decoding);
-        otherwise it is frozen (a constant prefix for many calls)."""
+        otherwise it is frozen (a constant prefix for many calls). positions: as :meth:`forward`'s
+        (default 0 .. P - 1); the tokens after the cache then start at ``max(positions) + 1``.
+        With causal attention, giving a padded prefix's real tokens gathered to the front with their
+        own positions and the padding masked (a compacted prefix) yields the same outputs for
+        every token after it as the padded prefix, from less work."""
         cache = KVCache.empty(len(self.blocks), grow=True)
-        h = self(x, key_padding_mask, cache)
+        h = self(x, key_padding_mask, cache, positions=positions)
+        if positions is not None and positions.numel():
+            cache = KVCache(cache.layers, max(int(positions.max()) + 1, cache.length))
         return h, (cache if grow else cache.freeze())
 
 

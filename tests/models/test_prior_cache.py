@@ -75,6 +75,45 @@ def test_diffusion_prior_prefix_cache_equals_the_whole_sequence(options):
             p(x, t, prefix=p.transformer.prefill(torch.randn(3, 2, 32))[1])
 
 
+@pytest.mark.parametrize("options", [{}, KARLO_LIKE], ids=["ours", "prior_transformer_options"])
+def test_compacted_prefix_equals_the_padded_prefix(options):
+    """Every row padded (so the compact prefix is shorter than L + 1), one with holes inside the
+    caption: the compacted cache gives the uncached forward's outputs, and whole sampling calls
+    equal those of the padded cache and of the uncached path."""
+    torch.manual_seed(2)
+    p = DiffusionPrior(DiffusionPriorConfig(clip_dim=D, text_width=W, text_len=L, width=32, layers=2, heads=2,
+                                            **options)).eval()
+    if options:
+        p.clip_mean.normal_()
+        p.clip_std.uniform_(0.5, 2.0)
+    text = _text(4, seed=int(torch.randint(0, 1000, ())))
+    text.mask[:] = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 0, 0, 0, 0, 0], [1, 1, 0, 1, 0, 1], [1, 1, 0, 0, 0, 0]],
+                                dtype=torch.bool)
+    emb = text.raw_embed if options else text.embed
+    x, t = torch.randn(4, D), torch.tensor([0, 17, 500, 999])
+    drop = None if options else torch.tensor([False, True, False, False])
+    with torch.no_grad():
+        want = p(x, t, text.tokens, text.mask, emb, drop)
+        compact = p.prefix_cache(text.tokens, text.mask, emb, drop)
+        padded = p.prefix_cache(text.tokens, text.mask, emb, drop, compact=False)
+        assert padded.length == L + 1 and compact.position == padded.position == L + 1
+        # learned nulls replace a dropped row's caption by L real null tokens
+        assert compact.length == (L + 1 if drop is not None else 5)
+        torch.testing.assert_close(p(x, t, prefix=compact), want, **TOL)
+        torch.testing.assert_close(p(x, t, prefix=padded), want, **TOL)
+        if drop is not None:  # without the learned-null row the compaction does shorten the cache
+            keep = torch.tensor([0, 2, 3])
+            c3 = p.prefix_cache(text.tokens[keep], text.mask[keep], emb[keep], drop[keep])
+            assert c3.length == 5
+            torch.testing.assert_close(p(x[keep], t[keep], prefix=c3), want[keep], **TOL)
+        null = _null()
+        null.mask[0, 1:] = False  # a one-token null caption: its cache is shorter than the captions'
+        for guidance in (1.0, 3.0):
+            kw = dict(steps=5, guidance=guidance, n_candidates=2, null_text=null)
+            cached = p.sample_candidates(text, SEEDS + [7], **kw)
+            _close(cached, p.sample_candidates(text, SEEDS + [7], prefix_cache=False, **kw))
+
+
 def test_imported_prior_transformer_prefix_cache_equals_the_whole_sequence(tmp_path):
     pytest.importorskip("diffusers")
     from tests.interop._unclip_refs import D as RD, HIDDEN, L as RL, prior

@@ -47,6 +47,51 @@ def test_transformer_prefix_cache_equals_the_whole_sequence(input_norm, n_prefix
                                    **TOL)
 
 
+def test_compacted_prefix_with_positions_equals_the_padded_prefix():
+    """A padded causal prefix run as its real tokens only (gathered to the front, own positions,
+    rows padded to the longest): the tokens after it get the same outputs; caches of different
+    lengths at one position pair by masked padding (cat_batch), a growing compact cache decodes on
+    from its position."""
+    torch.manual_seed(int(torch.randint(0, 10_000, ())))
+    tr = Transformer(24, 2, 3, 16, causal=True).eval()
+    b, P, S = 3, 9, 3
+    real = torch.ones(b, P, dtype=torch.bool)
+    real[0, 5:8] = False  # a hole before the prefix's last token
+    real[1, 2:8] = False
+    real[2, 1:8] = False
+    x = torch.randn(b, P + S, 24)
+    with torch.no_grad():
+        full = tr(x, key_padding_mask=torch.cat([~real, torch.zeros(b, S, dtype=torch.bool)], 1))
+        idx = torch.sort((~real).to(torch.uint8), dim=1, stable=True).indices[:, :6]  # longest row: 6 real
+        _, cache = tr.prefill(x[:, :P].gather(1, idx[..., None].expand(-1, -1, 24)),
+                              key_padding_mask=~real.gather(1, idx), positions=idx)
+        assert cache.length == 6 and cache.position == P
+        torch.testing.assert_close(tr(x[:, P:], cache=cache), full[:, P:], **TOL)
+        # rows 1 and 2 alone compact to 3 tokens; paired with row 0's 6-token cache by masked padding
+        short = tr.prefill(x[1:, :P].gather(1, idx[1:, :3, None].expand(-1, -1, 24)),
+                           key_padding_mask=~real[1:].gather(1, idx[1:, :3]), positions=idx[1:, :3])[1]
+        assert short.length == 3 and short.position == P
+        row0 = KVCache([KVLayer(la.k[:1], la.v[:1], la.mask[:1]) for la in cache.layers], cache.position)
+        paired = row0.cat_batch(short)
+        assert paired.length == 6 and paired.position == P and short.pad_to(6).position == P
+        torch.testing.assert_close(tr(x[:, P:], cache=paired), full[:, P:], **TOL)
+        _, grow = tr.prefill(x[:, :P].gather(1, idx[..., None].expand(-1, -1, 24)),
+                             key_padding_mask=~real.gather(1, idx), positions=idx, grow=True)
+        steps = [tr(x[:, P + i: P + i + 1], cache=grow) for i in range(S)]
+        assert grow.length == 6 + S and grow.position == P + S
+        torch.testing.assert_close(torch.cat(steps, 1), full[:, P:], **TOL)
+    with pytest.raises(ValueError, match="position"):
+        row0.cat_batch(KVCache(short.layers))  # the same tokens claimed at positions 0..2
+    with pytest.raises(ValueError, match="positions must"):
+        tr(x[:, :2], positions=torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"positions must lie in \[0, max_len=16\)"):
+        tr(x[:, :2], positions=torch.tensor([3, 16]))
+    with pytest.raises(ValueError, match="position must be an int >= the cached length"):
+        KVCache(cache.layers, 2)
+    with pytest.raises(ValueError, match="pad_to: length 2"):
+        cache.pad_to(2)
+
+
 def test_transformer_decoding_with_a_growing_cache_equals_the_whole_sequence():
     torch.manual_seed(1)
     tr = Transformer(16, 2, 2, 12, causal=True).eval()
@@ -92,7 +137,7 @@ def test_cache_batch_operations_match_computing_on_the_batch():
             buf.copy_(c)
         with pytest.raises(ValueError, match="batch-1"):
             c.expand(4)
-        with pytest.raises(ValueError, match="layers or length"):
+        with pytest.raises(ValueError, match="layers or position"):
             c.cat_batch(tr.prefill(cond[:, :3])[1])
 
 

@@ -194,9 +194,9 @@ class DiffusionPrior(Pretrained, nn.Module):
             if any(v is not None for v in (text_tokens, text_mask, text_embed, drop)):
                 raise ValueError("DiffusionPrior: pass the text (text_tokens, text_mask, text_embed, drop) or its "
                                  "prefix cache (prefix), not both")
-            if prefix.length != self.config.text_len + 1:
-                raise ValueError(f"DiffusionPrior: prefix must cache the {self.config.text_len + 1} text tokens and "
-                                 f"z_t, got {prefix.length}")
+            if prefix.position != self.config.text_len + 1:
+                raise ValueError(f"DiffusionPrior: prefix must cache the {self.config.text_len} text tokens and z_t "
+                                 f"(position {self.config.text_len + 1}), got position {prefix.position}")
             h = self.transformer(torch.cat(parts, dim=1), cache=prefix, last=1)  # (B, 1, width): the output token
             return self.out(h[:, -1])
         if text_tokens is None or text_mask is None or text_embed is None:
@@ -208,14 +208,23 @@ class DiffusionPrior(Pretrained, nn.Module):
         return self.out(h[:, -1])  # the query token, or z_i's token without one
 
     def prefix_cache(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, text_embed: torch.Tensor,
-                     drop: torch.Tensor | None = None) -> KVCache:
-        """The causal prefix [text tokens, z_t] run once: the keys and values of its L + 1 tokens at
-        every layer (frozen), the ``prefix`` of :meth:`forward` for every step of a sampling call.
-        Arguments as :meth:`forward`'s."""
+                     drop: torch.Tensor | None = None, compact: bool = True) -> KVCache:
+        """The causal prefix [text tokens, z_t] run once: the keys and values of its tokens at every
+        layer (frozen), the ``prefix`` of :meth:`forward` for every step of a sampling call.
+        Arguments as :meth:`forward`'s. compact: run only the real tokens (padding masked out by
+        ``text_mask``), gathered to the front with their own positions and the rows padded to the
+        longest one (:class:`~dalle2_fast.nn.KVCache`'s compacted prefix): the same outputs, and a
+        caption of n real tokens in an L-token slot costs n + 1 tokens of prefill, not L + 1."""
         tok, mask, emb = self.text(text_tokens, text_mask, self._text_in(text_embed), drop)
         seq = torch.cat([tok, emb.to(tok.dtype)], dim=1)  # (B, L + 1, width)
-        full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # True = real
-        return self.transformer.prefill(seq, key_padding_mask=~full_mask)[1]
+        real = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1).to(torch.bool)  # True = real
+        n = int(real.sum(1).max())
+        if not compact or n == real.shape[1]:
+            return self.transformer.prefill(seq, key_padding_mask=~real)[1]
+        # each row's real tokens (z_t last among them) in their order, then its padding, cut at the longest row
+        idx = torch.sort((~real).to(torch.uint8), dim=1, stable=True).indices[:, :n]  # (B, n) source positions
+        seq = seq.gather(1, idx[..., None].expand(-1, -1, seq.shape[-1]))
+        return self.transformer.prefill(seq, key_padding_mask=~real.gather(1, idx), positions=idx)[1]
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """L_simple on x0 at a uniformly drawn step: {'loss', 'mse'} (means over the batch).
