@@ -293,7 +293,9 @@ def plot_speedups(results_json: Path, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = json.loads(Path(results_json).read_text())["results"]
+    data = json.loads(Path(results_json).read_text())
+    rows, m = data["results"], data.get("machine", {})
+    where = f"{m.get('cpu_model', 'CPU')}, {m.get('cpu_count', '?')} cores, {m.get('torch_threads', '?')} thread(s)"
     labels, values, colours = [], [], []
     for r in rows:
         base = "ours-uncached" if "ours-uncached" in r["times"] else r["baseline"]
@@ -311,7 +313,7 @@ def plot_speedups(results_json: Path, out: Path) -> Path:
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:.2f}x", va="center", fontsize=7)
     ax.set_xlabel("speed-up over the case's uncached path (blue: ours, red: peers, grey: baselines)")
-    ax.set_title("issue 19 caches, one run (shared 2-core Xeon, 1 thread)", fontsize=9)
+    ax.set_title(f"issue 19 caches, one run ({where})", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -201,6 +201,40 @@ class KVCache:
             raise ValueError(f"KVCache.expand: only a batch-1 cache broadcasts, this one has batch {self.batch}")
         return self._map(lambda t: t.expand(batch, *t.shape[1:]))
 
+    @classmethod
+    def from_rows(cls, parts: list[tuple[torch.Tensor, "KVCache"]], batch: int) -> "KVCache":
+        """One cache of ``batch`` rows from caches of some of its rows: ``parts`` are (row indices
+        (b_i,) long, a cache of b_i rows), every row given once, all at one position; shorter
+        caches are padded with masked keys (:meth:`pad_to`). E.g. a compacted prefix whose rows
+        were prefilled in groups of equal length."""
+        if not parts:
+            raise ValueError("KVCache.from_rows: needs at least one part")
+        pos, n_layers = parts[0][1].position, len(parts[0][1])
+        if any(c.position != pos or len(c) != n_layers for _, c in parts):
+            raise ValueError("KVCache.from_rows: the parts differ in position or layers")
+        rows = torch.cat([r.reshape(-1).long().cpu() for r, _ in parts])
+        if rows.numel() != batch or not torch.equal(rows.sort().values, torch.arange(batch)):
+            raise ValueError(f"KVCache.from_rows: the parts' rows must cover 0 .. {batch - 1} once each, got "
+                             f"{rows.tolist()}")
+        n = max(c.length for _, c in parts)
+        parts = [(r, c.pad_to(n)) for r, c in parts]
+        out = []
+        for i in range(n_layers):
+            first = parts[0][1].layers[i]
+            if first.k is None:
+                raise ValueError("KVCache.from_rows: an empty layer cannot be assembled")
+            k = first.k.new_empty((batch,) + tuple(first.k.shape[1:]))
+            v = first.v.new_empty(k.shape)
+            mask = torch.zeros(batch, n, dtype=torch.bool, device=k.device)
+            for r, c in parts:
+                la = c.layers[i]
+                r = r.to(k.device)
+                k[r], v[r] = la.k, la.v
+                if la.mask is not None:
+                    mask[r] = la.mask
+            out.append(KVLayer(k, v, mask if bool(mask.any()) else None, first.grow))
+        return cls(out, pos)
+
     def cat_batch(self, other: "KVCache") -> "KVCache":
         """[self rows; other rows] per layer (classifier-free guidance's cond / uncond pairs); of
         two caches at the same position but of different lengths (compacted prefixes) the shorter

@@ -90,6 +90,17 @@ def test_compacted_prefix_with_positions_equals_the_padded_prefix():
         KVCache(cache.layers, 2)
     with pytest.raises(ValueError, match="pad_to: length 2"):
         cache.pad_to(2)
+    # rows assembled from per-row caches (from_rows) equal the batched compact cache
+    with torch.no_grad():
+        per_row = [(torch.tensor([i]), tr.prefill(x[i:i + 1, :P].gather(1, idx[i:i + 1, :m, None].expand(-1, -1, 24)),
+                                                  positions=idx[i:i + 1, :m])[1]) for i, m in ((2, 2), (0, 6), (1, 3))]
+        joined = KVCache.from_rows(per_row, 3)
+        assert joined.length == 6 and joined.position == P and joined.layers[0].mask[1:, 3:].all() and not joined.layers[0].mask[0].any()
+        torch.testing.assert_close(tr(x[:, P:], cache=joined), full[:, P:], **TOL)
+    with pytest.raises(ValueError, match="cover 0 .. 2 once each"):
+        KVCache.from_rows(per_row[:2], 3)
+    with pytest.raises(ValueError, match="differ in position"):
+        KVCache.from_rows([per_row[0], (torch.tensor([1, 2]), KVCache(short.layers))], 3)
 
 
 def test_transformer_decoding_with_a_growing_cache_equals_the_whole_sequence():

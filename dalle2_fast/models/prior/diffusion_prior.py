@@ -214,7 +214,8 @@ class DiffusionPrior(Pretrained, nn.Module):
         Arguments as :meth:`forward`'s. compact: run only the real tokens (padding masked out by
         ``text_mask``), gathered to the front with their own positions and the rows padded to the
         longest one (:class:`~dalle2_fast.nn.KVCache`'s compacted prefix): the same outputs, and a
-        caption of n real tokens in an L-token slot costs n + 1 tokens of prefill, not L + 1."""
+        caption of n real tokens in an L-token slot costs n + 1 tokens of prefill, not L + 1 (on
+        the CPU also in a batch with longer captions: rows of one length run together)."""
         tok, mask, emb = self.text(text_tokens, text_mask, self._text_in(text_embed), drop)
         seq = torch.cat([tok, emb.to(tok.dtype)], dim=1)  # (B, L + 1, width)
         real = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1).to(torch.bool)  # True = real
@@ -224,7 +225,16 @@ class DiffusionPrior(Pretrained, nn.Module):
         # each row's real tokens (z_t last among them) in their order, then its padding, cut at the longest row
         idx = torch.sort((~real).to(torch.uint8), dim=1, stable=True).indices[:, :n]  # (B, n) source positions
         seq = seq.gather(1, idx[..., None].expand(-1, -1, seq.shape[-1]))
-        return self.transformer.prefill(seq, key_padding_mask=~real.gather(1, idx), positions=idx)[1]
+        lengths = real.sum(1)
+        if seq.device.type != "cpu" or int(lengths.sum()) > 0.8 * lengths.numel() * n:
+            return self.transformer.prefill(seq, key_padding_mask=~real.gather(1, idx), positions=idx)[1]
+        # on the CPU the work is per token: rows of very different lengths run in groups of one
+        # length (no padded token computed), assembled into one cache padded to the longest
+        parts = []
+        for m in lengths.unique().tolist():
+            rows = (lengths == m).nonzero().flatten()
+            parts.append((rows, self.transformer.prefill(seq[rows, :m], positions=idx[rows, :m])[1]))
+        return KVCache.from_rows(parts, seq.shape[0])
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """L_simple on x0 at a uniformly drawn step: {'loss', 'mse'} (means over the batch).
