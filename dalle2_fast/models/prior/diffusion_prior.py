@@ -219,13 +219,13 @@ class DiffusionPrior(Pretrained, nn.Module):
         tok, mask, emb = self.text(text_tokens, text_mask, self._text_in(text_embed), drop)
         seq = torch.cat([tok, emb.to(tok.dtype)], dim=1)  # (B, L + 1, width)
         real = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1).to(torch.bool)  # True = real
-        n = int(real.sum(1).max())
-        if not compact or n == real.shape[1]:
+        lengths = real.sum(1)
+        n = int(lengths.max())
+        if not compact or int(lengths.min()) == real.shape[1]:  # nothing padded
             return self.transformer.prefill(seq, key_padding_mask=~real)[1]
         # each row's real tokens (z_t last among them) in their order, then its padding, cut at the longest row
         idx = torch.sort((~real).to(torch.uint8), dim=1, stable=True).indices[:, :n]  # (B, n) source positions
         seq = seq.gather(1, idx[..., None].expand(-1, -1, seq.shape[-1]))
-        lengths = real.sum(1)
         if seq.device.type != "cpu" or int(lengths.sum()) > 0.8 * lengths.numel() * n:
             return self.transformer.prefill(seq, key_padding_mask=~real.gather(1, idx), positions=idx)[1]
         # on the CPU the work is per token: rows of very different lengths run in groups of one
