@@ -17,6 +17,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -39,9 +41,44 @@ AGN_INLINE float ld(T v) {
   return static_cast<float>(v);
 }
 AGN_INLINE double ld(double v) { return v; }
+// bfloat16 <-> float as plain bit arithmetic, so that the `omp simd` loops vectorise (c10's
+// conversions branch on NaN and stay scalar: the bf16 kernel ran ~10x slower than float32).
+// Same results as c10::BFloat16: the top 16 bits, and round-to-nearest-even with NaN -> 0x7FC0.
+AGN_INLINE float ld(c10::BFloat16 v) {
+  const uint32_t u = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
 template <typename T, typename A>
 AGN_INLINE T st(A v) {
-  return static_cast<T>(v);
+  if constexpr (std::is_same_v<T, c10::BFloat16> && std::is_same_v<A, float>) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    const uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t nan = 0u - static_cast<uint32_t>((u & 0x7FFFFFFFu) > 0x7F800000u);  // all ones for NaN
+    return c10::BFloat16(static_cast<uint16_t>(r ^ ((r ^ 0x7FC0u) & nan)), c10::BFloat16::from_bits());
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
+// Reduced precision (bf16 / fp16) runs the forward on float copies of each row: a loop that
+// mixes 16-bit loads/stores with the float math (and the SiLU's selects) is not if-converted by
+// the compiler and stays scalar (the bf16 forward ran ~10x slower than float32); plain
+// conversion loops and the float math vectorise apart. kStaged: whether scalar_t needs this.
+template <typename scalar_t, typename acc_t>
+constexpr bool kStaged = !std::is_same_v<scalar_t, acc_t>;
+
+template <typename scalar_t, typename acc_t>
+AGN_INLINE void load_row(const scalar_t* src, acc_t* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = ld(src[i]);
+}
+template <typename scalar_t, typename acc_t>
+AGN_INLINE void store_row(const acc_t* src, scalar_t* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = st<scalar_t>(src[i]);
 }
 
 // Everything a tile needs; pointers in the kernel layout.
@@ -69,17 +106,28 @@ AGN_INLINE void fwd_tile_nchw(const Args<scalar_t, acc_t>& a, int64_t tile) {
   const int64_t c0 = g * a.Cg;
   const scalar_t* xs = a.x + (bi * a.C + c0) * Sp;
   scalar_t* ys = a.out + (bi * a.C + c0) * Sp;
+  constexpr bool staged = kStaged<scalar_t, acc_t>;
+  std::vector<acc_t> stage(staged ? Sp : 0);  // one channel's row in acc_t (reduced precision only)
+  // the channel's values as acc_t: x itself, or its converted copy
+  auto row_of = [&](int64_t cl) -> const acc_t* {
+    if constexpr (staged) {
+      load_row(xs + cl * Sp, stage.data(), Sp);
+      return stage.data();
+    } else {
+      return xs + cl * Sp;
+    }
+  };
   Moments<double> gm{0, 0, 0};
   for (int64_t cl = 0; cl < a.Cg; ++cl) {
-    const scalar_t* xc = xs + cl * Sp;
-    const acc_t k = ld(xc[0]);
+    const acc_t* xc = row_of(cl);
+    const acc_t k = xc[0];
     double s1 = 0, s2 = 0;
     for (int64_t s0 = 0; s0 < Sp; s0 += kChunk) {
       const int64_t s1e = std::min(Sp, s0 + kChunk);
       acc_t t1 = 0, t2 = 0;
 #pragma omp simd reduction(+ : t1, t2)
       for (int64_t s = s0; s < s1e; ++s) {
-        const acc_t d = ld(xc[s]) - k;
+        const acc_t d = xc[s] - k;
         t1 += d;
         t2 += d * d;
       }
@@ -95,10 +143,18 @@ AGN_INLINE void fwd_tile_nchw(const Args<scalar_t, acc_t>& a, int64_t tile) {
     const int64_t c = c0 + cl;
     const FwdCoef<acc_t> f = fwd_coef(mean, rstd, a.w[c], a.b[c], a.scale[bi * a.C + c], a.shift[bi * a.C + c]);
     const acc_t fm = f.mean, fa = f.a, fc = f.c, fg = f.g, fs = f.shift;
-    const scalar_t* xc = xs + cl * Sp;
-    scalar_t* yc = ys + cl * Sp;
+    if constexpr (staged) {
+      acc_t* h = stage.data();
+      load_row(xs + cl * Sp, h, Sp);
 #pragma omp simd
-    for (int64_t s = 0; s < Sp; ++s) yc[s] = st<scalar_t>(activate<SILU>(pre_act_xm(ld(xc[s]) - fm, fa, fc, fg, fs)));
+      for (int64_t s = 0; s < Sp; ++s) h[s] = activate<SILU>(pre_act_xm(h[s] - fm, fa, fc, fg, fs));
+      store_row(h, ys + cl * Sp, Sp);
+    } else {
+      const scalar_t* xc = xs + cl * Sp;
+      scalar_t* yc = ys + cl * Sp;
+#pragma omp simd
+      for (int64_t s = 0; s < Sp; ++s) yc[s] = st<scalar_t>(activate<SILU>(pre_act_xm(ld(xc[s]) - fm, fa, fc, fg, fs)));
+    }
   }
 }
 
@@ -168,16 +224,29 @@ AGN_INLINE void fwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
   acc_t *k = buf.data(), *t1 = k + cb, *t2 = t1 + cb;
   double *s1 = wide.data(), *s2 = s1 + cb;
   for (int64_t j = 0; j < cb; ++j) k[j] = ld(xb[j]);
+  constexpr bool staged = kStaged<scalar_t, acc_t>;
+  std::vector<acc_t> stage(staged ? cb : 0);  // one row of the tile in acc_t (reduced precision only)
   for (int64_t r0 = 0; r0 < Sp; r0 += kRowChunk) {
     const int64_t r1 = std::min(Sp, r0 + kRowChunk);
     std::fill(t1, t1 + 2 * cb, acc_t(0));
     for (int64_t r = r0; r < r1; ++r) {
-      const scalar_t* row = xb + r * C;
+      if constexpr (staged) {
+        acc_t* row = stage.data();
+        load_row(xb + r * C, row, cb);
 #pragma omp simd
-      for (int64_t j = 0; j < cb; ++j) {
-        const acc_t d = ld(row[j]) - k[j];
-        t1[j] += d;
-        t2[j] += d * d;
+        for (int64_t j = 0; j < cb; ++j) {
+          const acc_t d = row[j] - k[j];
+          t1[j] += d;
+          t2[j] += d * d;
+        }
+      } else {
+        const scalar_t* row = xb + r * C;
+#pragma omp simd
+        for (int64_t j = 0; j < cb; ++j) {
+          const acc_t d = ld(row[j]) - k[j];
+          t1[j] += d;
+          t2[j] += d * d;
+        }
       }
     }
     for (int64_t j = 0; j < cb; ++j) {
@@ -205,11 +274,19 @@ AGN_INLINE void fwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
     }
   }
   for (int64_t r = 0; r < Sp; ++r) {
-    const scalar_t* row = xb + r * C;
-    scalar_t* orow = yb + r * C;
+    if constexpr (staged) {
+      acc_t* h = stage.data();
+      load_row(xb + r * C, h, cb);
 #pragma omp simd
-    for (int64_t j = 0; j < cb; ++j)
-      orow[j] = st<scalar_t>(activate<SILU>(pre_act_xm(ld(row[j]) - fmean[j], fa[j], fc[j], fg[j], fs[j])));
+      for (int64_t j = 0; j < cb; ++j) h[j] = activate<SILU>(pre_act_xm(h[j] - fmean[j], fa[j], fc[j], fg[j], fs[j]));
+      store_row(h, yb + r * C, cb);
+    } else {
+      const scalar_t* row = xb + r * C;
+      scalar_t* orow = yb + r * C;
+#pragma omp simd
+      for (int64_t j = 0; j < cb; ++j)
+        orow[j] = st<scalar_t>(activate<SILU>(pre_act_xm(ld(row[j]) - fmean[j], fa[j], fc[j], fg[j], fs[j])));
+    }
   }
 }
 

@@ -120,6 +120,34 @@ def test_matches_reference(backend, dtype, act):
         _check_budget(backend, dtype, shape, groups, layout, act, g)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_forward_rounds_like_torch(dtype, layout):
+    """The CPU kernel's half / bfloat16 forward (run on float copies of each row, then rounded)
+    equals the float32 kernel's output rounded to the dtype, up to one unit in the last place
+    (the float32 math on the same rounded inputs), NaN / +-Inf inputs included: NaN where the
+    reference has NaN."""
+    if "cpu" not in cpu_backends(FAM, dtype):
+        pytest.skip(f"cpu kernel not built for {dtype}")
+    g = torch.Generator().manual_seed(int(torch.randint(0, 1 << 30, ())))
+    shape = (2, 40, 17, 19)
+    x = _make_x(shape, layout, dtype, g)
+    for i in range(3):  # NaN at three random places, +Inf at one
+        x[i % 2, int(torch.randint(0, 40, (), generator=g)), int(torch.randint(0, 17, (), generator=g)),
+          int(torch.randint(0, 19, (), generator=g))] = float("nan")
+    x[1, 5, 3, 7] = float("inf")
+    params = [torch.randn(40, generator=g), torch.randn(40, generator=g),
+              torch.randn(2, 40, generator=g) * 0.3, torch.randn(2, 40, generator=g) * 0.3]
+    got = adagn(x, 8, *params, act="silu", backend="cpu")
+    want = adagn(x.float(), 8, *params, act="silu", backend="cpu").to(dtype)
+    fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
+    assert got.dtype == dtype and got.is_contiguous(memory_format=fmt)
+    assert torch.equal(got.isnan(), want.isnan())
+    ok = ~want.isnan()
+    ulp = EPS[dtype] * want[ok].float().abs().clamp_min(1e-3)
+    assert ((got[ok].float() - want[ok].float()).abs() <= ulp * 1.01).all()
+
+
 @pytest.mark.parametrize("act", [None, "silu"])
 def test_torch_backend_against_float64(act):
     """The torch backend (float32) against the float64 reference with a fixed tolerance."""
