@@ -35,6 +35,7 @@ using namespace dalle2_fast::adagn;
 constexpr int64_t kChunk = 256;       // elements summed (vectorised, acc_t) before folding
 constexpr int64_t kRowChunk = 32;     // NHWC rows summed before folding
 constexpr int64_t kBlockChannels = 256;  // NHWC tile width target (see groups_per_block)
+constexpr int64_t kFlatWidth = 512;      // NHWC forward: elements per pass of a full-width tile
 
 template <typename T>
 AGN_INLINE float ld(T v) {
@@ -219,43 +220,53 @@ AGN_INLINE void fwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
   const int64_t c0 = g0 * a.Cg, cb = ng * a.Cg, C = a.C, Sp = a.Sp;
   const scalar_t* xb = a.x + bi * Sp * C + c0;
   scalar_t* yb = a.out + bi * Sp * C + c0;
-  std::vector<acc_t> buf(5 * cb, acc_t(0));
-  std::vector<double> wide(2 * cb, 0.0);  // running sums: chunks of kRowChunk rows fold into double
-  acc_t *k = buf.data(), *t1 = k + cb, *t2 = t1 + cb;
+  // A pass covers `rows` consecutive rows. When the tile spans every channel (cb == C) they are
+  // one contiguous run of rows * cb elements: narrow tiles (few channels, e.g. 32 at 256 px) then
+  // run long vector loops instead of one short loop per row. Per-channel arrays are replicated
+  // `rows` times (index i of a pass is channel i % cb).
+  const int64_t rows = cb == C ? std::max<int64_t>(1, kFlatWidth / cb) : 1, W = rows * cb;
+  std::vector<acc_t> buf(8 * W, acc_t(0));
+  std::vector<double> wide(2 * cb, 0.0);  // running sums: every kRowChunk passes fold into double
+  acc_t *k = buf.data(), *t1 = k + W, *t2 = t1 + W, *fa = t2 + W, *fc = fa + W, *fg = fc + W, *fs = fg + W;
+  acc_t* stage = fs + W;  // one pass in acc_t (reduced precision only)
   double *s1 = wide.data(), *s2 = s1 + cb;
-  for (int64_t j = 0; j < cb; ++j) k[j] = ld(xb[j]);
+  for (int64_t i = 0; i < W; ++i) k[i] = ld(xb[i % cb]);
   constexpr bool staged = kStaged<scalar_t, acc_t>;
-  std::vector<acc_t> stage(staged ? cb : 0);  // one row of the tile in acc_t (reduced precision only)
-  for (int64_t r0 = 0; r0 < Sp; r0 += kRowChunk) {
-    const int64_t r1 = std::min(Sp, r0 + kRowChunk);
-    std::fill(t1, t1 + 2 * cb, acc_t(0));
-    for (int64_t r = r0; r < r1; ++r) {
-      if constexpr (staged) {
-        acc_t* row = stage.data();
-        load_row(xb + r * C, row, cb);
-#pragma omp simd
-        for (int64_t j = 0; j < cb; ++j) {
-          const acc_t d = row[j] - k[j];
-          t1[j] += d;
-          t2[j] += d * d;
-        }
-      } else {
-        const scalar_t* row = xb + r * C;
-#pragma omp simd
-        for (int64_t j = 0; j < cb; ++j) {
-          const acc_t d = ld(row[j]) - k[j];
-          t1[j] += d;
-          t2[j] += d * d;
-        }
-      }
+  // the pass starting at row r as acc_t (x itself, or its converted copy) and its length
+  auto pass_of = [&](int64_t r, int64_t n) -> const acc_t* {
+    if constexpr (staged) {
+      load_row(xb + r * C, stage, n);
+      return stage;
+    } else {
+      return xb + r * C;
     }
-    for (int64_t j = 0; j < cb; ++j) {
-      s1[j] += t1[j];
-      s2[j] += t2[j];
+  };
+  auto fold = [&](int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      s1[i % cb] += t1[i];
+      s2[i % cb] += t2[i];
+    }
+    std::fill(t1, t1 + W, acc_t(0));
+    std::fill(t2, t2 + W, acc_t(0));
+  };
+  int64_t since_fold = 0;
+  for (int64_t r = 0; r < Sp; r += rows) {
+    const int64_t n = std::min(rows, Sp - r) * cb;
+    const acc_t* xr = pass_of(r, n);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t d = xr[i] - k[i];
+      t1[i] += d;
+      t2[i] += d * d;
+    }
+    if (++since_fold == kRowChunk) {
+      fold(W);
+      since_fold = 0;
     }
   }
-  // Per-group merge, then per-channel coefficients: reuse k (mean), t1 (a), t2 (c).
-  acc_t *fmean = k, *fa = t1, *fc = t2, *fg = t2 + cb, *fs = fg + cb;
+  fold(W);
+  // Per-group merge, then per-channel coefficients (replicated over the pass).
+  acc_t* fmean = k;
   for (int64_t gl = 0; gl < ng; ++gl) {
     Moments<double> gm{0, 0, 0};
     for (int64_t j = gl * a.Cg; j < (gl + 1) * a.Cg; ++j)
@@ -266,26 +277,31 @@ AGN_INLINE void fwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
     for (int64_t j = gl * a.Cg; j < (gl + 1) * a.Cg; ++j) {
       const int64_t c = c0 + j;
       const FwdCoef<acc_t> f = fwd_coef(mean, rstd, a.w[c], a.b[c], a.scale[bi * C + c], a.shift[bi * C + c]);
-      fmean[j] = f.mean;
       fa[j] = f.a;
       fc[j] = f.c;
       fg[j] = f.g;
       fs[j] = f.shift;
+      t1[j] = f.mean;  // k[j] is still read by later groups' merges: the means wait in t1
     }
   }
-  for (int64_t r = 0; r < Sp; ++r) {
+  for (int64_t i = 0; i < W; ++i) {
+    const int64_t j = i % cb;
+    fmean[i] = t1[j], fa[i] = fa[j], fc[i] = fc[j], fg[i] = fg[j], fs[i] = fs[j];
+  }
+  for (int64_t r = 0; r < Sp; r += rows) {
+    const int64_t n = std::min(rows, Sp - r) * cb;
     if constexpr (staged) {
-      acc_t* h = stage.data();
-      load_row(xb + r * C, h, cb);
+      acc_t* h = stage;
+      load_row(xb + r * C, h, n);
 #pragma omp simd
-      for (int64_t j = 0; j < cb; ++j) h[j] = activate<SILU>(pre_act_xm(h[j] - fmean[j], fa[j], fc[j], fg[j], fs[j]));
-      store_row(h, yb + r * C, cb);
+      for (int64_t i = 0; i < n; ++i) h[i] = activate<SILU>(pre_act_xm(h[i] - fmean[i], fa[i], fc[i], fg[i], fs[i]));
+      store_row(h, yb + r * C, n);
     } else {
-      const scalar_t* row = xb + r * C;
-      scalar_t* orow = yb + r * C;
+      const scalar_t* xr = xb + r * C;
+      scalar_t* yr = yb + r * C;
 #pragma omp simd
-      for (int64_t j = 0; j < cb; ++j)
-        orow[j] = st<scalar_t>(activate<SILU>(pre_act_xm(ld(row[j]) - fmean[j], fa[j], fc[j], fg[j], fs[j])));
+      for (int64_t i = 0; i < n; ++i)
+        yr[i] = st<scalar_t>(activate<SILU>(pre_act_xm(ld(xr[i]) - fmean[i], fa[i], fc[i], fg[i], fs[i])));
     }
   }
 }
@@ -419,10 +435,15 @@ void launch(const Args<scalar_t, acc_t>& a, bool nhwc, bool silu, bool bwd) {
 }
 
 // NHWC tile width: wide rows amortise the per-row loop overhead (measured: 256 channels ran the
-// silu backward ~1.5x faster than 64), but keep >= 4 tiles per thread for load balance.
+// silu backward ~1.5x faster than 64), but keep >= 4 tiles per thread for load balance; narrow
+// tensors take whole-width tiles (see the first line).
 int64_t groups_per_block(int64_t Cg, int64_t G, int64_t B) {
+  const int64_t threads = static_cast<int64_t>(at::get_num_threads());
+  // Narrow tensors (<= 128 channels): one tile per batch row, whose forward runs as long flat
+  // passes (fwd_tile_nhwc), when the batch alone gives every thread a tile.
+  if (Cg * G <= kFlatWidth / 4 && B >= threads) return G;
   int64_t gpb = std::max<int64_t>(1, kBlockChannels / Cg);
-  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t want = 4 * threads;
   while (gpb > 1 && B * ((G + gpb - 1) / gpb) < want) gpb = (gpb + 1) / 2;
   return std::min(gpb, G);
 }
