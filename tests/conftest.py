@@ -4,11 +4,20 @@
   before any kernel is defined, hence here, before dalle2_fast is imported).
 - ``DALLE2_FAST_REQUIRE_EXT=1`` (set by ``make test``) turns a missing C++ extension into a
   failure instead of a skip: CI must test the cpu backend, not skip it.
+- Hypothesis draws each test's examples from a fixed seed (``derandomize``) unless
+  ``HYPOTHESIS_PROFILE=random``: the numeric property tests' error budgets are tight, and a rare
+  ill-conditioned draw must not turn one CI run red and the next green. Run the random profile
+  (fresh examples every run) to hunt for such cases.
 """
 import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("derandomized", derandomize=True)
+settings.register_profile("random", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
