@@ -281,12 +281,12 @@ AGN_INLINE void fwd_tile_nhwc(const Args<scalar_t, acc_t>& a, int64_t tile) {
       fc[j] = f.c;
       fg[j] = f.g;
       fs[j] = f.shift;
-      t1[j] = f.mean;  // k[j] is still read by later groups' merges: the means wait in t1
+      fmean[j] = f.mean;  // k[j] (the shift) is read only by this group's merge above
     }
   }
   for (int64_t i = 0; i < W; ++i) {
     const int64_t j = i % cb;
-    fmean[i] = t1[j], fa[i] = fa[j], fc[i] = fc[j], fg[i] = fg[j], fs[i] = fs[j];
+    fmean[i] = fmean[j], fa[i] = fa[j], fc[i] = fc[j], fg[i] = fg[j], fs[i] = fs[j];
   }
   for (int64_t r = 0; r < Sp; r += rows) {
     const int64_t n = std::min(rows, Sp - r) * cb;
