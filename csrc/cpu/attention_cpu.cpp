@@ -12,7 +12,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "dalle2_fast/attention.h"
 
@@ -42,6 +44,191 @@ at::Tensor pad_bytes(const std::optional<at::Tensor>& mask) {
   return mask->to(at::kByte).contiguous();
 }
 
+// ---- few query rows: decoding steps, a frozen prefix's trailing tokens ------------------------
+// The tiled path below makes a handful of ATen calls per (batch, head) tile, which costs more
+// than the math when each head has only a few queries (e.g. 3 queries against 80 cached keys).
+// Here each (b, h) is plain loops over contiguous float rows: scores of the keys padding leaves
+// (a padded cache's hidden keys are never read), one max, exp, sum, then P V as AXPYs,
+// compiled for AVX-512 / AVX2 / baseline (target_clones). Same semantics as attention.h (hidden
+// keys never computed with, empty rows zero with lse +inf, poisoned rows and columns NaN),
+// detected lazily: with a finite q row, a visible key with a non-finite k entry gives a
+// non-finite score, and a visible key with a non-finite v[d] a non-finite accumulator column
+// d, so no per-key scan is needed.
+constexpr int64_t kFewRows = 16;  // Sq up to this takes the few-rows path
+
+#define ATT_INLINE inline __attribute__((always_inline))
+#define ATT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+// exp(x) for x <= 0 (x - max of a softmax row), vectorisable (no libm call, no branch): Cephes'
+// expf range reduction (the rounding by adding 1.5 * 2^23, which vectorises where floorf does
+// not) and polynomial (relative error ~1e-7). x is clamped at -87 (exp ~1.6e-38,
+// float's underflow; a hidden key's -inf never reaches it).
+ATT_INLINE float exp_nonpos(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2): 1.5 * 2^23
+  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
+}
+
+// 16 floats, unaligned (GCC vector extension: one zmm on AVX-512, split on narrower targets).
+typedef float v16f __attribute__((vector_size(64), aligned(4)));
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+typedef float v4f __attribute__((vector_size(16), aligned(4)));
+
+ATT_INLINE v16f load16(const float* p) { return *reinterpret_cast<const v16f*>(p); }
+
+ATT_INLINE float hsum(v16f a) {
+  const v8f b = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
+                __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+  const v4f c = __builtin_shufflevector(b, b, 0, 1, 2, 3) + __builtin_shufflevector(b, b, 4, 5, 6, 7);
+  return (c[0] + c[2]) + (c[1] + c[3]);
+}
+
+// q . k_j for four keys k0..k3 (rows of length D) at once: four independent accumulators.
+ATT_INLINE void dot4(const float* q, const float* k0, const float* k1, const float* k2, const float* k3, int64_t D,
+                     float* out) {
+  v16f a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    const v16f qv = load16(q + d);
+    a0 += qv * load16(k0 + d);
+    a1 += qv * load16(k1 + d);
+    a2 += qv * load16(k2 + d);
+    a3 += qv * load16(k3 + d);
+  }
+  float t0 = hsum(a0), t1 = hsum(a1), t2 = hsum(a2), t3 = hsum(a3);
+  for (; d < D; ++d) {
+    t0 += q[d] * k0[d];
+    t1 += q[d] * k1[d];
+    t2 += q[d] * k2[d];
+    t3 += q[d] * k3[d];
+  }
+  out[0] = t0, out[1] = t1, out[2] = t2, out[3] = t3;
+}
+
+// out (D) = sum over c < n of p[c] v_{key[c]}: register accumulators over 64 columns at a time,
+// two keys per step (independent FMA chains).
+ATT_INLINE void few_rows_pv(const float* p, const float* v, const int32_t* key, int64_t n, int64_t D, float* out) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= D; d0 += 64) {
+    v16f a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+    int64_t c = 0;
+    for (; c + 2 <= n; c += 2) {
+      const float* v0 = v + key[c] * D + d0;
+      const float* v1 = v + key[c + 1] * D + d0;
+      const float p0 = p[c], p1 = p[c + 1];
+      a0 += p0 * load16(v0), a1 += p0 * load16(v0 + 16), a2 += p0 * load16(v0 + 32), a3 += p0 * load16(v0 + 48);
+      b0 += p1 * load16(v1), b1 += p1 * load16(v1 + 16), b2 += p1 * load16(v1 + 32), b3 += p1 * load16(v1 + 48);
+    }
+    if (c < n) {
+      const float* v0 = v + key[c] * D + d0;
+      const float p0 = p[c];
+      a0 += p0 * load16(v0), a1 += p0 * load16(v0 + 16), a2 += p0 * load16(v0 + 32), a3 += p0 * load16(v0 + 48);
+    }
+    *reinterpret_cast<v16f*>(out + d0) = a0 + b0;
+    *reinterpret_cast<v16f*>(out + d0 + 16) = a1 + b1;
+    *reinterpret_cast<v16f*>(out + d0 + 32) = a2 + b2;
+    *reinterpret_cast<v16f*>(out + d0 + 48) = a3 + b3;
+  }
+  for (; d0 < D; d0 += 16) {  // the remaining columns, up to 16 at a time
+    const int64_t w = D - d0 < 16 ? D - d0 : 16;
+    float acc[16] = {};
+    for (int64_t c = 0; c < n; ++c) {
+      const float pc = p[c];
+      const float* vc = v + key[c] * D + d0;
+      for (int64_t e = 0; e < w; ++e) acc[e] += pc * vc[e];
+    }
+    for (int64_t e = 0; e < w; ++e) out[d0 + e] = acc[e];
+  }
+}
+
+// One (b, h): q (Sq, D), k and v (Sk, D), out (Sq, D), lse (Sq). key: the indices of the keys
+// not hidden by padding, ascending, n_keys of them (a hidden key is never read: a padded cache
+// costs only its real keys); s: Sk floats of scratch.
+ATT_CLONES void few_rows_head(const float* q, const float* k, const float* v, const int32_t* key, int64_t n_keys,
+                              float* out, float* lse, int64_t Sq, int64_t Sk, int64_t D, float scale,
+                              bool scale_bad, bool causal, float* s) {
+  int64_t n = 0;  // keys visible to row i: key[0 .. n), growing with i under the causal mask
+  for (int64_t i = 0; i < Sq; ++i) {
+    const float* qi = q + i * D;
+    float* oi = out + i * D;
+    const int64_t vis_end = causal ? causal_key_end(i, Sq, Sk) : Sk;
+    while (n < n_keys && key[n] < vis_end) ++n;
+    if (n == 0) {  // every key hidden: zeros, lse +inf
+      for (int64_t d = 0; d < D; ++d) oi[d] = 0.0f;
+      lse[i] = __builtin_huge_valf();
+      continue;
+    }
+    int q_bad = 0;
+#pragma omp simd reduction(| : q_bad)
+    for (int64_t d = 0; d < D; ++d) q_bad |= !is_finite(qi[d]);
+    int64_t c = 0;
+    for (; c + 4 <= n; c += 4)
+      dot4(qi, k + key[c] * D, k + key[c + 1] * D, k + key[c + 2] * D, k + key[c + 3] * D, D, s + c);
+    for (; c < n; ++c) {
+      const float* kc = k + key[c] * D;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < D; ++d) dot += qi[d] * kc[d];
+      s[c] = dot;
+    }
+    float m = neg_inf();
+    int s_bad = 0;
+    for (c = 0; c < n; ++c) {
+      const float sc = s[c] * scale;
+      s_bad |= !is_finite(sc);  // a non-finite k entry (q finite), or an overflow: NaN either way
+      s[c] = sc;
+      m = sc > m ? sc : m;
+    }
+    if (scale_bad || q_bad || s_bad) {
+      for (int64_t d = 0; d < D; ++d) oi[d] = quiet_nan();
+      lse[i] = quiet_nan();
+      continue;
+    }
+#pragma omp simd
+    for (c = 0; c < n; ++c) s[c] = exp_nonpos(s[c] - m);
+    float l = 0.0f;
+#pragma omp simd reduction(+ : l)
+    for (c = 0; c < n; ++c) l += s[c];
+    few_rows_pv(s, v, key, n, D, oi);
+    const float inv = finish_inv_sum(l);
+    for (int64_t d = 0; d < D; ++d) oi[d] = finish_out(oi[d], inv, !is_finite(oi[d]));  // a non-finite v column
+    lse[i] = finish_lse(m, l);
+  }
+}
+
+void few_rows_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pad,
+                  at::Tensor& out, at::Tensor& lse, bool causal, float scale) {
+  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), Sk = k.size(2);
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const uint8_t* pad_p = pad.defined() ? pad.data_ptr<uint8_t>() : nullptr;
+  float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>();
+  const bool scale_bad = !is_finite(scale);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, Sq * Sk * D));
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(static_cast<size_t>(Sk));
+    std::vector<int32_t> key(static_cast<size_t>(Sk));
+    int64_t key_b = -1, n_keys = 0;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H;
+      if (b != key_b) {  // the keys row b's padding leaves
+        n_keys = 0;
+        for (int64_t j = 0; j < Sk; ++j)
+          if (!(pad_p && pad_p[b * Sk + j])) key[n_keys++] = static_cast<int32_t>(j);
+        key_b = b;
+      }
+      few_rows_head(qp + bh * Sq * D, kp + bh * Sk * D, vp + bh * Sk * D, key.data(), n_keys, op + bh * Sq * D,
+                    lp + bh * Sq, Sq, Sk, D, scale, scale_bad, causal, s.data());
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                      const at::Tensor& v_in,
                                                      const std::optional<at::Tensor>& mask, bool causal,
@@ -61,6 +248,10 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, con
   const at::Tensor k = k_in.detach().to(at::kFloat).contiguous();
   const at::Tensor v = v_in.detach().to(at::kFloat).contiguous();
   const at::Tensor pad = pad_bytes(mask);
+  if (Sq <= kFewRows) {
+    few_rows_fwd(q, k, v, pad, out, lse, causal, scale);
+    return {out.to(q_in.scalar_type()), lse};
+  }
   const uint8_t* pad_p = pad.defined() ? pad.data_ptr<uint8_t>() : nullptr;
   const int64_t n_mblk = (Sq + kBM - 1) / kBM;
   const bool scale_bad = !is_finite(scale);

@@ -4,7 +4,8 @@ FLOPs: 4 * B * H * Sq * Sk * D for the forward (two GEMMs), 2.5x that for the ba
 forward + backward step counts 3.5x), half of each for causal Sq = Sk. The baseline is
 ``F.scaled_dot_product_attention`` measured in the same run.
 
-CPU: (4, 8, 1024, 64) float32 forward, plus a smaller forward + backward step. Variants: the
+CPU: (4, 8, 1024, 64) float32 forward, plus a smaller forward + backward step, cross-attention
+to 81 tokens, and two decoding shapes (3 and 1 queries per head against a cache). Variants: the
 ``cpu`` dispatch backend (SDPA-backed, see ops.attention.CPU_BACKEND_REASON), our C++ flash
 kernel (``cpp-flash``: the custom op the CUDA kernel mirrors — measured to justify the CPU
 choice), the ``torch`` explicit-math reference, and SDPA (baseline).
@@ -50,7 +51,11 @@ def _shapes(device: str, quick: bool):
         if quick:
             return [(4, 8, 1024, 1024, 64, False, f32, "fwd"), (2, 4, 512, 512, 64, False, f32, "fwdbwd")]
         return [(4, 8, 1024, 1024, 64, False, f32, "fwd"), (4, 8, 1024, 1024, 64, True, f32, "fwd"),
-                (2, 8, 1024, 1024, 64, False, f32, "fwdbwd"), (16, 8, 1024, 81, 64, False, f32, "fwd")]
+                (2, 8, 1024, 1024, 64, False, f32, "fwdbwd"), (16, 8, 1024, 81, 64, False, f32, "fwd"),
+                # a few queries against a cache (the few-rows path): a prior step's 3 trailing
+                # tokens of 8 rows (CFG), the AR prior's one new code of 32 rows; padded keys as in
+                # a compacted prefix cache (cases(): half the rows an 8-token prompt)
+                (8, 4, 3, 81, 64, False, f32, "fwd"), (32, 4, 1, 110, 64, False, f32, "fwd")]
     bf = torch.bfloat16
     out = []
     seqs = (1024, 4096) if quick else (512, 1024, 2048, 4096, 8192)
@@ -84,6 +89,11 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
         k = torch.randn(B, H, Sk, D, generator=g).to(device=device, dtype=dt).requires_grad_(need_grad)
         v = torch.randn(B, H, Sk, D, generator=g).to(device=device, dtype=dt).requires_grad_(need_grad)
         go = torch.randn_like(q)
+        mask = keep = None
+        if device == "cpu" and Sq <= 16:  # a decoding cache: half the rows a short prompt, the rest spread
+            lens = torch.cat([torch.linspace(Sk // 4, Sk, B - B // 2).round().long(), torch.full((B // 2,), 8)])
+            mask = torch.arange(Sk)[None] >= lens[:, None]  # True = padding
+            keep = ~mask[:, None, None, :]
         variants, missing = [], {}
         for b in attention_family.available(device, dt):
             if b == "triton" and device == "cpu":
@@ -91,20 +101,24 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
             if b == "torch" and B * H * Sq * Sk > (1 << 28):
                 missing["torch"] = "explicit (B, H, Sq, Sk) scores too large for this shape"
                 continue
-            fn = (lambda q, k, v, b=b: attention(q, k, v, causal=causal, backend=b))
+            # every loop value bound now (a closure reads the loop's last values when it runs)
+            fn = (lambda q, k, v, b=b, c=causal, m=mask: attention(q, k, v, causal=c, key_padding_mask=m, backend=b))
             variants.append(Variant(b, _step(fn, q, k, v, go, mode), "ours"))
         if device == "cpu":
             if _ext.loaded():
-                fn = (lambda q, k, v: _attention_ext(q, k, v, None, causal, D**-0.5))
+                fn = (lambda q, k, v, c=causal, m=mask, s=D**-0.5: _attention_ext(q, k, v, m, c, s))
                 variants.append(Variant("cpp-flash", _step(fn, q, k, v, go, mode), "ours"))
             else:
                 missing["cpp-flash"] = "C++ extension not built"
         # The baseline: SDPA with top-left is_causal equals our bottom-right causal when Sq = Sk.
         assert not causal or Sq == Sk
-        sdpa = (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+        sdpa = (lambda q, k, v, c=causal, m=keep: F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=c))
         variants.append(Variant("sdpa", _step(sdpa, q, k, v, go, mode), "baseline"))
         name = _name(B, H, Sq, Sk, D, causal, dt, mode)
-        out.append(Case(FAMILY, name, dict(B=B, H=H, Sq=Sq, Sk=Sk, D=D, causal=causal, mode=mode, dtype=str(dt)),
+        params = dict(B=B, H=H, Sq=Sq, Sk=Sk, D=D, causal=causal, mode=mode, dtype=str(dt))
+        if mask is not None:
+            params["real_keys"] = (~mask).sum(1).tolist()
+        out.append(Case(FAMILY, name, params,
                         variants, "sdpa", flops=_flops(B, H, Sq, Sk, D, causal, mode), missing=missing,
                         device=device))
     return out

@@ -58,7 +58,10 @@ CPU_BACKEND_REASON = (
     "attention on CPU runs torch's F.scaled_dot_product_attention (with our padding/causal/"
     "empty-row semantics): it measured ~3-9x faster than our C++ flash kernel for "
     "(4, 8, 1024, 64) float32 on the development CPU; the C++ kernel is kept as the host-side "
-    "test of the math the CUDA kernel shares (csrc/include/dalle2_fast/attention.h)"
+    "test of the math the CUDA kernel shares (csrc/include/dalle2_fast/attention.h); except "
+    "float32 inference with at most FEW_ROWS (16) queries per head (decoding, a frozen prefix's "
+    "trailing tokens), which runs the C++ kernel's few-rows loops: 2.3x SDPA with its guard for "
+    "(8, 4, 3, 81, 64) on the development CPU (dalle2_fast/bench/attention.py's decode case)"
 )
 
 # On CUDA (no GPU measurement yet): triton (tensor cores for half types, 3xTF32 for float32),
@@ -250,7 +253,15 @@ def _attention_torch(q, k, v, key_padding_mask, causal, scale):
 # cpu backend: torch's SDPA with our semantics (see CPU_BACKEND_REASON).
 
 
+FEW_ROWS = 16  # csrc/cpu/attention_cpu.cpp kFewRows: up to this many queries per head, the few-rows loops
+
+
 def _attention_sdpa(q, k, v, key_padding_mask, causal, scale):
+    if (q.shape[2] <= FEW_ROWS and q.dtype == torch.float32 and _ext.loaded()
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
+        # a few queries per head (decoding, a frozen prefix's trailing tokens), inference: our C++
+        # few-rows loops, which carry the semantics themselves (no guard pass; CPU_BACKEND_REASON)
+        return torch.ops.dalle2_fast.attention_fwd(q, k, v, key_padding_mask, causal, scale)[0]
     # SDPA's own handling of non-finite input differs from ours (a NaN row comes out as zeros,
     # a NaN key behind padding leaks): it only ever sees finite inputs, _poisoned marks NaN.
     q, k, v, scale, poison = _nonfinite_guard(q, k, v, causal, key_padding_mask, scale)

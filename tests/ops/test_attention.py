@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dalle2_fast import _ext
 from dalle2_fast.ops import BackendNotSupported, attention, attention_ref
-from dalle2_fast.ops.attention import _attention_ext, attention_family as FAM
+from dalle2_fast.ops.attention import FEW_ROWS, _attention_ext, attention_family as FAM
 from tests.conftest import HAS_GPU, cpu_backends
 
 BACKENDS = ["torch", "cpu", "ext", "triton"]
@@ -346,9 +346,9 @@ def test_cpu_mask_memo_follows_the_mask():
     """The cpu backend memoises the SDPA mask derived from a padding mask across calls (a sampling
     loop passes the same object every step): changing that mask in place, or passing another one
     with the same shape, must change the result exactly as a fresh call's."""
-    g = torch.Generator().manual_seed(7)
-    q, k, v, _ = _inputs(g, 2, 2, 5, 13, 32, False, torch.float32)
-    mask = torch.zeros(2, 13, dtype=torch.bool)
+    g = torch.Generator().manual_seed(7)  # Sq > FEW_ROWS: the SDPA path (fewer rows take the C++ loops)
+    q, k, v, _ = _inputs(g, 2, 2, FEW_ROWS + 4, FEW_ROWS + 8, 32, False, torch.float32)
+    mask = torch.zeros(2, FEW_ROWS + 8, dtype=torch.bool)
     mask[0, 4:] = True
     for causal in (False, True):
         first = attention(q, k, v, causal=causal, key_padding_mask=mask, backend="cpu")
@@ -356,8 +356,59 @@ def test_cpu_mask_memo_follows_the_mask():
         mask[1, 9:] = True  # in place: the memo must see the new version
         torch.testing.assert_close(attention(q, k, v, causal=causal, key_padding_mask=mask, backend="cpu"),
                                    attention_ref(q, k, v, causal, mask), rtol=1e-5, atol=1e-5)
-        other = torch.zeros(2, 13, dtype=torch.bool)
+        other = torch.zeros(2, FEW_ROWS + 8, dtype=torch.bool)
         other[1, :2] = True  # another object with the same shape
         torch.testing.assert_close(attention(q, k, v, causal=causal, key_padding_mask=other, backend="cpu"),
                                    attention_ref(q, k, v, causal, other), rtol=1e-5, atol=1e-5)
         mask[1, 9:] = False
+
+
+@pytest.mark.skipif(not _ext.loaded(), reason="C++ extension not built")
+@pytest.mark.parametrize("Sq", [1, 3, FEW_ROWS, FEW_ROWS + 1])
+@pytest.mark.parametrize("D", [1, 17, 64, 80, 136])
+def test_few_rows_path_matches_reference(Sq, D):
+    """The C++ forward's few-rows loops (Sq <= FEW_ROWS; FEW_ROWS + 1 is the tiled path beside
+    them): output and lse against the float64 reference, for head dims that are not multiples of
+    the 16- and 64-column blocks, key counts below and above the 4-key block, padding with holes
+    (a compacted cache), a row with every key padded, causal with Sq < Sk and Sq > Sk."""
+    g = torch.Generator().manual_seed(1000 * Sq + D)
+    for Sk, causal in ((1, False), (7, True), (81, True), (Sq + 2, False), (max(1, Sq - 2), True)):
+        B, H = 3, 2
+        q, k, v = (torch.randn(B, H, S, D, generator=g) * 2 for S in (Sq, Sk, Sk))
+        mask = torch.rand(B, Sk, generator=g) < 0.4  # holes anywhere
+        mask[1] = True  # every key padded: zeros, lse +inf
+        scale = 0.7 / D**0.5
+        out, lse = torch.ops.dalle2_fast.attention_fwd(q, k, v, mask, causal, scale)
+        ref = attention_ref(q.double(), k.double(), v.double(), causal, mask, scale)
+        torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5)
+        s = (q.double() @ k.double().transpose(-1, -2)) * scale
+        hidden = mask[:, None, None, :].expand(B, H, Sq, Sk)
+        if causal:
+            hidden = hidden | torch.ones(Sq, Sk, dtype=torch.bool).triu(Sk - Sq + 1)
+        ref_lse = torch.logsumexp(s.masked_fill(hidden, float("-inf")), -1)
+        seen = ~hidden.all(-1)
+        torch.testing.assert_close(lse.double()[seen], ref_lse[seen], rtol=1e-5, atol=1e-5)
+        assert torch.isinf(lse[~seen]).all() and (lse[~seen] > 0).all()
+
+
+@pytest.mark.skipif(not _ext.loaded(), reason="C++ extension not built")
+def test_cpu_backend_takes_the_few_rows_loops_for_inference_only(monkeypatch):
+    """The cpu backend: float32 inference with <= FEW_ROWS queries runs the C++ loops (SDPA is
+    not called); with gradients, or more queries, SDPA as before."""
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    g = torch.Generator().manual_seed(3)
+    q, k, v, mask = _inputs(g, 2, 2, 3, 40, 64, True, torch.float32)
+    with torch.no_grad():
+        out = attention(q, k, v, causal=True, key_padding_mask=mask, backend="cpu")
+    assert not calls
+    torch.testing.assert_close(out, attention_ref(q, k, v, True, mask), rtol=1e-5, atol=1e-5)
+    ins = [t.clone().requires_grad_() for t in (q, k, v)]
+    attention(*ins, causal=True, key_padding_mask=mask, backend="cpu")
+    assert calls
+    calls.clear()
+    q2 = torch.randn(2, 2, FEW_ROWS + 1, 64, generator=g)
+    with torch.no_grad():
+        attention(q2, k, v, causal=True, key_padding_mask=mask, backend="cpu")
+    assert calls
