@@ -210,5 +210,35 @@ class Attention(nn.Module):
         k, v, mask = past.extend(k, v, own)  # (B, H, P + T, dh), mask (B, P + T) or None
         return self._attend(q, k, v, mask, B, T, last)
 
+    def forward_parts(self, xs: list[torch.Tensor], pasts: list[KVLayer]) -> list[torch.Tensor]:
+        """Self-attention of several token sets that do not attend to each other (e.g. prefixes of
+        different lengths), each with its own cache layer (``past``, as in :meth:`forward`):
+        xs[i] (B_i, T_i, dim) -> (B_i, T_i, dim). The projections run once on all their tokens
+        together (one GEMM each instead of one per set), the attention within each set: the
+        same outputs as ``forward(xs[i], past=pasts[i])`` for every i, to float rounding."""
+        if self.context_dim is not None and self.context_mode == "cross":
+            raise ValueError("Attention.forward_parts: self-attention only (this module is in 'cross' mode)")
+        if len(xs) != len(pasts) or not xs:
+            raise ValueError(f"Attention.forward_parts: needs one past per token set, got {len(xs)} sets and "
+                             f"{len(pasts)} pasts")
+        for x, past in zip(xs, pasts):
+            if x.dim() != 3 or x.shape[-1] != self.dim:
+                raise ValueError(f"Attention.forward_parts: each x must be (B, T, {self.dim}), got {tuple(x.shape)}")
+            if past.k is not None and past.k.shape[0] != x.shape[0]:
+                raise ValueError(f"Attention.forward_parts: a past holds batch {past.k.shape[0]}, its x {x.shape[0]}")
+        sizes = [x.shape[0] * x.shape[1] for x in xs]
+        qkv = self.to_qkv(torch.cat([x.reshape(-1, self.dim) for x in xs]))  # (sum B_i T_i, 3 inner)
+        outs = []
+        for x, part, past in zip(xs, qkv.split(sizes), pasts):
+            B, T = x.shape[:2]
+            q, k, v = _split_heads(part.view(B, T, -1), 3, self.heads)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            k, v, mask = past.extend(k, v, None)
+            out = attention(q, k, v, causal=self.causal, key_padding_mask=mask, backend=self.backend)
+            outs.append(out.transpose(1, 2).reshape(B * T, self.heads * self.dim_head))
+        out = self.to_out(torch.cat(outs))
+        return [o.view(x.shape) for x, o in zip(xs, out.split(sizes))]
+
 
 __all__ = ["Attention"]

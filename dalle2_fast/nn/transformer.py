@@ -52,6 +52,17 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+    def forward_parts(self, xs: list[torch.Tensor], pasts: list[KVLayer]) -> list[torch.Tensor]:
+        """Several token sets that do not attend to each other, each with its own cache layer: the
+        norms, projections and MLP run once on all their tokens (:meth:`Attention.forward_parts`)."""
+        sizes = [x.shape[0] * x.shape[1] for x in xs]
+        a = self.attn.forward_parts([h.view(x.shape) for x, h in zip(xs, self.ln1(torch.cat(
+            [x.reshape(-1, x.shape[-1]) for x in xs])).split(sizes))], pasts)
+        flat = torch.cat([(x + y).reshape(-1, x.shape[-1]) for x, y in zip(xs, a)])
+        flat = flat + self.mlp(self.ln2(flat))
+        return [o.view(x.shape) for x, o in zip(xs, flat.split(sizes))]
+
+
 class Transformer(nn.Module):
     """``layers`` blocks over sequences of at most ``max_len`` tokens, with learned positions
     and a final LayerNorm (``input_norm``: also one on the input, after the positions).
@@ -130,6 +141,40 @@ class Transformer(nn.Module):
         if positions is not None and positions.numel():
             cache = KVCache(cache.layers, max(int(positions.max()) + 1, cache.length))
         return h, (cache if grow else cache.freeze())
+
+    def prefill_parts(self, xs: list[torch.Tensor], positions: list[torch.Tensor],
+                      position: int | None = None) -> list[KVCache]:
+        """Several unpadded prefixes at once, e.g. a compacted prefix's rows grouped by length:
+        xs[i] (B_i, P_i, width) at positions[i] ((P_i,) or (B_i, P_i) integer) -> one frozen
+        cache per prefix, at ``position`` (default: one past the largest position given). The
+        same caches as :meth:`prefill` on each, to float rounding; every norm, projection and MLP
+        runs once per layer on all their tokens together (one GEMM, not one per prefix)."""
+        if not xs or len(xs) != len(positions):
+            raise ValueError(f"Transformer.prefill_parts: needs one positions tensor per prefix, got {len(xs)} "
+                             f"prefixes and {len(positions)} positions")
+        hs = []
+        for x, pos in zip(xs, positions):
+            if x.dim() != 3 or x.shape[-1] != self.pos.shape[1] or x.shape[1] == 0:
+                raise ValueError(f"Transformer.prefill_parts: each prefix must be (B, P >= 1, {self.pos.shape[1]}), "
+                                 f"got {tuple(x.shape)}")
+            if pos.dtype.is_floating_point or pos.dtype == torch.bool or pos.shape[-1] != x.shape[1] or \
+                    pos.dim() not in (1, 2) or (pos.dim() == 2 and pos.shape[0] != x.shape[0]):
+                raise ValueError(f"Transformer.prefill_parts: positions must be integer (P,) or (B, P) for a prefix "
+                                 f"{tuple(x.shape)}, got {pos.dtype} {tuple(pos.shape)}")
+            if int(pos.min()) < 0 or int(pos.max()) >= self.max_len:
+                raise ValueError(f"Transformer.prefill_parts: positions must lie in [0, max_len={self.max_len}), got "
+                                 f"[{int(pos.min())}, {int(pos.max())}]")
+            h = x + self.pos[pos.to(self.pos.device)].to(x.dtype)
+            hs.append(h)
+        if self.ln_in is not None:
+            sizes = [h.shape[0] * h.shape[1] for h in hs]
+            flat = self.ln_in(torch.cat([h.reshape(-1, h.shape[-1]) for h in hs]))
+            hs = [o.view(h.shape) for h, o in zip(hs, flat.split(sizes))]
+        caches = [KVCache.empty(len(self.blocks), grow=True) for _ in xs]
+        for i, blk in enumerate(self.blocks):
+            hs = blk.forward_parts(hs, [c.layers[i] for c in caches])
+        end = max(int(p.max()) for p in positions) + 1 if position is None else position
+        return [KVCache(c.layers, end).freeze() for c in caches]
 
 
 __all__ = ["Transformer", "TransformerBlock"]

@@ -229,12 +229,13 @@ class DiffusionPrior(Pretrained, nn.Module):
         if seq.device.type != "cpu" or int(lengths.sum()) > 0.8 * lengths.numel() * n:
             return self.transformer.prefill(seq, key_padding_mask=~real.gather(1, idx), positions=idx)[1]
         # on the CPU the work is per token: rows of very different lengths run in groups of one
-        # length (no padded token computed), assembled into one cache padded to the longest
-        parts = []
-        for m in lengths.unique().tolist():
-            rows = (lengths == m).nonzero().flatten()
-            parts.append((rows, self.transformer.prefill(seq[rows, :m], positions=idx[rows, :m])[1]))
-        return KVCache.from_rows(parts, seq.shape[0])
+        # length (no padded token computed; their projections and MLPs together, one GEMM per
+        # weight), assembled into one cache padded to the longest
+        groups = [(lengths == m).nonzero().flatten() for m in lengths.unique().tolist()]
+        caches = self.transformer.prefill_parts([seq[r, :int(lengths[r[0]])] for r in groups],
+                                                [idx[r, :int(lengths[r[0]])] for r in groups],
+                                                position=self.config.text_len + 1)
+        return KVCache.from_rows(list(zip(groups, caches)), seq.shape[0])
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """L_simple on x0 at a uniformly drawn step: {'loss', 'mse'} (means over the batch).
