@@ -26,6 +26,7 @@ from dalle2_fast.models.categorical import sample_categorical
 from dalle2_fast.models.prior._v1 import convert_v1_state_dict
 from dalle2_fast.models.prior.conditioning import TextConditioning, candidate_seeds, select_best, text_fields
 from dalle2_fast.models.prior.quantize import PCAQuantizer, QuantileBuckets
+from dalle2_fast.nn.packed_linear import packed_linears
 from dalle2_fast.nn.transformer import Transformer
 from dalle2_fast.seeding import Draws, check_seeds, per_sample_rand
 
@@ -179,18 +180,19 @@ class AutoregressivePrior(Pretrained, nn.Module):
         if kv_cache:  # the prefix runs once, then every code is one position against the growing cache
             seq, seq_mask = self._prefix(tokens, mask, emb, dot2, drop)
             h, cache = self.transformer.prefill(seq, key_padding_mask=~seq_mask, grow=True)
-        for k in steps_k:
-            if kv_cache:
-                if k:
-                    last = codes[:, -1] + (k - 1) * c.n_buckets
-                    h = self.transformer(self.code_emb(last if drop is None else torch.cat([last, last]))[:, None],
-                                         cache=cache)
-                logits = self.head(h[:, -1])
-            else:
-                cc = codes if drop is None else torch.cat([codes, codes])
-                logits = self(cc, tokens, mask, emb, dot2, drop)[:, -1]
-            if drop is not None:
-                cond, uncond = logits.chunk(2)
-                logits = uncond + guidance * (cond - uncond)
-            codes = torch.cat([codes, sample_categorical(logits, u[:, k + 1], temperature)[:, None]], dim=1)
+        with packed_linears(self):  # one position per code: few-row linears, weights packed once (CPU)
+            for k in steps_k:
+                if kv_cache:
+                    if k:
+                        last = codes[:, -1] + (k - 1) * c.n_buckets
+                        h = self.transformer(self.code_emb(last if drop is None else torch.cat([last, last]))[:, None],
+                                             cache=cache)
+                    logits = self.head(h[:, -1])
+                else:
+                    cc = codes if drop is None else torch.cat([codes, codes])
+                    logits = self(cc, tokens, mask, emb, dot2, drop)[:, -1]
+                if drop is not None:
+                    cond, uncond = logits.chunk(2)
+                    logits = uncond + guidance * (cond - uncond)
+                codes = torch.cat([codes, sample_categorical(logits, u[:, k + 1], temperature)[:, None]], dim=1)
         return select_best(self.quantizer.decode(codes).view(n_candidates, b, -1), text_embed)

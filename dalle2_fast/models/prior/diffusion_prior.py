@@ -41,6 +41,7 @@ from dalle2_fast.models.prior.conditioning import (TextConditioning, batch_of, c
                                                    select_best, text_fields)
 from dalle2_fast.nn.embeddings import timestep_embedding
 from dalle2_fast.nn.kv_cache import KVCache
+from dalle2_fast.nn.packed_linear import packed_linears
 from dalle2_fast.nn.transformer import Transformer
 from dalle2_fast.seeding import Draws, check_seeds
 
@@ -333,8 +334,9 @@ class DiffusionPrior(Pretrained, nn.Module):
             denoiser = ClassifierFreeGuidance(self, float(guidance), null)
         if c.x0_clamp is not None:
             denoiser = ClampedX0(denoiser, c.x0_clamp)
-        x = run_sampler(sampler, denoiser, self.diffusion, (n_cand * b, d), steps=c.sampling.steps(steps), eta=eta,
-                        model_kwargs=kw, seeds=all_seeds, progress=progress, device=dev)
+        with packed_linears(self):  # every step's linears run a few rows: weights packed once (CPU)
+            x = run_sampler(sampler, denoiser, self.diffusion, (n_cand * b, d), steps=c.sampling.steps(steps),
+                            eta=eta, model_kwargs=kw, seeds=all_seeds, progress=progress, device=dev)
         return self.from_latent(x).view(n_cand, b, d)
 
 

@@ -44,6 +44,7 @@ from dalle2_fast.diffusion import ClassifierFreeGuidance, DiffusionConfig, Gauss
 from dalle2_fast.models.prior.conditioning import candidate_seeds, repeat_batch, text_fields
 from dalle2_fast.nn.kv_cache import KVCache, KVLayer
 from dalle2_fast.nn.mq_attention import GainLayerNorm, MultiQueryAttention
+from dalle2_fast.nn.packed_linear import packed_linears
 from dalle2_fast.nn.positional import RelativePositionBias
 from dalle2_fast.seeding import Draws, check_seeds
 
@@ -368,18 +369,19 @@ class LaionDiffusionPrior(Pretrained, nn.Module):
             denoiser = _L2Clamp(denoiser, self.embed_scale)
         shape = (n_cand * b, c.dim)
         common = dict(model_kwargs=kw, seeds=all_seeds, progress=progress, device=dev)
-        if sampler == "ddim" and isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < T:
-            times = torch.linspace(-1.0, T, steps + 1)[:-1].int().flip(0)  # DALLE2-pytorch's DDIM timesteps
-            x = run_sampler("ddim", denoiser, self.diffusion, shape, eta=1.0 if eta is None else eta,
-                            timesteps=times[times >= 0], abar_shift=-1, **common)
-        elif sampler == "ddim" and steps == T:
-            x = run_sampler("ddpm", denoiser, self.diffusion, shape, **common)
-        elif sampler in ("ddpm", "dpmpp") and eta is None:
-            x = run_sampler(sampler, denoiser, self.diffusion, shape, steps=steps, **common)
-        else:
-            raise ValueError(f"LaionDiffusionPrior.sample: sampler must be 'ddim' with an int 1 <= steps <= {T}, "
-                             f"or 'ddpm' / 'dpmpp' (no eta) with any respacing; got sampler={sampler!r}, "
-                             f"steps={steps!r}, eta={eta!r}")
+        with packed_linears(self):  # every step runs a few rows: weights packed once (CPU)
+            if sampler == "ddim" and isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps < T:
+                times = torch.linspace(-1.0, T, steps + 1)[:-1].int().flip(0)  # DALLE2-pytorch's DDIM timesteps
+                x = run_sampler("ddim", denoiser, self.diffusion, shape, eta=1.0 if eta is None else eta,
+                                timesteps=times[times >= 0], abar_shift=-1, **common)
+            elif sampler == "ddim" and steps == T:
+                x = run_sampler("ddpm", denoiser, self.diffusion, shape, **common)
+            elif sampler in ("ddpm", "dpmpp") and eta is None:
+                x = run_sampler(sampler, denoiser, self.diffusion, shape, steps=steps, **common)
+            else:
+                raise ValueError(f"LaionDiffusionPrior.sample: sampler must be 'ddim' with an int 1 <= steps <= {T}, "
+                                 f"or 'ddpm' / 'dpmpp' (no eta) with any respacing; got sampler={sampler!r}, "
+                                 f"steps={steps!r}, eta={eta!r}")
         if c.sampling_final_clamp_l2norm:
             x = F.normalize(x, dim=-1) * self.embed_scale
         return (x.float() / self.embed_scale).view(n_cand, b, c.dim)
