@@ -25,6 +25,36 @@ from dalle2_fast import _ext
 MAX_ROWS = 64  # above this many rows F.linear's GEMM is as fast (measured: 48 rows 1.2-1.4x, 166 rows ~1x)
 
 
+PANEL = 32  # output columns per panel (csrc/cpu/linear_cpu.cpp kPanel)
+
+
+def pack_linear(weight: torch.Tensor) -> torch.Tensor:
+    """A linear weight (N, K) float32 on the CPU -> its panels (ceil(N / 32), K, 32)."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.dtype != torch.float32 \
+            or weight.device.type != "cpu":
+        got = (tuple(weight.shape), weight.dtype, str(weight.device)) if isinstance(weight, torch.Tensor) else type(weight)
+        raise ValueError(f"pack_linear: weight must be a 2-D float32 CPU tensor (N, K), got {got}")
+    return torch.ops.dalle2_fast.pack_linear(weight.detach())
+
+
+def packed_linear(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None, n: int) -> torch.Tensor:
+    """x (M, K) float32 @ weight^T + bias -> (M, n), the weight given as :func:`pack_linear`'s
+    panels. Reference: ``F.linear(x, weight, bias)``."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu":
+        got = (tuple(x.shape), x.dtype, str(x.device)) if isinstance(x, torch.Tensor) else type(x)
+        raise ValueError(f"packed_linear: x must be a 2-D float32 CPU tensor (M, K), got {got}")
+    if panels.dim() != 3 or panels.shape[2] != PANEL or panels.dtype != torch.float32 or not panels.is_contiguous():
+        raise ValueError(f"packed_linear: panels must come from pack_linear ((P, K, {PANEL}) float32), got "
+                         f"{tuple(panels.shape)} {panels.dtype}")
+    if panels.shape[1] != x.shape[1]:
+        raise ValueError(f"packed_linear: x has K = {x.shape[1]} but the panels K = {panels.shape[1]}")
+    if not (panels.shape[0] - 1) * PANEL < n <= panels.shape[0] * PANEL:
+        raise ValueError(f"packed_linear: n = {n} does not fit {panels.shape[0]} panels of {PANEL} columns")
+    if bias is not None and (bias.shape != (n,) or bias.dtype != torch.float32):
+        raise ValueError(f"packed_linear: bias must be float32 ({n},), got {tuple(bias.shape)} {bias.dtype}")
+    return torch.ops.dalle2_fast.packed_linear(x, panels, bias, n)
+
+
 def _packed_forward(lin: nn.Linear, panels: torch.Tensor, version: int, x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // max(1, lin.in_features)
     if (x.dtype != torch.float32 or x.device.type != "cpu" or rows > MAX_ROWS or x.shape[-1] != lin.in_features
@@ -33,6 +63,7 @@ def _packed_forward(lin: nn.Linear, panels: torch.Tensor, version: int, x: torch
         return F.linear(x, lin.weight, lin.bias)
     bias = None if lin.bias is None else lin.bias.detach()
     y = torch.ops.dalle2_fast.packed_linear(x.reshape(rows, lin.in_features), panels, bias, lin.out_features)
+    # (the op itself: the wrapper's checks hold by construction here)
     return y.view(*x.shape[:-1], lin.out_features)
 
 
@@ -45,7 +76,7 @@ def packed_linears(module: nn.Module):
         for lin in module.modules():
             if (type(lin) is nn.Linear and lin.weight.device.type == "cpu" and lin.weight.dtype == torch.float32
                     and "forward" not in lin.__dict__ and lin.in_features > 0 and lin.out_features > 0):
-                panels = torch.ops.dalle2_fast.pack_linear(lin.weight.detach())
+                panels = pack_linear(lin.weight)
                 lin.forward = partial(_packed_forward, lin, panels, lin.weight._version)
                 patched.append(lin)
     try:
@@ -55,4 +86,4 @@ def packed_linears(module: nn.Module):
             del lin.forward
 
 
-__all__ = ["MAX_ROWS", "packed_linears"]
+__all__ = ["MAX_ROWS", "PANEL", "pack_linear", "packed_linear", "packed_linears"]

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast import _ext
-from dalle2_fast.nn.packed_linear import MAX_ROWS, packed_linears
+from dalle2_fast.nn.packed_linear import MAX_ROWS, pack_linear, packed_linear, packed_linears
 
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="C++ extension not built")
 
@@ -18,29 +18,33 @@ def test_packed_linear_matches_f_linear(M, K, N, bias):
     g = torch.Generator().manual_seed(M * 1000 + K + N)
     x, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
     b = torch.randn(N, generator=g) if bias else None
-    panels = torch.ops.dalle2_fast.pack_linear(w)
+    panels = pack_linear(w)
     assert panels.shape == ((N + 31) // 32, K, 32)
-    got = torch.ops.dalle2_fast.packed_linear(x, panels, b, N)
+    got = packed_linear(x, panels, b, N)
     ref = F.linear(x.double(), w.double(), None if b is None else b.double())
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * K ** 0.5)
     xs = torch.randn(K, M, generator=g).t()  # non-contiguous rows
-    torch.testing.assert_close(torch.ops.dalle2_fast.packed_linear(xs, panels, b, N), F.linear(xs, w, b),
+    torch.testing.assert_close(packed_linear(xs, panels, b, N), F.linear(xs, w, b),
                                rtol=1e-5, atol=1e-5 * K ** 0.5)
 
 
 def test_packed_linear_errors():
+    """Bad input: a clear error naming the argument (checked in Python before the C++ op, whose own
+    checks are a backstop)."""
     w = torch.randn(40, 8)
-    p = torch.ops.dalle2_fast.pack_linear(w)
-    with pytest.raises(RuntimeError, match="x must be 2-D float32"):
-        torch.ops.dalle2_fast.packed_linear(torch.randn(2, 8).double(), p, None, 40)
-    with pytest.raises(RuntimeError, match="K = 9"):
-        torch.ops.dalle2_fast.packed_linear(torch.randn(2, 9), p, None, 40)
-    with pytest.raises(RuntimeError, match="n = 70 does not fit 2 panels"):
-        torch.ops.dalle2_fast.packed_linear(torch.randn(2, 8), p, None, 70)
-    with pytest.raises(RuntimeError, match="bias must be float32"):
-        torch.ops.dalle2_fast.packed_linear(torch.randn(2, 8), p, torch.randn(39), 40)
-    with pytest.raises(RuntimeError, match="weight must be a 2-D float32"):
-        torch.ops.dalle2_fast.pack_linear(torch.randn(4, 4, 4))
+    p = pack_linear(w)
+    with pytest.raises(ValueError, match="x must be a 2-D float32"):
+        packed_linear(torch.randn(2, 8).double(), p, None, 40)
+    with pytest.raises(ValueError, match="K = 9"):
+        packed_linear(torch.randn(2, 9), p, None, 40)
+    with pytest.raises(ValueError, match="n = 70 does not fit 2 panels"):
+        packed_linear(torch.randn(2, 8), p, None, 70)
+    with pytest.raises(ValueError, match="bias must be float32"):
+        packed_linear(torch.randn(2, 8), p, torch.randn(39), 40)
+    with pytest.raises(ValueError, match="panels must come from pack_linear"):
+        packed_linear(torch.randn(2, 8), w, None, 40)
+    with pytest.raises(ValueError, match="weight must be a 2-D float32"):
+        pack_linear(torch.randn(4, 4, 4))
 
 
 def _counting(monkeypatch):
