@@ -22,6 +22,7 @@ diffusers runs ``pipe.to(torch.bfloat16)``, with its one bicubic upsampling comp
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -278,7 +279,9 @@ def report(out: Path, quick: bool = False, repeats: int = 3) -> dict:
     from dalle2_fast.bench.core import run_case
 
     STAGE_LOG.clear()
+    load_start = os.getloadavg()[0]
     results = [run_case(c, repeats=repeats) for c in cases("cpu", quick)]
+    load_end = os.getloadavg()[0]
     stages = {label: {k: statistics.median(r[k] for r in runs[1:] or runs) for k in runs[0]}
               for label, runs in STAGE_LOG.items()}  # runs[0] is the warm-up
     peaks = {}
@@ -287,7 +290,8 @@ def report(out: Path, quick: bool = False, repeats: int = 3) -> dict:
             ["--quick"] if quick else [])
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         peaks[label] = json.loads(res.stdout.strip().splitlines()[-1])
-    doc = {"machine": machine_info("cpu"), "quick": quick, "results": results, "stage_seconds": stages,
+    machine = dict(machine_info("cpu"), load_average_1min=[round(load_start, 2), round(load_end, 2)])
+    doc = {"machine": machine, "quick": quick, "results": results, "stage_seconds": stages,
            "stage_peak_mb": peaks, "weights_mb": _weights_mb(quick)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(doc, indent=2))
@@ -308,11 +312,18 @@ def _weights_mb(quick: bool) -> dict:
     return out
 
 
+def _load(m: dict) -> str:
+    """The 1-minute load average when the timed calls began and ended, as recorded (older results
+    have none: nothing is claimed)."""
+    la = m.get("load_average_1min")
+    return "" if not la else f"; 1-minute load average {la[0]} when the timed calls began, {la[1]} when they ended"
+
+
 def _markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = ["# unclip-peers: Karlo architecture, ours vs diffusers' UnCLIPPipeline, same weights", "",
-             f"Machine: {m.get('cpu_model') or m['processor']} ({m['cpu_count']} cores, shared with other jobs "
-             f"while this ran), torch {m['torch']}, {m['torch_threads']} thread(s), commit {m['git_commit'][:10]}.",
+             f"Machine: {m.get('cpu_model') or m['processor']} ({m['cpu_count']} cores{_load(m)}), torch {m['torch']}, "
+             f"{m['torch_threads']} thread(s), commit {m['git_commit'][:10]}.",
              "", "| case | variant | s / call (2 images) | images/s | vs diffusers | weights MB | peak +MB (call) |",
              "|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
