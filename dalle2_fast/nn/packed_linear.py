@@ -8,12 +8,14 @@ column panels, the weight's own size) and runs its inference calls of at most :d
 rows through ``dalle2_fast::packed_linear`` (csrc/cpu/linear_cpu.cpp), 1.4-1.6x F.linear for
 8-24 rows on the development Xeon; other calls (more rows, gradients, autocast, other dtypes, a
 weight changed inside the block) take F.linear, the reference. Results equal F.linear's to
-float rounding. Costs one extra copy of the linear weights while the block runs; without the C++
-extension the block changes nothing.
+float rounding. Costs one extra copy of the linear weights: while the block runs, and kept for the
+next block (so a sampling loop called again does not repack) when they total at most
+:data:`KEEP_BYTES`; without the C++ extension the block changes nothing.
 """
 from __future__ import annotations
 
 import contextlib
+import weakref
 from functools import partial
 
 import torch
@@ -32,7 +34,8 @@ def pack_linear(weight: torch.Tensor) -> torch.Tensor:
     """A linear weight (N, K) float32 on the CPU -> its panels (ceil(N / 32), K, 32)."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.dtype != torch.float32 \
             or weight.device.type != "cpu":
-        got = (tuple(weight.shape), weight.dtype, str(weight.device)) if isinstance(weight, torch.Tensor) else type(weight)
+        got = ((tuple(weight.shape), weight.dtype, str(weight.device)) if isinstance(weight, torch.Tensor)
+               else type(weight))
         raise ValueError(f"pack_linear: weight must be a 2-D float32 CPU tensor (N, K), got {got}")
     return torch.ops.dalle2_fast.pack_linear(weight.detach())
 
@@ -67,18 +70,40 @@ def _packed_forward(lin: nn.Linear, panels: torch.Tensor, version: int, x: torch
     return y.view(*x.shape[:-1], lin.out_features)
 
 
+KEEP_BYTES = 256 << 20  # packed copies kept between blocks for modules whose linear weights total at most this
+
+# lin -> (a weak reference to its weight, the weight's version, the panels)
+_KEPT: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _panels(lin: nn.Linear, keep: bool) -> torch.Tensor:
+    w = lin.weight
+    hit = _KEPT.get(lin) if keep else _KEPT.pop(lin, None)  # keep=False: hold nothing after this block
+    if hit is not None and hit[0]() is w and hit[1] == w._version:  # the same tensor, unchanged
+        return hit[2]
+    panels = pack_linear(w)
+    if keep:
+        _KEPT[lin] = (weakref.ref(w), w._version, panels)
+    return panels
+
+
 @contextlib.contextmanager
-def packed_linears(module: nn.Module):
+def packed_linears(module: nn.Module, keep: bool | None = None):
     """Within the block, ``module``'s float32 CPU ``nn.Linear`` layers run few-row inference calls
-    on weights packed on entry (module docstring); restored on exit."""
+    on packed weights (module docstring); restored on exit. keep: hold the packed copies for the
+    next block (repacked when a weight changes) instead of packing at every block; default when
+    the linear weights total at most :data:`KEEP_BYTES` (their copy then stays in memory while
+    the module lives)."""
     patched = []
     if _ext.loaded():
-        for lin in module.modules():
-            if (type(lin) is nn.Linear and lin.weight.device.type == "cpu" and lin.weight.dtype == torch.float32
-                    and "forward" not in lin.__dict__ and lin.in_features > 0 and lin.out_features > 0):
-                panels = pack_linear(lin.weight)
-                lin.forward = partial(_packed_forward, lin, panels, lin.weight._version)
-                patched.append(lin)
+        lins = [lin for lin in module.modules()
+                if type(lin) is nn.Linear and lin.weight.device.type == "cpu" and lin.weight.dtype == torch.float32
+                and "forward" not in lin.__dict__ and lin.in_features > 0 and lin.out_features > 0]
+        if keep is None:
+            keep = sum(lin.weight.numel() * 4 for lin in lins) <= KEEP_BYTES
+        for lin in lins:
+            lin.forward = partial(_packed_forward, lin, _panels(lin, keep), lin.weight._version)
+            patched.append(lin)
     try:
         yield
     finally:
@@ -86,4 +111,4 @@ def packed_linears(module: nn.Module):
             del lin.forward
 
 
-__all__ = ["MAX_ROWS", "PANEL", "pack_linear", "packed_linear", "packed_linears"]
+__all__ = ["KEEP_BYTES", "MAX_ROWS", "PANEL", "pack_linear", "packed_linear", "packed_linears"]

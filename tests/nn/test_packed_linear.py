@@ -88,3 +88,28 @@ def test_packed_linears_context(monkeypatch):
             net[0].weight.mul_(0.5)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert all("forward" not in m.__dict__ for m in (net[0], net[2]))
+
+
+def test_packed_copies_are_kept_and_follow_the_weights():
+    """keep: the next block reuses the packed copy; a weight changed between blocks (in place or
+    replaced) is repacked; keep=False packs anew and holds nothing."""
+    from dalle2_fast.nn import packed_linear as PL
+
+    torch.manual_seed(1)
+    lin = nn.Linear(16, 40)
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        with packed_linears(lin, keep=True):
+            first = lin.forward.args[1]
+        with packed_linears(lin, keep=True):
+            assert lin.forward.args[1] is first
+        lin.weight.add_(1.0)  # in place: the version moves
+        with packed_linears(lin, keep=True):
+            assert lin.forward.args[1] is not first
+            torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+        lin.weight = nn.Parameter(torch.randn(40, 16))  # replaced
+        with packed_linears(lin):
+            torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+        with packed_linears(lin, keep=False):
+            pass
+        assert lin not in PL._KEPT
