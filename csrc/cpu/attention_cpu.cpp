@@ -48,8 +48,8 @@ at::Tensor pad_bytes(const std::optional<at::Tensor>& mask) {
 // The tiled path below makes a handful of ATen calls per (batch, head) tile, which costs more
 // than the math when each head has only a few queries (e.g. 3 queries against 80 cached keys).
 // Here each (b, h) is plain loops over contiguous float rows: scores of the keys padding leaves
-// (a padded cache's hidden keys are never read), one max, exp, sum, then P V as AXPYs,
-// compiled for AVX-512 / AVX2 / baseline (target_clones). Same semantics as attention.h (hidden
+// (a padded cache's hidden keys are never read), one max, exp (common.h's vectorisable
+// exp_approx), sum, then P V as AXPYs, compiled for AVX-512 / AVX2 / baseline (target_clones). Same semantics as attention.h (hidden
 // keys never computed with, empty rows zero with lse +inf, poisoned rows and columns NaN),
 // detected lazily: with a finite q row, a visible key with a non-finite k entry gives a
 // non-finite score, and a visible key with a non-finite v[d] a non-finite accumulator column
@@ -58,24 +58,6 @@ constexpr int64_t kFewRows = 16;  // Sq up to this takes the few-rows path
 
 #define ATT_INLINE inline __attribute__((always_inline))
 #define ATT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-
-// exp(x) for x <= 0 (x - max of a softmax row), vectorisable (no libm call, no branch): Cephes'
-// expf range reduction (the rounding by adding 1.5 * 2^23, which vectorises where floorf does
-// not) and polynomial (relative error ~1e-7). x is clamped at -87 (exp ~1.6e-38,
-// float's underflow; a hidden key's -inf never reaches it).
-ATT_INLINE float exp_nonpos(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2): 1.5 * 2^23
-  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
-}
 
 // 16 floats, unaligned (GCC vector extension: one zmm on AVX-512, split on narrower targets).
 typedef float v16f __attribute__((vector_size(64), aligned(4)));
@@ -192,7 +174,7 @@ ATT_CLONES void few_rows_head(const float* q, const float* k, const float* v, co
       continue;
     }
 #pragma omp simd
-    for (c = 0; c < n; ++c) s[c] = exp_nonpos(s[c] - m);
+    for (c = 0; c < n; ++c) s[c] = dalle2_fast::exp_approx(s[c] - m);  // vectorised (common.h)
     float l = 0.0f;
 #pragma omp simd reduction(+ : l)
     for (c = 0; c < n; ++c) l += s[c];

@@ -131,30 +131,8 @@ DF_AGN acc_t pre_act(acc_t x, const FwdCoef<acc_t>& k) {
 }
 
 // ---------------------------------------------------------------------------------------
-// exp. The float version is a branch-free Cephes-style polynomial so that CPU loops
-// vectorise (libm's expf does not without -ffast-math); relative error ~2 ulp.
-DF_AGN float exp_approx(float x) {
-#if defined(__CUDA_ARCH__)
-  return __expf(x);
-#else
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  // n = round(x / ln2) by the 1.5 * 2^23 trick (floorf / nearbyintf block GCC's AVX-512
-  // vectoriser; this file is never compiled with -ffast-math, which would fold it away).
-  const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - fx * 0.693359375f;
-  r = r - fx * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int e = static_cast<int>(fx) + 127;
-  const float scale = __builtin_bit_cast(float, e << 23);
-  return p * scale;
-#endif
-}
+// exp: the float version is the shared polynomial (common.h), the double one libm's.
+using dalle2_fast::exp_approx;
 
 DF_AGN double exp_approx(double x) {
 #if defined(__CUDA_ARCH__)
