@@ -49,6 +49,15 @@ def _split_heads(t: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor,
     return t.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, T, dh) each
 
 
+def tokenwise(fn, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A token-wise function (a norm, a projection, an MLP: (N, C) -> (N, C')) applied to several
+    token sets xs[i] (B_i, T_i, C) in one call on all their tokens (one GEMM instead of one per
+    set) -> [(B_i, T_i, C')]."""
+    sizes = [x.shape[0] * x.shape[1] for x in xs]
+    out = fn(torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]))
+    return [o.view(*x.shape[:2], o.shape[-1]) for x, o in zip(xs, out.split(sizes))]
+
+
 class Attention(nn.Module):
     """Args:
     dim: channels of the input tokens x (B, T, dim) and of the output.
@@ -226,19 +235,16 @@ class Attention(nn.Module):
                 raise ValueError(f"Attention.forward_parts: each x must be (B, T, {self.dim}), got {tuple(x.shape)}")
             if past.k is not None and past.k.shape[0] != x.shape[0]:
                 raise ValueError(f"Attention.forward_parts: a past holds batch {past.k.shape[0]}, its x {x.shape[0]}")
-        sizes = [x.shape[0] * x.shape[1] for x in xs]
-        qkv = self.to_qkv(torch.cat([x.reshape(-1, self.dim) for x in xs]))  # (sum B_i T_i, 3 inner)
         outs = []
-        for x, part, past in zip(xs, qkv.split(sizes), pasts):
-            B, T = x.shape[:2]
-            q, k, v = _split_heads(part.view(B, T, -1), 3, self.heads)
+        for part, past in zip(tokenwise(self.to_qkv, xs), pasts):  # one qkv GEMM for all sets
+            B, T = part.shape[:2]
+            q, k, v = _split_heads(part, 3, self.heads)
             if self.q_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
             k, v, mask = past.extend(k, v, None)
             out = attention(q, k, v, causal=self.causal, key_padding_mask=mask, backend=self.backend)
-            outs.append(out.transpose(1, 2).reshape(B * T, self.heads * self.dim_head))
-        out = self.to_out(torch.cat(outs))
-        return [o.view(x.shape) for x, o in zip(xs, out.split(sizes))]
+            outs.append(out.transpose(1, 2).reshape(B, T, self.heads * self.dim_head))
+        return tokenwise(self.to_out, outs)
 
 
-__all__ = ["Attention"]
+__all__ = ["Attention", "tokenwise"]

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from dalle2_fast.nn.attention import Attention
+from dalle2_fast.nn.attention import Attention, tokenwise
 from dalle2_fast.nn.kv_cache import KVCache, KVLayer
 
 
@@ -51,16 +51,11 @@ class TransformerBlock(nn.Module):
         x = (x if last is None else x[:, -last:]) + a
         return x + self.mlp(self.ln2(x))
 
-
     def forward_parts(self, xs: list[torch.Tensor], pasts: list[KVLayer]) -> list[torch.Tensor]:
         """Several token sets that do not attend to each other, each with its own cache layer: the
         norms, projections and MLP run once on all their tokens (:meth:`Attention.forward_parts`)."""
-        sizes = [x.shape[0] * x.shape[1] for x in xs]
-        a = self.attn.forward_parts([h.view(x.shape) for x, h in zip(xs, self.ln1(torch.cat(
-            [x.reshape(-1, x.shape[-1]) for x in xs])).split(sizes))], pasts)
-        flat = torch.cat([(x + y).reshape(-1, x.shape[-1]) for x, y in zip(xs, a)])
-        flat = flat + self.mlp(self.ln2(flat))
-        return [o.view(x.shape) for x, o in zip(xs, flat.split(sizes))]
+        xs = [x + a for x, a in zip(xs, self.attn.forward_parts(tokenwise(self.ln1, xs), pasts))]
+        return [x + y for x, y in zip(xs, tokenwise(lambda t: self.mlp(self.ln2(t)), xs))]
 
 
 class Transformer(nn.Module):
@@ -111,14 +106,7 @@ class Transformer(nn.Module):
                 raise ValueError(f"Transformer: sequence length {start + x.shape[1]}{cached} > max_len {self.max_len}")
             pos = self.pos[start: start + x.shape[1]]
         else:
-            if positions.dtype.is_floating_point or positions.dtype == torch.bool or positions.shape[-1] != x.shape[1] \
-                    or positions.dim() not in (1, 2) or (positions.dim() == 2 and positions.shape[0] != x.shape[0]):
-                raise ValueError(f"Transformer: positions must be integer (S,) or (B, S) for x {tuple(x.shape)}, got "
-                                 f"{positions.dtype} {tuple(positions.shape)}")
-            if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= self.max_len):
-                raise ValueError(f"Transformer: positions must lie in [0, max_len={self.max_len}), got "
-                                 f"[{int(positions.min())}, {int(positions.max())}]")
-            pos = self.pos[positions.to(self.pos.device)]
+            pos = self._at_positions(positions, x, "Transformer")
         x = x + pos.to(x.dtype)
         if self.ln_in is not None:
             x = self.ln_in(x)
@@ -126,6 +114,18 @@ class Transformer(nn.Module):
         for i, blk in enumerate(self.blocks):
             x = blk(x, key_padding_mask, None if cache is None else cache.layers[i], last if i == n - 1 else None)
         return self.ln(x)
+
+    def _at_positions(self, positions: torch.Tensor, x: torch.Tensor, who: str) -> torch.Tensor:
+        """The learned embeddings at explicit integer positions (S,) or (B, S) of the tokens x
+        (B, S, width), after checking them."""
+        if positions.dtype.is_floating_point or positions.dtype == torch.bool or positions.shape[-1] != x.shape[1] \
+                or positions.dim() not in (1, 2) or (positions.dim() == 2 and positions.shape[0] != x.shape[0]):
+            raise ValueError(f"{who}: positions must be integer (S,) or (B, S) for x {tuple(x.shape)}, got "
+                             f"{positions.dtype} {tuple(positions.shape)}")
+        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= self.max_len):
+            raise ValueError(f"{who}: positions must lie in [0, max_len={self.max_len}), got "
+                             f"[{int(positions.min())}, {int(positions.max())}]")
+        return self.pos[positions.to(self.pos.device)]
 
     def prefill(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
                 grow: bool = False, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
@@ -157,19 +157,9 @@ class Transformer(nn.Module):
             if x.dim() != 3 or x.shape[-1] != self.pos.shape[1] or x.shape[1] == 0:
                 raise ValueError(f"Transformer.prefill_parts: each prefix must be (B, P >= 1, {self.pos.shape[1]}), "
                                  f"got {tuple(x.shape)}")
-            if pos.dtype.is_floating_point or pos.dtype == torch.bool or pos.shape[-1] != x.shape[1] or \
-                    pos.dim() not in (1, 2) or (pos.dim() == 2 and pos.shape[0] != x.shape[0]):
-                raise ValueError(f"Transformer.prefill_parts: positions must be integer (P,) or (B, P) for a prefix "
-                                 f"{tuple(x.shape)}, got {pos.dtype} {tuple(pos.shape)}")
-            if int(pos.min()) < 0 or int(pos.max()) >= self.max_len:
-                raise ValueError(f"Transformer.prefill_parts: positions must lie in [0, max_len={self.max_len}), got "
-                                 f"[{int(pos.min())}, {int(pos.max())}]")
-            h = x + self.pos[pos.to(self.pos.device)].to(x.dtype)
-            hs.append(h)
+            hs.append(x + self._at_positions(pos, x, "Transformer.prefill_parts").to(x.dtype))
         if self.ln_in is not None:
-            sizes = [h.shape[0] * h.shape[1] for h in hs]
-            flat = self.ln_in(torch.cat([h.reshape(-1, h.shape[-1]) for h in hs]))
-            hs = [o.view(h.shape) for h, o in zip(hs, flat.split(sizes))]
+            hs = tokenwise(self.ln_in, hs)
         caches = [KVCache.empty(len(self.blocks), grow=True) for _ in xs]
         for i, blk in enumerate(self.blocks):
             hs = blk.forward_parts(hs, [c.layers[i] for c in caches])
