@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "dalle2_fast/attention.h"
+#include "dalle2_fast/few_rows.h"
 
 namespace {
 
@@ -54,7 +55,7 @@ at::Tensor pad_bytes(const std::optional<at::Tensor>& mask) {
 // detected lazily: with a finite q row, a visible key with a non-finite k entry gives a
 // non-finite score, and a visible key with a non-finite v[d] a non-finite accumulator column
 // d, so no per-key scan is needed.
-constexpr int64_t kFewRows = 16;  // Sq up to this takes the few-rows path
+using dalle2_fast::cpu::kFewRows;  // Sq up to this takes the few-rows path
 
 #define ATT_INLINE inline __attribute__((always_inline))
 #define ATT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -187,28 +188,10 @@ ATT_CLONES void few_rows_head(const float* q, const float* k, const float* v, co
 
 void few_rows_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pad,
                   at::Tensor& out, at::Tensor& lse, bool causal, float scale) {
-  const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), Sk = k.size(2);
-  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
-  const uint8_t* pad_p = pad.defined() ? pad.data_ptr<uint8_t>() : nullptr;
-  float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>();
-  const bool scale_bad = !is_finite(scale);
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, Sq * Sk * D));
-  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(static_cast<size_t>(Sk));
-    std::vector<int32_t> key(static_cast<size_t>(Sk));
-    int64_t key_b = -1, n_keys = 0;
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H;
-      if (b != key_b) {  // the keys row b's padding leaves
-        n_keys = 0;
-        for (int64_t j = 0; j < Sk; ++j)
-          if (!(pad_p && pad_p[b * Sk + j])) key[n_keys++] = static_cast<int32_t>(j);
-        key_b = b;
-      }
-      few_rows_head(qp + bh * Sq * D, kp + bh * Sk * D, vp + bh * Sk * D, key.data(), n_keys, op + bh * Sq * D,
-                    lp + bh * Sq, Sq, Sk, D, scale, scale_bad, causal, s.data());
-    }
-  });
+  dalle2_fast::cpu::few_rows_attention(q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+                                       pad.defined() ? pad.data_ptr<uint8_t>() : nullptr, out.data_ptr<float>(),
+                                       lse.data_ptr<float>(), q.size(0), q.size(1), q.size(2), k.size(2), q.size(3),
+                                       causal, scale);
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
@@ -417,6 +400,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
 }
 
 }  // namespace
+
+void dalle2_fast::cpu::few_rows_attention(const float* qp, const float* kp, const float* vp, const uint8_t* pad_p,
+                                          float* op, float* lp, int64_t B, int64_t H, int64_t Sq, int64_t Sk,
+                                          int64_t D, bool causal, float scale) {
+  const bool scale_bad = !is_finite(scale);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, Sq * Sk * D));
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(static_cast<size_t>(Sk));
+    std::vector<int32_t> key(static_cast<size_t>(Sk));
+    int64_t key_b = -1, n_keys = 0;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H;
+      if (b != key_b) {  // the keys row b's padding leaves
+        n_keys = 0;
+        for (int64_t j = 0; j < Sk; ++j)
+          if (!(pad_p && pad_p[b * Sk + j])) key[n_keys++] = static_cast<int32_t>(j);
+        key_b = b;
+      }
+      few_rows_head(qp + bh * Sq * D, kp + bh * Sk * D, vp + bh * Sk * D, key.data(), n_keys, op + bh * Sq * D,
+                    lp + bh * Sq, Sq, Sk, D, scale, scale_bad, causal, s.data());
+    }
+  });
+}
 
 TORCH_LIBRARY_IMPL(dalle2_fast, CPU, m) {
   m.impl("attention_fwd", &attention_fwd_cpu);

@@ -16,9 +16,11 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "dalle2_fast/few_rows.h"
+
 namespace {
 
-constexpr int64_t kPanel = 32;  // output columns per panel (two 16-float vectors)
+using dalle2_fast::cpu::kPanel;  // output columns per panel (two 16-float vectors)
 constexpr int64_t kRows = 12;   // rows per register block
 
 typedef float v16f __attribute__((vector_size(64), aligned(4)));
@@ -124,16 +126,20 @@ at::Tensor packed_linear_cpu(const at::Tensor& x_in, const at::Tensor& panels, c
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   if (K == 0) return bias.defined() ? bias.expand({M, N}).clone() : y.zero_();
-  const float* xp = x.data_ptr<float>();
-  const float* pp = panels.data_ptr<float>();
-  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, M * K * kPanel));
-  at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) { linear_panels(xp, M, K, pp, p0, p1, bp, yp, N); });
+  dalle2_fast::cpu::packed_linear_rows(x.data_ptr<float>(), M, K, panels.data_ptr<float>(),
+                                       bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), N);
   return y;
 }
 
 }  // namespace
+
+void dalle2_fast::cpu::packed_linear_rows(const float* x, int64_t M, int64_t K, const float* panels,
+                                          const float* bias, float* y, int64_t N) {
+  if (M == 0 || N == 0) return;
+  const int64_t P = (N + kPanel - 1) / kPanel;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(1, M * K * kPanel));
+  at::parallel_for(0, P, grain, [&](int64_t p0, int64_t p1) { linear_panels(x, M, K, panels, p0, p1, bias, y, N); });
+}
 
 TORCH_LIBRARY_IMPL(dalle2_fast, CPU, m) {
   m.impl("pack_linear", &pack_linear_cpu);

@@ -96,26 +96,36 @@ class KVLayer:
 
     def _into_tail(self, k: torch.Tensor, v: torch.Tensor):
         """A frozen layer read by many calls with the same number of new tokens (a sampling loop):
-        [cached; new] lives in one preallocated buffer per layer, the cached part copied once and
-        the new tokens written into its tail at each call, instead of concatenating the whole
-        prefix anew every call. The mask (cached; new tokens unpadded) is one tensor, the same
-        object at every call (``ops.attention`` memoises what it derives from it). Rebuilt when
-        the new tokens' shape or dtype or the cached tensors (their version) change."""
-        P, T = self.length, k.shape[-2]
-        key = (tuple(k.shape), k.dtype, self.k._version, self.v._version,
-               None if self.mask is None else self.mask._version)
-        t = self._tail
-        if t is None or t[0] != key or t[1] is not self.k or t[2] is not self.v or t[3] is not self.mask:
-            kb = k.new_empty(k.shape[:-2] + (P + T, k.shape[-1]))  # (B, ..., P + T, dh)
-            vb = v.new_empty(kb.shape)
-            kb[..., :P, :] = self.k
-            vb[..., :P, :] = self.v
-            mm = _cat_mask(self.mask, None, P, T, k.shape[0], k.device)
-            self._tail = (key, self.k, self.v, self.mask, kb, vb, mm)
-        kb, vb, mm = self._tail[4:]
+        [cached; new] lives in one preallocated buffer per layer (:meth:`tail_buffers`), the new
+        tokens written into its tail at each call, instead of concatenating the whole prefix anew
+        every call."""
+        kb, vb, mm = self.tail_buffers(k.shape, k.dtype)
+        P = self.length
         kb[..., P:, :] = k
         vb[..., P:, :] = v
         return kb, vb, mm
+
+    def tail_buffers(self, shape, dtype: torch.dtype):
+        """(keys, values, mask) buffers of [cached; new] for new keys of ``shape`` (B, ..., T, dh)
+        and ``dtype``: the cached part copied in once, the tail [P, P + T) for the caller to
+        write; the mask (cached; new tokens unpadded) is one tensor, the same object at every
+        call (``ops.attention`` memoises what it derives from it). Reused while the new tokens'
+        shape and dtype and the cached tensors (their version) are unchanged; eager inference
+        on a frozen layer only (:func:`_reusable`)."""
+        if self.k is None or self.grow:
+            raise ValueError("KVLayer.tail_buffers: needs a frozen layer with cached keys")
+        shape = tuple(shape)
+        P, T = self.length, shape[-2]
+        key = (shape, dtype, self.k._version, self.v._version, None if self.mask is None else self.mask._version)
+        t = self._tail
+        if t is None or t[0] != key or t[1] is not self.k or t[2] is not self.v or t[3] is not self.mask:
+            kb = self.k.new_empty(shape[:-2] + (P + T, shape[-1]), dtype=dtype)  # (B, ..., P + T, dh)
+            vb = self.v.new_empty(kb.shape, dtype=dtype)
+            kb[..., :P, :] = self.k
+            vb[..., :P, :] = self.v
+            mm = _cat_mask(self.mask, None, P, T, shape[0], kb.device)
+            self._tail = (key, self.k, self.v, self.mask, kb, vb, mm)
+        return self._tail[4:]
 
     def _map(self, fn, mask_fn=None) -> "KVLayer":
         mask_fn = mask_fn or fn

@@ -84,6 +84,15 @@ def _panels(lin: nn.Linear, keep: bool) -> torch.Tensor:
     return panels
 
 
+def packed_panels(lin: nn.Linear) -> torch.Tensor | None:
+    """The panels ``lin`` runs its few-row calls on inside a :func:`packed_linears` block; None
+    outside one, or when its weight changed inside the block (its calls then take F.linear)."""
+    f = lin.__dict__.get("forward")
+    if type(f) is partial and f.func is _packed_forward and lin.weight._version == f.args[2]:
+        return f.args[1]
+    return None
+
+
 @contextlib.contextmanager
 def packed_linears(module: nn.Module, keep: bool | None = None):
     """Within the block, ``module``'s float32 CPU ``nn.Linear`` layers run few-row inference calls
@@ -108,4 +117,4 @@ def packed_linears(module: nn.Module, keep: bool | None = None):
             del lin.forward
 
 
-__all__ = ["KEEP_BYTES", "MAX_ROWS", "PANEL", "pack_linear", "packed_linear", "packed_linears"]
+__all__ = ["KEEP_BYTES", "MAX_ROWS", "PANEL", "pack_linear", "packed_linear", "packed_linears", "packed_panels"]

@@ -15,6 +15,8 @@ cache; ``forward(x, cache=...)`` then runs only the tokens after it (at position
 ``cache.position`` on), their queries attending to [cached; own] keys with bottom-right causal
 alignment — equal to running the whole sequence, to float tolerance. A growing cache (not
 frozen) also stores each call's tokens: token-by-token decoding at one position per token.
+Over a frozen cache on the CPU, inside :func:`~dalle2_fast.nn.packed_linears`, the blocks run in
+one C++ call (:mod:`dalle2_fast.nn.cached_blocks`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from dalle2_fast.nn.attention import Attention, tokenwise
+from dalle2_fast.nn.cached_blocks import cached_blocks
 from dalle2_fast.nn.kv_cache import KVCache, KVLayer
 
 
@@ -110,6 +113,10 @@ class Transformer(nn.Module):
         x = x + pos.to(x.dtype)
         if self.ln_in is not None:
             x = self.ln_in(x)
+        if cache is not None and key_padding_mask is None and cache.length:  # a frozen prefix's trailing tokens:
+            y = cached_blocks(self.blocks, x, cache, last)  # every block in one C++ call where it applies
+            if y is not None:
+                return self.ln(y)
         n = len(self.blocks)
         for i, blk in enumerate(self.blocks):
             x = blk(x, key_padding_mask, None if cache is None else cache.layers[i], last if i == n - 1 else None)
