@@ -130,10 +130,11 @@ def _diffusers_call(pipe, prompts, steps):
 
 _CACHE: dict = {}
 # label -> (pipeline key, 'ours' | 'diffusers'); the cases pair each dtype's variants
-VARIANTS = {"ours": ("ours", "ours"), "ours-channels-last": ("ours_cl", "ours"), "diffusers": ("ref", "diffusers"),
+VARIANTS = {"ours": ("ours", "ours"), "ours-channels-last": ("ours_cl", "ours"),
+            "ours-winograd-channels-last": ("ours_wg_cl", "ours"), "diffusers": ("ref", "diffusers"),
             "ours-bf16": ("ours16", "ours"), "ours-bf16-channels-last": ("ours16_cl", "ours"),
             "diffusers-bf16": ("ref16", "diffusers")}
-CASES = {"fp32": ("ours", "ours-channels-last", "diffusers"),
+CASES = {"fp32": ("ours", "ours-channels-last", "ours-winograd-channels-last", "diffusers"),
          "bf16": ("ours-bf16", "ours-bf16-channels-last", "diffusers-bf16")}
 BASELINE = {"fp32": "diffusers", "bf16": "diffusers-bf16"}
 
@@ -151,6 +152,7 @@ def pipelines(quick: bool = False) -> dict:
         _CACHE[key] = {
             "ours": UnCLIPPipeline.from_diffusers(folder),
             "ours_cl": UnCLIPPipeline.from_diffusers(folder).channels_last(),
+            "ours_wg_cl": UnCLIPPipeline.from_diffusers(folder).channels_last().fast_convs(),
             "ours16": UnCLIPPipeline.from_diffusers(folder, dtype=torch.bfloat16),
             "ours16_cl": UnCLIPPipeline.from_diffusers(folder, dtype=torch.bfloat16).channels_last(),
             "ref": ref,

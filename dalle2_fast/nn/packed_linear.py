@@ -14,15 +14,12 @@ next block (so a sampling loop called again does not repack) when they total at 
 """
 from __future__ import annotations
 
-import contextlib
-import weakref
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast import _ext
+from dalle2_fast.nn.transformed_weights import KeptTransforms, patched_forwards, transformed_weight
 
 MAX_ROWS = 64  # above this many rows F.linear's GEMM is as fast (measured: 48 rows 1.2-1.4x, 166 rows ~1x)
 PANEL = 32  # output columns per panel (csrc/cpu/linear_cpu.cpp kPanel)
@@ -69,52 +66,29 @@ def _packed_forward(lin: nn.Linear, panels: torch.Tensor, version: int, x: torch
     return y.view(*x.shape[:-1], lin.out_features)
 
 
-# lin -> (a weak reference to its weight, the weight's version, the panels)
-_KEPT: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _panels(lin: nn.Linear, keep: bool) -> torch.Tensor:
-    w = lin.weight
-    hit = _KEPT.get(lin) if keep else _KEPT.pop(lin, None)  # keep=False: hold nothing after this block
-    if hit is not None and hit[0]() is w and hit[1] == w._version:  # the same tensor, unchanged
-        return hit[2]
-    panels = pack_linear(w)
-    if keep:
-        _KEPT[lin] = (weakref.ref(w), w._version, panels)
-    return panels
+_KEPT = KeptTransforms()
 
 
 def packed_panels(lin: nn.Linear) -> torch.Tensor | None:
     """The panels ``lin`` runs its few-row calls on inside a :func:`packed_linears` block; None
     outside one, or when its weight changed inside the block (its calls then take F.linear)."""
-    f = lin.__dict__.get("forward")
-    if type(f) is partial and f.func is _packed_forward and lin.weight._version == f.args[2]:
-        return f.args[1]
-    return None
+    return transformed_weight(lin, _packed_forward)
 
 
-@contextlib.contextmanager
 def packed_linears(module: nn.Module, keep: bool | None = None):
     """Within the block, ``module``'s float32 CPU ``nn.Linear`` layers run few-row inference calls
     on packed weights (module docstring); restored on exit. keep: hold the packed copies for the
     next block (repacked when a weight changes) instead of packing at every block; default when
     the linear weights total at most :data:`KEEP_BYTES` (their copy then stays in memory while
     the module lives)."""
-    patched = []
+    lins = []
     if _ext.loaded():
         lins = [lin for lin in module.modules()
                 if type(lin) is nn.Linear and lin.weight.device.type == "cpu" and lin.weight.dtype == torch.float32
                 and "forward" not in lin.__dict__ and lin.in_features > 0 and lin.out_features > 0]
-        if keep is None:
-            keep = sum(lin.weight.numel() * 4 for lin in lins) <= KEEP_BYTES
-        for lin in lins:
-            lin.forward = partial(_packed_forward, lin, _panels(lin, keep), lin.weight._version)
-            patched.append(lin)
-    try:
-        yield
-    finally:
-        for lin in patched:
-            del lin.forward
+    if keep is None:
+        keep = sum(lin.weight.numel() * 4 for lin in lins) <= KEEP_BYTES
+    return patched_forwards(lins, _KEPT, pack_linear, _packed_forward, keep)
 
 
 __all__ = ["KEEP_BYTES", "MAX_ROWS", "PANEL", "pack_linear", "packed_linear", "packed_linears", "packed_panels"]

@@ -18,7 +18,7 @@ def test_quick_run_times_ours_against_diffusers(tmp_path):
     by_name = {r["name"]: r for r in doc["results"]}
     assert set(by_name) == {"karlo-reduced-quick-fp32", "karlo-reduced-quick-bf16"}
     fp32 = by_name["karlo-reduced-quick-fp32"]
-    assert set(fp32["times"]) == {"ours", "ours-channels-last", "diffusers"} and fp32["baseline"] == "diffusers"
+    assert set(fp32["times"]) == {"ours", "ours-channels-last", "ours-winograd-channels-last", "diffusers"} and fp32["baseline"] == "diffusers"
     assert fp32["kinds"]["diffusers"] == "peer" and all(t > 0 for t in fp32["times"].values())
     assert (tmp_path / "unclip-peers.png").stat().st_size > 1000
 
@@ -31,4 +31,6 @@ def test_same_images_from_both_pipelines():
     b = unclip_peers.call("ours-channels-last", quick=True)
     assert a.shape == (2, 3, 32, 32)
     assert (a - b).abs().max() < 1e-4
+    c = unclip_peers.call("ours-winograd-channels-last", quick=True)  # Winograd rounding: close, not equal
+    assert (a - c).abs().max() < 1e-3
     assert p["ref"].decoder.config.sample_size == 16

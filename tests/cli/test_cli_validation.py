@@ -67,6 +67,7 @@ def ckpt(tmp_path_factory):
     (["--images-dir", "x", "--batch-size", "0"], r"--batch-size: expected an integer >= 1"),
     (["--seed", "-1"], r"--seed: expected an integer in \[0, 2\^63 - 1\], got -1"),
     (["--prior-steps", "3"], r"--prior-steps: apply to text prompts"),
+    (["--fast-convs"], r"--fast-convs: apply to text prompts"),
     (["-n", "5000"], r"-n: 5000 images do not fit one grid \(--max-grid 1024\).*--images-dir"),
 ])
 def test_sample_checkpoint_bad_values(ckpt, tmp_path, extra, match):
