@@ -14,10 +14,10 @@ activations that way (the transforms read and write NHWC; converting NCHW activa
 back costs more than it saves on large images); other calls (NCHW inputs, gradients, autocast,
 other dtypes, a weight changed inside the block) take the layer's own forward, the reference.
 
-Measured on the development Xeon, one thread, channels-last, against F.conv2d (oneDNN direct):
-(4, 128 -> 128, 32 px) 2.48 vs 6.15 ms; (4, 64 -> 64, 64 px) 3.69 vs 5.91 ms; (4, 256 -> 256, 8
-px) 0.74 vs 1.69 ms; (2, 64 -> 64, 128 px) 8.10 vs 11.85 ms; but (2, 32 -> 32, 256 px) 17.5 vs
-13.5 ms: 32-channel GEMMs are too thin, hence :data:`MIN_CHANNELS`.
+Measured on the development Xeon, one thread, channels-last, against F.conv2d (oneDNN direct, at
+~200 GFLOP/s): (4, 128 -> 128, 32 px) 2.38 vs 6.06 ms; (4, 64 -> 64, 64 px) 3.26 vs 5.83 ms; (4,
+256 -> 256, 8 px) 0.65 vs 1.46 ms; (2, 64 -> 32, 256 px) 18.1 vs 28.0 ms; (2, 32 -> 32, 256 px)
+9.5 vs 11.7 ms; (4, 32 -> 32, 32 px) 0.31 vs 0.42 ms.
 
 Rounding: the transforms' constants cost about one decimal digit against the direct
 convolution (relative error ~4e-6 vs ~4e-7 in float32), far below what a sampled image shows,
@@ -34,7 +34,7 @@ from torch import nn
 from dalle2_fast import _ext
 from dalle2_fast.nn.transformed_weights import KeptTransforms, patched_forwards, transformed_weight
 
-MIN_CHANNELS = 64  # below this many channels the batched GEMMs are too thin to beat the direct convolution
+MIN_CHANNELS = 32  # fewer channels: GEMMs too thin to beat the direct convolution (not measured below 32)
 KEEP_BYTES = 512 << 20  # transformed filters kept between blocks for modules whose total is at most this
 
 

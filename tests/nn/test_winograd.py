@@ -107,7 +107,7 @@ def test_winograd_convs_context(monkeypatch):
     (stride 2, too few channels, 1x1), NCHW activations, gradients, autocast and a weight changed inside the block
     take the layer's own forward; on exit the modules are as before."""
     torch.manual_seed(0)
-    c = MIN_CHANNELS
+    c = max(MIN_CHANNELS, 8)
     net = nn.Sequential(nn.Conv2d(c, c + 8, 3, padding=1), nn.SiLU(), nn.Conv2d(c + 8, c, 3, padding=1),
                         nn.Conv2d(c, c, 3, stride=2, padding=1), nn.Conv2d(c, 4, 3, padding=1), nn.Conv2d(4, c, 1))
     x = torch.randn(2, c, 11, 14).contiguous(memory_format=torch.channels_last)
