@@ -292,7 +292,8 @@ def report(out: Path, quick: bool = False, repeats: int = 3) -> dict:
             ["--quick"] if quick else [])
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         peaks[label] = json.loads(res.stdout.strip().splitlines()[-1])
-    machine = dict(machine_info("cpu"), load_average_1min=[round(load_start, 2), round(load_end, 2)])
+    machine = dict(machine_info("cpu"), load_average_1min=[round(load_start, 2), round(load_end, 2)],
+                   malloc=os.environ.get("DALLE2_FAST_MALLOC", "system"))
     doc = {"machine": machine, "quick": quick, "results": results, "stage_seconds": stages,
            "stage_peak_mb": peaks, "weights_mb": _weights_mb(quick)}
     out.mkdir(parents=True, exist_ok=True)
@@ -325,7 +326,8 @@ def _markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = ["# unclip-peers: Karlo architecture, ours vs diffusers' UnCLIPPipeline, same weights", "",
              f"Machine: {m.get('cpu_model') or m['processor']} ({m['cpu_count']} cores{_load(m)}), torch {m['torch']}, "
-             f"{m['torch_threads']} thread(s), commit {m['git_commit'][:10]}.",
+             f"{m['torch_threads']} thread(s), commit {m['git_commit'][:10]}, malloc policy "
+             f"{m.get('malloc', 'system')} (both pipelines: one process).",
              "", "| case | variant | s / call (2 images) | images/s | vs diffusers | weights MB | peak +MB (call) |",
              "|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
@@ -374,7 +376,16 @@ def main(argv=None) -> None:
     p.add_argument("--stage-peaks", default=None, metavar="LABEL", choices=list(VARIANTS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--malloc", choices=["system", "retain"], default=None,
+                   help="this process's (and the peak-memory children's) malloc policy, for both pipelines "
+                        "(dalle2_fast/allocator.py; default: DALLE2_FAST_MALLOC, else glibc's own)")
     a = p.parse_args(argv)
+    if a.malloc:
+        os.environ["DALLE2_FAST_MALLOC"] = a.malloc  # the peak-memory children inherit it
+    if os.environ.get("DALLE2_FAST_MALLOC") == "retain":
+        from dalle2_fast.allocator import retain_freed_memory
+
+        retain_freed_memory()
     torch.set_num_threads(1)
     if a.stage_peaks:
         print(json.dumps(stage_peaks(a.stage_peaks, a.quick)))

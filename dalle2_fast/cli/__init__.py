@@ -54,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 def console(argv: list[str] | None = None) -> int:
     """The ``dalle2-fast`` command: :func:`main`, with bad input reported as one line (exit 2)
     instead of a traceback."""
+    from dalle2_fast.allocator import apply_from_env
     from dalle2_fast.checkpoint import CheckpointError
 
     try:
+        apply_from_env()  # this process's malloc keeps freed memory (dalle2_fast/allocator.py)
         return main(argv)
     except SystemExit:
         raise
