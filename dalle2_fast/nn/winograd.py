@@ -1,4 +1,4 @@
-"""3x3 convolutions by Winograd's F(4x4, 3x3) on the CPU: the filters transformed once for a loop.
+"""3x3 convolutions by Winograd's F(4x4, 3x3) on the CPU, on channels-last activations.
 
 The image stages' U-Nets spend most of their float32 CPU time in 3x3, stride-1, 'same'
 convolutions, which oneDNN already runs near this machine's GEMM rate as direct convolutions.
@@ -19,12 +19,20 @@ Measured on the development Xeon, one thread, channels-last, against F.conv2d (o
 256 -> 256, 8 px) 0.65 vs 1.46 ms; (2, 64 -> 32, 256 px) 18.1 vs 28.0 ms; (2, 32 -> 32, 256 px)
 9.5 vs 11.7 ms; (4, 32 -> 32, 32 px) 0.31 vs 0.42 ms.
 
+Which calls, and the filters' memory (36 transformed values per 9 filter taps: 4x the filter's
+size). A call on fewer than :data:`MIN_TILES` 4x4 output tiles takes the direct convolution: the
+gain there is small (8 px, 256 channels, batch 4: 0.73 vs 1.77 ms) and such low-resolution layers
+hold the largest filters. A call on :data:`PER_CALL_TILES` tiles or more transforms its filters
+afresh and drops them (the transform costs a few percent of such a call). In between the
+transformed filters are made at the layer's first call and held until the block ends (or, with
+``keep``, for the next block). Measured on the unclip-peers decoder (Karlo architecture,
+reduced): 126 MB of transformed filters held during the stage instead of the 297 MB of
+transforming every eligible filter up front, at the same speed.
+
 Rounding: the transforms' constants cost about one decimal digit against the direct
 convolution (relative error ~4e-6 vs ~4e-7 in float32), far below what a sampled image shows,
-but not bit-equal: it is opt-in (``UnCLIPPipeline.fast_convs``), never the default. Costs one
-extra copy of the filters at 4x their size (36 vs 9 values per filter tap set) while the module
-lives, when they total at most :data:`KEEP_BYTES`; without the C++ extension the block changes
-nothing.
+but not bit-equal: it is opt-in (``UnCLIPPipeline.fast_convs``), never the default. Without the
+C++ extension the block changes nothing.
 """
 from __future__ import annotations
 
@@ -35,6 +43,8 @@ from dalle2_fast import _ext
 from dalle2_fast.nn.transformed_weights import KeptTransforms, patched_forwards, transformed_weight
 
 MIN_CHANNELS = 32  # fewer channels: GEMMs too thin to beat the direct convolution (not measured below 32)
+MIN_TILES = 64  # fewer 4x4 output tiles (e.g. 8 px at batch 4): the direct convolution (small gain, big filters)
+PER_CALL_TILES = 512  # this many tiles or more: the filters transformed at each call, never held
 KEEP_BYTES = 512 << 20  # transformed filters kept between blocks for modules whose total is at most this
 
 
@@ -78,12 +88,33 @@ def _eligible(conv: nn.Module) -> bool:
             and "forward" not in conv.__dict__)
 
 
-def _winograd_forward(conv: nn.Conv2d, u: torch.Tensor, version: int, x: torch.Tensor) -> torch.Tensor:
+class _Filters:
+    """A convolution's transformed filters, made at its first call that keeps them (lazily: a
+    layer only ever called on few tiles, or on many, never holds any)."""
+
+    __slots__ = ("weight", "u")
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight, self.u = weight, None
+
+    def get(self) -> torch.Tensor:
+        if self.u is None:
+            self.u = winograd_weight(self.weight)
+        return self.u
+
+
+def _tiles(x: torch.Tensor) -> int:
+    return x.shape[0] * ((x.shape[2] + 3) // 4) * ((x.shape[3] + 3) // 4)
+
+
+def _winograd_forward(conv: nn.Conv2d, filters: _Filters, version: int, x: torch.Tensor) -> torch.Tensor:
     if (x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4 or conv.weight._version != version
-            or not x.is_contiguous(memory_format=torch.channels_last)
+            or not x.is_contiguous(memory_format=torch.channels_last) or _tiles(x) < MIN_TILES
             or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
             or (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))):
         return nn.Conv2d.forward(conv, x)
+    # many tiles: the filter transform is a small part of the call, made afresh and dropped after
+    u = winograd_weight(conv.weight) if filters.u is None and _tiles(x) >= PER_CALL_TILES else filters.get()
     return _run(x, u, None if conv.bias is None else conv.bias.detach())
 
 
@@ -93,16 +124,18 @@ _KEPT = KeptTransforms()
 def winograd_convs(module: nn.Module, keep: bool | None = None):
     """Within the block, ``module``'s eligible 3x3 convolutions run their float32 CPU inference
     calls by Winograd's F(4x4, 3x3) (module docstring); restored on exit. keep: hold the
-    transformed filters for the next block; default when they total at most :data:`KEEP_BYTES`."""
+    transformed filters for the next block; default when they could total at most
+    :data:`KEEP_BYTES`."""
     convs = [m for m in module.modules() if _eligible(m)] if _ext.loaded() else []
     if keep is None:
         keep = sum(c.weight.numel() * 16 for c in convs) <= KEEP_BYTES  # 36 / 9 floats of 4 bytes per value
-    return patched_forwards(convs, _KEPT, winograd_weight, _winograd_forward, keep)
+    return patched_forwards(convs, _KEPT, _Filters, _winograd_forward, keep)
 
 
-def winograd_filters(conv: nn.Conv2d) -> torch.Tensor | None:
-    """The transformed filters ``conv`` runs on inside a :func:`winograd_convs` block, else None."""
-    return transformed_weight(conv, _winograd_forward)
+def winograd_enabled(conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` runs by Winograd (its eligible calls) inside a :func:`winograd_convs` block."""
+    return transformed_weight(conv, _winograd_forward) is not None
 
 
-__all__ = ["KEEP_BYTES", "MIN_CHANNELS", "winograd_conv3x3", "winograd_convs", "winograd_filters", "winograd_weight"]
+__all__ = ["KEEP_BYTES", "MIN_CHANNELS", "MIN_TILES", "PER_CALL_TILES", "winograd_conv3x3", "winograd_convs",
+           "winograd_enabled", "winograd_weight"]

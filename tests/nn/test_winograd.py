@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle2_fast import _ext
-from dalle2_fast.nn.winograd import MIN_CHANNELS, winograd_conv3x3, winograd_convs, winograd_filters, winograd_weight
+from dalle2_fast.nn import winograd as WG
+from dalle2_fast.nn.winograd import (MIN_CHANNELS, MIN_TILES, PER_CALL_TILES, winograd_conv3x3, winograd_convs,
+                                     winograd_enabled, winograd_weight)
 
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="C++ extension not built")
 
@@ -110,13 +112,13 @@ def test_winograd_convs_context(monkeypatch):
     c = max(MIN_CHANNELS, 8)
     net = nn.Sequential(nn.Conv2d(c, c + 8, 3, padding=1), nn.SiLU(), nn.Conv2d(c + 8, c, 3, padding=1),
                         nn.Conv2d(c, c, 3, stride=2, padding=1), nn.Conv2d(c, 4, 3, padding=1), nn.Conv2d(4, c, 1))
-    x = torch.randn(2, c, 11, 14).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, c, 23, 26).contiguous(memory_format=torch.channels_last)  # 2 * 6 * 7 = 84 tiles
+    assert MIN_TILES <= 84 < PER_CALL_TILES
     with torch.no_grad():
         ref = net(x)
     calls = _counting(monkeypatch)
     with winograd_convs(net):
-        assert [winograd_filters(m) is not None for m in net if isinstance(m, nn.Conv2d)] == [True, True, False,
-                                                                                             False, False]
+        assert [winograd_enabled(m) for m in net if isinstance(m, nn.Conv2d)] == [True, True, False, False, False]
         with torch.no_grad():
             got = net(x)
             assert len(calls) == 3  # the stride-2, 4-channel and 1x1 convolutions
@@ -139,3 +141,27 @@ def test_winograd_convs_context(monkeypatch):
             net[0].weight.mul_(0.5)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
     assert all("forward" not in m.__dict__ for m in net)
+
+
+def test_which_calls_hold_transformed_filters(monkeypatch):
+    """Few tiles: the direct convolution; a moderate number: the filters transformed at the first
+    call and held for the block; many: transformed for the call and dropped."""
+    torch.manual_seed(2)
+    conv = nn.Conv2d(MIN_CHANNELS, MIN_CHANNELS, 3, padding=1)
+    small = torch.randn(1, MIN_CHANNELS, 8, 8).contiguous(memory_format=torch.channels_last)  # 4 tiles
+    mid = torch.randn(1, MIN_CHANNELS, 40, 40).contiguous(memory_format=torch.channels_last)  # 100 tiles
+    side = 4 * int((PER_CALL_TILES ** 0.5) + 1)
+    big = torch.randn(1, MIN_CHANNELS, side, side).contiguous(memory_format=torch.channels_last)
+    made = []
+    real = WG.winograd_weight
+    monkeypatch.setattr(WG, "winograd_weight", lambda w: made.append(1) or real(w))
+    with torch.no_grad(), winograd_convs(conv, keep=False):
+        filters = conv.forward.args[1]
+        for x in (small, big, big):
+            torch.testing.assert_close(conv(x), nn.Conv2d.forward(conv, x), rtol=1e-4, atol=1e-4)
+        assert len(made) == 2 and filters.u is None  # small: direct; big: transformed per call, not held
+        conv(mid)
+        conv(mid)
+        assert len(made) == 3 and filters.u is not None  # held after the first moderate call
+        conv(big)
+        assert len(made) == 3  # held filters serve the big call too
