@@ -256,9 +256,8 @@ class UnCLIPPipeline:
         (:func:`dalle2_fast.nn.winograd_convs`: 4x fewer multiplies, the filters transformed once).
         Not bit-equal to the default direct convolutions: relative error ~4e-6 per convolution
         instead of ~4e-7. Other devices and dtypes are unaffected. The transforms work on
-        channels-last activations: enabling it also enables :meth:`channels_last`. Memory: transformed
-        filters (4x a filter's size) only for the running stage's layers at moderate resolutions,
-        freed after the stage (:mod:`dalle2_fast.nn.winograd`)."""
+        channels-last activations: enabling it also enables :meth:`channels_last`. Memory: one layer's
+        transformed filters (4x its filters' size) at a time (:mod:`dalle2_fast.nn.winograd`)."""
         self.winograd = bool(enabled)
         return self.channels_last() if enabled else self
 
@@ -271,9 +270,7 @@ class UnCLIPPipeline:
             stage.to(self.offload_device)
         amp = (torch.autocast(dev.type, dtype=self.compute_dtype) if self.compute_dtype != torch.float32
                else contextlib.nullcontext())
-        # transformed filters held only while the stage runs (nn/winograd.py says which layers hold any)
-        convs = (winograd_convs(stage, keep=False) if self.winograd and isinstance(stage, nn.Module)
-                 else contextlib.nullcontext())
+        convs = winograd_convs(stage) if self.winograd and isinstance(stage, nn.Module) else contextlib.nullcontext()
         try:
             with amp, convs:
                 yield

@@ -5,7 +5,7 @@
 // Y = A^T [ (G g G^T) . (B^T d B) ] A per 6x6 input tile d -> 4x4 output tile: the 3x3 filter's
 // 9 multiplies per output become 36 per 16 outputs (2.25 per output, 4x fewer), done as 36
 // GEMMs (tiles x C) @ (C x K) in one at::bmm, the library's fastest path. The weight transform
-// U = G g G^T (36, C, K) runs once per weight and sampling stage (winograd_weight); the input
+// U = G g G^T (36, K, C) runs once per weight and sampling stage (winograd_weight); the input
 // and output transforms are plain loops over 16-channel vectors of the NHWC activations
 // (compiled for AVX-512 / AVX2 / baseline, target_clones), parallel over tiles. Rounding: the
 // transforms' constants (up to 8 and 1/24) cost about one decimal digit against a direct
@@ -135,27 +135,28 @@ at::Tensor& workspace() {
   return ws;
 }
 
-// Filters [c0, c1) of wt (C, 3, 3, K): U[e][c][k] = (G g G^T)[e] = sum_ab coef[e][a][b] g[a][b],
-// vectorised over k.
-WG_CLONES void weight_rows(const float* wt, const float* coef, int64_t C, int64_t K, int64_t c0, int64_t c1,
+// Filters [k0, k1) of wt (K, 3, 3, C): U[e][k][c] = (G g G^T)[e] = sum_ab coef[e][a][b] g[a][b],
+// vectorised over c.
+WG_CLONES void weight_rows(const float* wt, const float* coef, int64_t C, int64_t K, int64_t k0, int64_t k1,
                            float* U) {
-  for (int64_t c = c0; c < c1; ++c) {
-    const float* g = wt + c * 9 * K;
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* g = wt + k * 9 * C;
     for (int64_t e = 0; e < kIn * kIn; ++e) {
       const float* w = coef + e * 9;
-      float* dst = U + (e * C + c) * K;
+      float* dst = U + (e * K + k) * C;
 #pragma omp simd
-      for (int64_t k = 0; k < K; ++k) {
+      for (int64_t c = 0; c < C; ++c) {
         float acc = 0.0f;
-        for (int ab = 0; ab < 9; ++ab) acc += w[ab] * g[ab * K + k];
-        dst[k] = acc;
+        for (int ab = 0; ab < 9; ++ab) acc += w[ab] * g[ab * C + c];
+        dst[c] = acc;
       }
     }
   }
 }
 
-// (K, C, 3, 3) -> U (36, C, K): G g G^T per (k, c). The 36 x 9 coefficients G[i][a] G[j][b] are
-// rounded once from double; each U entry is a 9-term float32 sum.
+// (K, C, 3, 3) -> U (36, K, C): G g G^T per (k, c). The 36 x 9 coefficients G[i][a] G[j][b] are
+// rounded once from double; each U entry is a 9-term float32 sum. A channels-last weight is read
+// in place (its memory is (K, 3, 3, C) already).
 at::Tensor winograd_weight_cpu(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 && weight.scalar_type() == at::kFloat,
               "winograd_weight: weight must be a (K, C, 3, 3) float32 tensor, got ", weight.sizes(), " ",
@@ -168,28 +169,28 @@ at::Tensor winograd_weight_cpu(const at::Tensor& weight) {
       for (int a = 0; a < 3; ++a)
         for (int b = 0; b < 3; ++b) coef[((i * kIn + j) * 3 + a) * 3 + b] = static_cast<float>(G[i][a] * G[j][b]);
   const int64_t K = weight.size(0), C = weight.size(1);
-  const at::Tensor wt = weight.permute({1, 2, 3, 0}).contiguous();  // (C, 3, 3, K): k contiguous
-  at::Tensor U = at::empty({kIn * kIn, C, K}, weight.options().memory_format(at::MemoryFormat::Contiguous));
+  const at::Tensor wt = weight.permute({0, 2, 3, 1}).contiguous();  // (K, 3, 3, C): c contiguous
+  at::Tensor U = at::empty({kIn * kIn, K, C}, weight.options().memory_format(at::MemoryFormat::Contiguous));
   const float* wp = wt.data_ptr<float>();
   float* up = U.data_ptr<float>();
-  at::parallel_for(0, C, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K)),
-                   [&](int64_t c0, int64_t c1) { weight_rows(wp, coef, C, K, c0, c1, up); });
+  at::parallel_for(0, K, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, C)),
+                   [&](int64_t k0, int64_t k1) { weight_rows(wp, coef, C, K, k0, k1, up); });
   return U;
 }
 
-// x (N, C, H, W) float32, any memory format; U from winograd_weight (36, C, K); bias (K,) or None
+// x (N, C, H, W) float32, any memory format; U from winograd_weight (36, K, C); bias (K,) or None
 // -> (N, K, H, W) in channels-last memory. chunk_tiles: tiles per chunk (0: kChunkTiles).
 at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& U, const std::optional<at::Tensor>& bias_in,
                                 int64_t chunk_tiles) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   TORCH_CHECK(x_in.dim() == 4 && x_in.scalar_type() == at::kFloat, "winograd_conv3x3: x must be (N, C, H, W) float32, got ",
               x_in.sizes(), " ", x_in.scalar_type());
-  TORCH_CHECK(U.dim() == 3 && U.size(0) == kIn * kIn && U.size(1) == x_in.size(1) && U.scalar_type() == at::kFloat &&
+  TORCH_CHECK(U.dim() == 3 && U.size(0) == kIn * kIn && U.size(2) == x_in.size(1) && U.scalar_type() == at::kFloat &&
                   U.is_contiguous(),
-              "winograd_conv3x3: the transformed weight must come from winograd_weight (36, C = ", x_in.size(1),
-              ", K), got ", U.sizes());
+              "winograd_conv3x3: the transformed weight must come from winograd_weight (36, K, C = ", x_in.size(1),
+              "), got ", U.sizes());
   Geometry g;
-  g.N = x_in.size(0), g.C = x_in.size(1), g.H = x_in.size(2), g.W = x_in.size(3), g.K = U.size(2);
+  g.N = x_in.size(0), g.C = x_in.size(1), g.H = x_in.size(2), g.W = x_in.size(3), g.K = U.size(1);
   g.th = (g.H + kTile - 1) / kTile, g.tw = (g.W + kTile - 1) / kTile, g.T = g.N * g.th * g.tw;
   at::Tensor bias;
   if (bias_in.has_value() && bias_in->defined()) {
@@ -223,7 +224,7 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x_in, const at::Tensor& U, con
     at::parallel_for(c0, c0 + n, std::max<int64_t>(1, 2048 / std::max<int64_t>(1, g.C)),
                      [&](int64_t t0, int64_t t1) { input_tiles(xp, g, t0, t1, c0, vp); });
     at::Tensor Mt = M.transpose(0, 1);
-    at::bmm_out(Mt, V.transpose(0, 1), U);  // (36, n, K) = (36, n, C) @ (36, C, K)
+    at::bmm_out(Mt, V.transpose(0, 1), U.transpose(1, 2));  // (36, n, K) = (36, n, C) @ (36, C, K)
     const float* mp = M.data_ptr<float>();
     at::parallel_for(c0, c0 + n, std::max<int64_t>(1, 2048 / std::max<int64_t>(1, g.K)),
                      [&](int64_t t0, int64_t t1) { output_tiles(mp, bp, g, t0, t1, c0, yp); });

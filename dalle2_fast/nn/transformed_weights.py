@@ -1,8 +1,8 @@
 """Layers whose weights run in a transformed layout inside a ``with`` block: the transform done
 once per weight, kept between blocks, and the layers' forwards patched while the block runs.
 
-Used by :func:`~dalle2_fast.nn.packed_linears` (few-row linears on packed panels) and
-:func:`~dalle2_fast.nn.winograd_convs` (3x3 convolutions on Winograd-transformed filters). A
+Used by :func:`~dalle2_fast.nn.packed_linears` (few-row linears on packed panels) and, without a
+kept transform, :func:`~dalle2_fast.nn.winograd_convs` (3x3 convolutions by Winograd). A
 patched layer's forward is ``functools.partial(fast_forward, layer, transformed, version)``;
 ``fast_forward`` falls back to the layer's own math whenever ``layer.weight._version`` is no
 longer ``version`` (a weight changed inside the block).
@@ -41,13 +41,14 @@ class KeptTransforms:
 
 
 @contextlib.contextmanager
-def patched_forwards(layers: list[nn.Module], kept: KeptTransforms, transform, fast_forward, keep: bool):
+def patched_forwards(layers: list[nn.Module], kept: KeptTransforms | None, transform, fast_forward, keep: bool):
     """Within the block every layer's forward is ``partial(fast_forward, layer, transformed weight,
-    weight version)``; restored on exit."""
+    weight version)`` (transform None: no transformed weight, None passed); restored on exit."""
     patched = []
     try:
         for layer in layers:
-            layer.forward = partial(fast_forward, layer, kept.get(layer, transform, keep), layer.weight._version)
+            t = None if transform is None else kept.get(layer, transform, keep)
+            layer.forward = partial(fast_forward, layer, t, layer.weight._version)
             patched.append(layer)
         yield
     finally:
@@ -55,13 +56,16 @@ def patched_forwards(layers: list[nn.Module], kept: KeptTransforms, transform, f
             del layer.forward
 
 
+def is_patched(layer: nn.Module, fast_forward) -> bool:
+    """Whether ``layer`` is inside a block patched with ``fast_forward``, its weight unchanged since."""
+    f = layer.__dict__.get("forward")
+    return type(f) is partial and f.func is fast_forward and layer.weight._version == f.args[2]
+
+
 def transformed_weight(layer: nn.Module, fast_forward) -> torch.Tensor | None:
     """The transformed weight ``layer`` runs on inside a block patched with ``fast_forward``; None
     outside one, or when its weight changed inside the block."""
-    f = layer.__dict__.get("forward")
-    if type(f) is partial and f.func is fast_forward and layer.weight._version == f.args[2]:
-        return f.args[1]
-    return None
+    return layer.__dict__["forward"].args[1] if is_patched(layer, fast_forward) else None
 
 
-__all__ = ["KeptTransforms", "patched_forwards", "transformed_weight"]
+__all__ = ["KeptTransforms", "is_patched", "patched_forwards", "transformed_weight"]

@@ -5,7 +5,7 @@ convolutions, which oneDNN already runs near this machine's GEMM rate as direct 
 Winograd's minimal filtering (Lavin & Gray 2016) does the same convolution with 4x fewer
 multiplies: ``dalle2_fast::winograd_conv3x3`` (csrc/cpu/winograd_cpu.cpp) transforms 6x6 input
 tiles, runs 36 GEMMs (tiles x C) @ (C x K) in one batched call, and transforms back, on
-filters transformed once (``dalle2_fast::winograd_weight``: (36, C, K)).
+transformed filters (``dalle2_fast::winograd_weight``: (36, K, C)).
 
 Inside ``with winograd_convs(module):`` every eligible ``nn.Conv2d`` of ``module`` (3x3, stride
 1, padding 1, no dilation or groups, zero padding, float32 on the CPU, at least
@@ -15,19 +15,20 @@ back costs more than it saves on large images); other calls (NCHW inputs, gradie
 other dtypes, a weight changed inside the block) take the layer's own forward, the reference.
 
 Measured on the development Xeon, one thread, channels-last, against F.conv2d (oneDNN direct, at
-~200 GFLOP/s): (4, 128 -> 128, 32 px) 2.38 vs 6.06 ms; (4, 64 -> 64, 64 px) 3.26 vs 5.83 ms; (4,
-256 -> 256, 8 px) 0.65 vs 1.46 ms; (2, 64 -> 32, 256 px) 18.1 vs 28.0 ms; (2, 32 -> 32, 256 px)
-9.5 vs 11.7 ms; (4, 32 -> 32, 32 px) 0.31 vs 0.42 ms.
+~200 GFLOP/s), the convolution on transformed filters alone: (4, 128 -> 128, 32 px) 2.38 vs 6.06
+ms; (4, 64 -> 64, 64 px) 3.26 vs 5.83 ms; (2, 64 -> 32, 256 px) 18.1 vs 28.0 ms; (2, 32 -> 32, 256
+px) 9.5 vs 11.7 ms; (4, 32 -> 32, 32 px) 0.31 vs 0.42 ms.
 
-Which calls, and the filters' memory (36 transformed values per 9 filter taps: 4x the filter's
-size). A call on fewer than :data:`MIN_TILES` 4x4 output tiles takes the direct convolution: the
-gain there is small (8 px, 256 channels, batch 4: 0.73 vs 1.77 ms) and such low-resolution layers
-hold the largest filters. A call on :data:`PER_CALL_TILES` tiles or more transforms its filters
-afresh and drops them (the transform costs a few percent of such a call). In between the
-transformed filters are made at the layer's first call and held until the block ends (or, with
-``keep``, for the next block). Measured on the unclip-peers decoder (Karlo architecture,
-reduced): 126 MB of transformed filters held during the stage instead of the 297 MB of
-transforming every eligible filter up front, at the same speed.
+Which calls, and memory. Each call transforms its layer's filters (36 values per 9 filter taps:
+4x the filter's size) and drops them after: nothing is held between calls, and a sampling loop's
+memory grows only by one layer's transformed filters at a time. The transform reads a
+channels-last filter in place and is vectorised over input channels: one thread, (192, 192) 0.34
+ms, (256, 256) 0.60 ms (3.0 ms in an earlier layout vectorised over output channels). A call on
+fewer than :data:`MIN_TILES` 4x4 output tiles takes the direct convolution: there the transform
+costs as much as Winograd saves (8 px, 256 channels, batch 4: direct 1.65 ms, Winograd 0.99 +
+transform 0.60 ms). Holding every layer's transformed filters for a whole stage instead was
+measured too: on the unclip-peers decoder (Karlo architecture, reduced) it held 126-297 MB for a
+few percent less time per pipeline call.
 
 Rounding: the transforms' constants cost about one decimal digit against the direct
 convolution (relative error ~4e-6 vs ~4e-7 in float32), far below what a sampled image shows,
@@ -40,16 +41,15 @@ import torch
 from torch import nn
 
 from dalle2_fast import _ext
-from dalle2_fast.nn.transformed_weights import KeptTransforms, patched_forwards, transformed_weight
+from dalle2_fast.nn.transformed_weights import is_patched, patched_forwards
 
 MIN_CHANNELS = 32  # fewer channels: GEMMs too thin to beat the direct convolution (not measured below 32)
-MIN_TILES = 64  # fewer 4x4 output tiles (e.g. 8 px at batch 4): the direct convolution (small gain, big filters)
-PER_CALL_TILES = 512  # this many tiles or more: the filters transformed at each call, never held
-KEEP_BYTES = 512 << 20  # transformed filters kept between blocks for modules whose total is at most this
+MIN_TILES = 64  # fewer 4x4 output tiles (e.g. 8 px at batch 4): the direct convolution (the filter transform
+# of each call would cost more than Winograd saves)
 
 
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    """A 3x3 convolution weight (K, C, 3, 3) float32 on the CPU -> its transform (36, C, K)."""
+    """A 3x3 convolution weight (K, C, 3, 3) float32 on the CPU -> its transform (36, K, C)."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) \
             or weight.dtype != torch.float32 or weight.device.type != "cpu":
         got = ((tuple(weight.shape), weight.dtype, str(weight.device)) if isinstance(weight, torch.Tensor)
@@ -60,18 +60,18 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=1)`` for x (N, C, H, W) float32 on the CPU, the weight
-    given as :func:`winograd_weight`'s transform u (36, C, K) -> (N, K, H, W) in x's memory format."""
+    given as :func:`winograd_weight`'s transform u (36, K, C) -> (N, K, H, W) in x's memory format."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
         got = (tuple(x.shape), x.dtype, str(x.device)) if isinstance(x, torch.Tensor) else type(x)
         raise ValueError(f"winograd_conv3x3: x must be a (N, C, H, W) float32 CPU tensor, got {got}")
     if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.shape[0] != 36 or u.dtype != torch.float32 \
             or not u.is_contiguous():
-        raise ValueError(f"winograd_conv3x3: u must come from winograd_weight ((36, C, K) float32), got "
+        raise ValueError(f"winograd_conv3x3: u must come from winograd_weight ((36, K, C) float32), got "
                          f"{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u)}")
-    if u.shape[1] != x.shape[1]:
-        raise ValueError(f"winograd_conv3x3: x has C = {x.shape[1]} channels but u was made for C = {u.shape[1]}")
-    if bias is not None and (bias.shape != (u.shape[2],) or bias.dtype != torch.float32):
-        raise ValueError(f"winograd_conv3x3: bias must be float32 ({u.shape[2]},), got {tuple(bias.shape)} {bias.dtype}")
+    if u.shape[2] != x.shape[1]:
+        raise ValueError(f"winograd_conv3x3: x has C = {x.shape[1]} channels but u was made for C = {u.shape[2]}")
+    if bias is not None and (bias.shape != (u.shape[1],) or bias.dtype != torch.float32):
+        raise ValueError(f"winograd_conv3x3: bias must be float32 ({u.shape[1]},), got {tuple(bias.shape)} {bias.dtype}")
     return _run(x, u, bias)
 
 
@@ -88,54 +88,27 @@ def _eligible(conv: nn.Module) -> bool:
             and "forward" not in conv.__dict__)
 
 
-class _Filters:
-    """A convolution's transformed filters, made at its first call that keeps them (lazily: a
-    layer only ever called on few tiles, or on many, never holds any)."""
-
-    __slots__ = ("weight", "u")
-
-    def __init__(self, weight: torch.Tensor):
-        self.weight, self.u = weight, None
-
-    def get(self) -> torch.Tensor:
-        if self.u is None:
-            self.u = winograd_weight(self.weight)
-        return self.u
-
-
-def _tiles(x: torch.Tensor) -> int:
-    return x.shape[0] * ((x.shape[2] + 3) // 4) * ((x.shape[3] + 3) // 4)
-
-
-def _winograd_forward(conv: nn.Conv2d, filters: _Filters, version: int, x: torch.Tensor) -> torch.Tensor:
+def _winograd_forward(conv: nn.Conv2d, _unused, version: int, x: torch.Tensor) -> torch.Tensor:
     if (x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4 or conv.weight._version != version
-            or not x.is_contiguous(memory_format=torch.channels_last) or _tiles(x) < MIN_TILES
+            or not x.is_contiguous(memory_format=torch.channels_last)
+            or x.shape[0] * ((x.shape[2] + 3) // 4) * ((x.shape[3] + 3) // 4) < MIN_TILES
             or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
             or (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))):
         return nn.Conv2d.forward(conv, x)
-    # many tiles: the filter transform is a small part of the call, made afresh and dropped after
-    u = winograd_weight(conv.weight) if filters.u is None and _tiles(x) >= PER_CALL_TILES else filters.get()
-    return _run(x, u, None if conv.bias is None else conv.bias.detach())
+    # the filters transformed for this call and dropped after it: nothing held between calls
+    return _run(x, winograd_weight(conv.weight), None if conv.bias is None else conv.bias.detach())
 
 
-_KEPT = KeptTransforms()
-
-
-def winograd_convs(module: nn.Module, keep: bool | None = None):
+def winograd_convs(module: nn.Module):
     """Within the block, ``module``'s eligible 3x3 convolutions run their float32 CPU inference
-    calls by Winograd's F(4x4, 3x3) (module docstring); restored on exit. keep: hold the
-    transformed filters for the next block; default when they could total at most
-    :data:`KEEP_BYTES`."""
+    calls by Winograd's F(4x4, 3x3) (module docstring); restored on exit."""
     convs = [m for m in module.modules() if _eligible(m)] if _ext.loaded() else []
-    if keep is None:
-        keep = sum(c.weight.numel() * 16 for c in convs) <= KEEP_BYTES  # 36 / 9 floats of 4 bytes per value
-    return patched_forwards(convs, _KEPT, _Filters, _winograd_forward, keep)
+    return patched_forwards(convs, None, None, _winograd_forward, False)
 
 
 def winograd_enabled(conv: nn.Conv2d) -> bool:
     """Whether ``conv`` runs by Winograd (its eligible calls) inside a :func:`winograd_convs` block."""
-    return transformed_weight(conv, _winograd_forward) is not None
+    return is_patched(conv, _winograd_forward)
 
 
-__all__ = ["KEEP_BYTES", "MIN_CHANNELS", "MIN_TILES", "PER_CALL_TILES", "winograd_conv3x3", "winograd_convs",
-           "winograd_enabled", "winograd_weight"]
+__all__ = ["MIN_CHANNELS", "MIN_TILES", "winograd_conv3x3", "winograd_convs", "winograd_enabled", "winograd_weight"]

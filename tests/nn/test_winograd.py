@@ -8,8 +8,8 @@ from torch import nn
 
 from dalle2_fast import _ext
 from dalle2_fast.nn import winograd as WG
-from dalle2_fast.nn.winograd import (MIN_CHANNELS, MIN_TILES, PER_CALL_TILES, winograd_conv3x3, winograd_convs,
-                                     winograd_enabled, winograd_weight)
+from dalle2_fast.nn.winograd import (MIN_CHANNELS, MIN_TILES, winograd_conv3x3, winograd_convs, winograd_enabled,
+                                     winograd_weight)
 
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="C++ extension not built")
 
@@ -60,13 +60,14 @@ def test_chunks_of_tiles_give_the_same_result(chunk):
 
 
 def test_winograd_weight_is_the_filter_transform():
-    """U = G g G^T of each filter (float64 check of the (36, C, K) layout)."""
+    """U = G g G^T of each filter (float64 check of the (36, K, C) layout), from either memory format."""
     G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
                       [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
     w = torch.randn(5, 3, 3, 3)
     u = winograd_weight(w)
-    ref = (G @ w.double() @ G.T).permute(2, 3, 1, 0).reshape(36, 3, 5)
+    ref = (G @ w.double() @ G.T).permute(2, 3, 0, 1).reshape(36, 5, 3)
     torch.testing.assert_close(u.double(), ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(winograd_weight(w.contiguous(memory_format=torch.channels_last)), u, rtol=0, atol=0)
 
 
 def test_non_finite_input_stays_local():
@@ -113,7 +114,7 @@ def test_winograd_convs_context(monkeypatch):
     net = nn.Sequential(nn.Conv2d(c, c + 8, 3, padding=1), nn.SiLU(), nn.Conv2d(c + 8, c, 3, padding=1),
                         nn.Conv2d(c, c, 3, stride=2, padding=1), nn.Conv2d(c, 4, 3, padding=1), nn.Conv2d(4, c, 1))
     x = torch.randn(2, c, 23, 26).contiguous(memory_format=torch.channels_last)  # 2 * 6 * 7 = 84 tiles
-    assert MIN_TILES <= 84 < PER_CALL_TILES
+    assert MIN_TILES <= 84
     with torch.no_grad():
         ref = net(x)
     calls = _counting(monkeypatch)
@@ -143,25 +144,18 @@ def test_winograd_convs_context(monkeypatch):
     assert all("forward" not in m.__dict__ for m in net)
 
 
-def test_which_calls_hold_transformed_filters(monkeypatch):
-    """Few tiles: the direct convolution; a moderate number: the filters transformed at the first
-    call and held for the block; many: transformed for the call and dropped."""
+def test_which_calls_take_winograd(monkeypatch):
+    """Fewer than MIN_TILES output tiles: the direct convolution; more: Winograd, the filters
+    transformed at each call (nothing held between calls)."""
     torch.manual_seed(2)
     conv = nn.Conv2d(MIN_CHANNELS, MIN_CHANNELS, 3, padding=1)
     small = torch.randn(1, MIN_CHANNELS, 8, 8).contiguous(memory_format=torch.channels_last)  # 4 tiles
-    mid = torch.randn(1, MIN_CHANNELS, 40, 40).contiguous(memory_format=torch.channels_last)  # 100 tiles
-    side = 4 * int((PER_CALL_TILES ** 0.5) + 1)
+    side = 4 * int(MIN_TILES ** 0.5 + 1)
     big = torch.randn(1, MIN_CHANNELS, side, side).contiguous(memory_format=torch.channels_last)
     made = []
     real = WG.winograd_weight
     monkeypatch.setattr(WG, "winograd_weight", lambda w: made.append(1) or real(w))
-    with torch.no_grad(), winograd_convs(conv, keep=False):
-        filters = conv.forward.args[1]
+    with torch.no_grad(), winograd_convs(conv):
         for x in (small, big, big):
             torch.testing.assert_close(conv(x), nn.Conv2d.forward(conv, x), rtol=1e-4, atol=1e-4)
-        assert len(made) == 2 and filters.u is None  # small: direct; big: transformed per call, not held
-        conv(mid)
-        conv(mid)
-        assert len(made) == 3 and filters.u is not None  # held after the first moderate call
-        conv(big)
-        assert len(made) == 3  # held filters serve the big call too
+    assert len(made) == 2  # the big calls only, one transform each
