@@ -5,7 +5,8 @@
 // Y = A^T [ (G g G^T) . (B^T d B) ] A per 6x6 input tile d -> 4x4 output tile: the 3x3 filter's
 // 9 multiplies per output become 36 per 16 outputs (2.25 per output, 4x fewer), done as 36
 // GEMMs (tiles x C) @ (C x K) in one at::bmm, the library's fastest path. The weight transform
-// U = G g G^T (36, K, C) runs once per weight and sampling stage (winograd_weight); the input
+// U = G g G^T (36, K, C) is its own op (winograd_weight; the caller decides how long to hold it:
+// dalle2_fast/nn/winograd.py transforms at each call); the input
 // and output transforms are plain loops over 16-channel vectors of the NHWC activations
 // (compiled for AVX-512 / AVX2 / baseline, target_clones), parallel over tiles. Rounding: the
 // transforms' constants (up to 8 and 1/24) cost about one decimal digit against a direct
