@@ -61,7 +61,7 @@ bench-quick: $(VENV)/.built
 # ASan runtime cannot intercept there.
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 # The kernel families' test files only: collecting others would import triton (via diffusers etc.).
-ASAN_TESTS = $(wildcard tests/ops/test_codebook*.py tests/ops/test_adagn*.py tests/ops/test_attention*.py tests/ops/test_sampling_ops.py tests/nn/test_vq.py tests/nn/test_packed_linear.py tests/nn/test_cached_blocks.py)
+ASAN_TESTS = $(wildcard tests/ops/test_codebook*.py tests/ops/test_adagn*.py tests/ops/test_attention*.py tests/ops/test_sampling_ops.py tests/nn/test_vq.py tests/nn/test_packed_linear.py tests/nn/test_cached_blocks.py tests/nn/test_winograd.py)
 asan: $(VENV)/.built
 	$(VENV)/bin/cmake -S . -B build/asan -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
 	  -DPython_EXECUTABLE=$(abspath $(VPY)) -DDALLE2_FAST_CUDA=OFF -DDALLE2_FAST_ASAN=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo

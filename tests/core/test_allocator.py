@@ -37,8 +37,9 @@ def test_retained_memory_stops_the_page_faults():
         pytest.skip("this libc does not accept the mallopt settings (not glibc)")
     _, default = _child("system")
     pages = (40 << 20) // 4096
-    assert default >= 5 * pages  # every fresh 40 MB result faulted in again (10 results of 10240 pages)
-    assert kept < pages  # reused: not even one result's worth
+    if default < 5 * pages:  # e.g. transparent huge pages for every mapping: few faults to remove
+        pytest.skip(f"glibc's default policy faulted only {default} pages here: nothing to measure")
+    assert kept < pages  # reused: not even one result's worth (the default: ~10 results of 10240 pages)
 
 
 def test_env_switch(monkeypatch):
