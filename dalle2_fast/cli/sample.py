@@ -160,11 +160,12 @@ def _prompts(args) -> int:
     if args.images_dir is not None:
         from dalle2_fast.jobs import prompts_job
 
-        refuse_unused(args, ("compile", "fast_convs"), "apply to one call (-o), not to batch jobs (--images-dir)")
+        refuse_unused(args, ("compile",), "applies to one call (-o), not to batch jobs (--images-dir)")
 
         return prompts_job(args.images_dir, pipeline=args.pipeline, prompts=prompts, prompts_file=args.prompts_file,
                            n=n, seed=args.seed, batch_size=args.batch_size, options=opts,
-                           say=lambda m: _say(args, m), dtype=args.dtype or "float32")
+                           say=lambda m: _say(args, m), dtype=args.dtype or "float32",
+                           fast_convs=bool(args.fast_convs))
     import torch
 
     total = len(prompts) * n

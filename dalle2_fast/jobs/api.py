@@ -30,12 +30,14 @@ def _share(chunks, rank: int, world: int) -> int:
     return sum(len(c.items) for c in chunks if c.number % world == rank)
 
 
-def _runtime(device: torch.device, dtype: str = "float32") -> dict:
+def _runtime(device: torch.device, dtype: str = "float32", fast_convs: bool = False) -> dict:
     """What changes floating-point results besides the settings: the device type, the weights'
-    dtype, and on the CPU the threads per process."""
+    dtype, Winograd convolutions, and on the CPU the threads per process."""
     out = {"device": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else None}
     if dtype != "float32":  # only recorded when set, so jobs written before the flag still resume
         out["dtype"] = dtype
+    if fast_convs:  # likewise
+        out["convs"] = "winograd"
     return out
 
 
@@ -47,10 +49,12 @@ def _check_count(name: str, v, low: int = 1) -> int:
 
 def prompts_job(out: str | Path, *, pipeline: str | Path | None = None, prompts: list[str] | None = None,
                 prompts_file: str | Path | None = None, n: int = 1, seed: int = 0, batch_size: int = 16,
-                options: dict | None = None, say: Callable[[str], None] = print, dtype: str = "float32") -> int:
+                options: dict | None = None, say: Callable[[str], None] = print, dtype: str = "float32",
+                fast_convs: bool = False) -> int:
     """Images of the unCLIP pipeline for ``prompts`` or every line of ``prompts_file`` (``n``
     images a line unless the line says otherwise), into ``out``; ``dtype`` is the weights' dtype
-    ("float32", "bfloat16", "float16"). Returns the exit status: 0 when
+    ("float32", "bfloat16", "float16"); ``fast_convs``: Winograd convolutions
+    (``UnCLIPPipeline.fast_convs``), recorded in the job. Returns the exit status: 0 when
     the job is complete, 128 + signal when a signal stopped it (rerun to continue)."""
     from dalle2_fast.pipeline import UnCLIPPipeline, shipped_weights_dir
     from dalle2_fast.seeding import check_seed
@@ -80,9 +84,12 @@ def prompts_job(out: str | Path, *, pipeline: str | Path | None = None, prompts:
     info = D.setup()
     share = _share(chunks(), info.rank, info.world)  # also checks every seed
     pipe = UnCLIPPipeline.from_pretrained(model_dir, device=info.device, dtype=getattr(torch, dtype))
+    if fast_convs:
+        pipe.fast_convs()
     renderer = PipelineRenderer(pipe, model_dir, options or {})
     spec = {"format": FORMAT, "model": renderer.identity, "prompts": source, "images": total, "n": n, "seed": seed,
-            "batch_size": batch_size, "settings": renderer.defaults, "runtime": _runtime(info.device, dtype)}
+            "batch_size": batch_size, "settings": renderer.defaults,
+            "runtime": _runtime(info.device, dtype, fast_convs)}
     return _run(Path(out), renderer, chunks, total, share, spec, info, say)
 
 

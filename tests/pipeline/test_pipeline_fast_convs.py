@@ -42,3 +42,25 @@ def test_cli_fast_convs(monkeypatch, tmp_path):
     assert cli_main(["sample", "a green triangle", "-n", "1", "--fast-convs", "--decoder-steps", "3",
                      "--upsampler-steps", "2", "--prior-steps", "3", "-o", str(out), "--quiet"]) == 0
     assert out.stat().st_size > 100 and calls
+
+
+def test_batch_job_with_fast_convs(tmp_path):
+    """--images-dir with --fast-convs: the PNGs are the fast pipeline's images, the job records the
+    choice, and resuming it without the flag is refused (it changes the floating-point results)."""
+    import numpy as np
+    from PIL import Image
+
+    from dalle2_fast.data.images import to_uint8
+
+    argv = ["sample", "a yellow star", "-n", "2", "--batch-size", "2", "--seed", "4", "--quiet", "--prior-steps", "3",
+            "--decoder-steps", "3", "--upsampler-steps", "2", "--images-dir", str(tmp_path / "o")]
+    assert cli_main([*argv, "--fast-convs"]) == 0
+    pipe = UnCLIPPipeline.from_pretrained().fast_convs()
+    with torch.no_grad():
+        ref = [g.image for b in pipe.iter_images("a yellow star", 2, seed=4, batch_size=2, prior_steps=3,
+                                                 decoder_steps=3, upsampler_steps=2) for g in b]
+    for k, img in enumerate(ref):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / f"{k:06d}.png")), to_uint8(img))
+    assert '"convs": "winograd"' in (tmp_path / "o" / "job.json").read_text()
+    with pytest.raises(ValueError, match=r"runtime.convs"):
+        cli_main(argv)
