@@ -19,6 +19,8 @@ it always returns None.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -49,6 +51,47 @@ def _block_params(blk, eps: list) -> list[torch.Tensor] | None:
             blk.ln2.bias.detach(), *fc1, *fc2]
 
 
+def _state(blocks) -> tuple:
+    """What the op's arguments are derived from: every block's modules' forwards (the patched
+    ones of a packed_linears block) and parameters, with their versions."""
+    out = []
+    for blk in blocks:
+        for m in blk.modules():
+            out.append(m.__dict__.get("forward"))
+            out.extend((p, p._version) for p in m._parameters.values() if p is not None)
+    return tuple(out)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y if not isinstance(x, tuple) else (x[0] is y[0] and x[1] == y[1])
+                                    for x, y in zip(a, b))
+
+
+# blocks -> (their _state, (params, heads, causal, eps) or None): derived once per sampling loop
+_MEMO: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _op_args(blocks) -> tuple | None:
+    """(params, heads, causal, eps) for the op, or None where the blocks do not fit; memoised while
+    :func:`_state` is unchanged (a sampling loop calls this at every step)."""
+    state = _state(blocks)
+    hit = _MEMO.get(blocks)
+    if hit is not None and _same(hit[0], state):
+        return hit[1]
+    params, eps, out = [], [], None
+    for blk in blocks:
+        p = _block_params(blk, eps)
+        if p is None:
+            break
+        params.extend(p)
+    else:
+        heads, causal = blocks[0].attn.heads, blocks[0].attn.causal
+        if len(set(eps)) == 1 and all(blk.attn.heads == heads and blk.attn.causal == causal for blk in blocks):
+            out = (params, heads, causal, eps[0])
+    _MEMO[blocks] = (state, out)
+    return out
+
+
 def cached_blocks(blocks, x: torch.Tensor, cache: KVCache, last: int | None = None) -> torch.Tensor | None:
     """``blocks`` (TransformerBlocks) run on x (B, T, width), the tokens after the frozen ``cache``
     (positions already added), the last block only for the last ``last`` tokens: (B, last or T,
@@ -58,18 +101,11 @@ def cached_blocks(blocks, x: torch.Tensor, cache: KVCache, last: int | None = No
             or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
             or not 1 <= x.shape[1] <= FEW_ROWS or len(cache) != len(blocks)):
         return None
-    B, T = x.shape[:2]
-    last = T if last is None else last
-    params, eps = [], []
-    for blk in blocks:
-        p = _block_params(blk, eps)
-        if p is None:
-            return None
-        params.extend(p)
-    heads = blocks[0].attn.heads
-    if len(set(eps)) != 1 or any(blk.attn.heads != heads or blk.attn.causal != blocks[0].attn.causal
-                                 for blk in blocks):
+    args = _op_args(blocks)
+    if args is None:
         return None
+    params, heads, causal, eps = args
+    B, T = x.shape[:2]
     keys, values, mask = [], [], None
     for la in cache.layers:
         if la.grow or la.k is None or la.k.dim() != 4 or la.k.dtype != torch.float32 or la.k.shape[:2] != (B, heads) \
@@ -78,8 +114,8 @@ def cached_blocks(blocks, x: torch.Tensor, cache: KVCache, last: int | None = No
         kb, vb, mask = la.tail_buffers((B, heads, T, la.k.shape[-1]), torch.float32)
         keys.append(kb)
         values.append(vb)
-    return torch.ops.dalle2_fast.cached_blocks(x, params, keys, values, mask, heads, last, blocks[0].attn.causal,
-                                               eps[0])
+    return torch.ops.dalle2_fast.cached_blocks(x, params, keys, values, mask, heads, T if last is None else last,
+                                               causal, eps)
 
 
 __all__ = ["cached_blocks"]

@@ -155,3 +155,26 @@ def test_the_op_writes_the_new_keys_into_the_cache_tails_and_declares_it():
         assert cb.cached_blocks(tr.blocks, x + tr.pos[5:9], cache, 1) is not None
     for got, want in zip(tails(), ref):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_derived_arguments_follow_the_modules():
+    """The op's arguments are derived once per sampling loop (memoised): a norm changed in place
+    between two calls is seen by the next one, a linear changed in place turns the path off (its
+    packed copy is stale), and a new packed_linears block is picked up."""
+    g = torch.Generator().manual_seed(4)
+    tr = Transformer(32, 2, 4, max_len=12)
+    _randomise(tr, g)
+    cache = _prefix(tr, 2, 5, False, g)
+    x = torch.randn(2, 3, 32, generator=g)
+    with packed_linears(tr):
+        assert cb.cached_blocks(tr.blocks, x, cache, 1) is not None
+        tr.blocks[1].ln2.weight.mul_(1.5)
+        got = tr(x, cache=cache, last=1)
+        torch.testing.assert_close(got, _reference(tr, x, cache, 1), rtol=1e-4, atol=1e-4)
+        tr.blocks[0].mlp[0].weight.mul_(0.5)
+        assert cb.cached_blocks(tr.blocks, x, cache, 1) is None
+        torch.testing.assert_close(tr(x, cache=cache, last=1), _reference(tr, x, cache, 1), rtol=1e-4, atol=1e-4)
+    with packed_linears(tr):  # repacked: the path applies again, with the new weights
+        assert cb.cached_blocks(tr.blocks, x, cache, 1) is not None
+        torch.testing.assert_close(tr(x, cache=cache, last=1), _reference(tr, x, cache, 1), rtol=1e-4, atol=1e-4)
