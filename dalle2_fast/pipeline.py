@@ -253,7 +253,7 @@ class UnCLIPPipeline:
 
     def fast_convs(self, enabled: bool = True) -> "UnCLIPPipeline":
         """Run the stages' 3x3 convolutions by Winograd's F(4x4, 3x3) on the CPU in float32
-        (:func:`dalle2_fast.nn.winograd_convs`: 4x fewer multiplies, the filters transformed once).
+        (:func:`dalle2_fast.nn.winograd_convs`: 4x fewer multiplies).
         Not bit-equal to the default direct convolutions: relative error ~4e-6 per convolution
         instead of ~4e-7. Other devices and dtypes are unaffected. The transforms work on
         channels-last activations: enabling it also enables :meth:`channels_last`. Memory: one layer's

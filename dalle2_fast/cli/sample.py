@@ -62,7 +62,7 @@ def add_parsers(sub) -> None:
                    help="torch.compile the stages' networks (the first batch pays the compilation)")
     g.add_argument("--fast-convs", action="store_true", default=None,
                    help="float32 on the CPU: 3x3 convolutions by Winograd's F(4x4, 3x3) on channels-last "
-                        "activations (1.5-2.5x per layer of 64+ channels; not bit-equal: ~4e-6 relative error)")
+                        "activations (layers of 32+ channels; not bit-equal: ~4e-6 relative error)")
     c = s.add_argument_group("--checkpoint (suite models)")
     c.add_argument("--sampler", default=None, choices=["ddpm", "ddim", "dpmpp"], help="diffusion models (ddim)")
     c.add_argument("--steps", type=int, default=None, help="diffusion models: sampling steps (respaced; 50)")

@@ -14,10 +14,13 @@ activations that way (the transforms read and write NHWC; converting NCHW activa
 back costs more than it saves on large images); other calls (NCHW inputs, gradients, autocast,
 other dtypes, a weight changed inside the block) take the layer's own forward, the reference.
 
-Measured on the development Xeon, one thread, channels-last, against F.conv2d (oneDNN direct, at
-~200 GFLOP/s), the convolution on transformed filters alone: (4, 128 -> 128, 32 px) 2.38 vs 6.06
-ms; (4, 64 -> 64, 64 px) 3.26 vs 5.83 ms; (2, 64 -> 32, 256 px) 18.1 vs 28.0 ms; (2, 32 -> 32, 256
-px) 9.5 vs 11.7 ms; (4, 32 -> 32, 32 px) 0.31 vs 0.42 ms.
+Measured on the development Xeon, one thread, channels-last, against F.conv2d (oneDNN direct),
+the convolution on transformed filters alone, this layout (the GEMMs read the (36, K, C) filters
+transposed), min of 7: (4, 128 -> 128, 32 px) 3.40 vs 7.26 ms; (4, 192 -> 192, 16 px) 1.81 vs
+3.84 ms; (4, 64 -> 64, 64 px) 4.50 vs 6.88 ms; (2, 64 -> 32, 256 px) 24.6-27.0 vs 31.3-32.8 ms;
+(2, 32 -> 32, 256 px) 13.9-14.9 vs 15.5-16.2 ms; (4, 32 -> 32, 32 px) 0.47 vs 0.51 ms. The gain
+is largest at 128+ channels and small at 32 (memory-bound transforms); the VM's speed moved by
+~20% within the day, so compare within one run.
 
 Which calls, and memory. Each call transforms its layer's filters (36 values per 9 filter taps:
 4x the filter's size) and drops them after: nothing is held between calls, and a sampling loop's
